@@ -1,0 +1,32 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both create .venv when needed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the quickstart study on the built-in digits, then the submission files
+	$(BIN)/sweeper run-study quickstart --trials 8
+	$(BIN)/sweeper refit-best quickstart --out out/quickstart
+	@echo "open the MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db"
+
+test: $(STAMP)  ## every test, slow ones included (real training on tiny data, real servers)
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)  ## unit tests only
+	$(BIN)/pytest -q -m 'not slow'
+
+lint: $(STAMP)
+	$(BIN)/ruff check sweeper tests bench
+	$(BIN)/ruff format --check sweeper tests bench
+	$(BIN)/mypy sweeper
+
+clean:
+	rm -rf out sweeper.db mlruns/mlflow.db mlruns/artifacts

@@ -1,0 +1,3 @@
+"""sweeper: Optuna sweeps of timm fine-tuning runs on image folders, tracked in MLflow."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,263 @@
+"""The ``sweeper`` command line. Commands are thin: parse options, call the library, print.
+
+Heavy libraries (torch, timm, optuna, mlflow) are imported inside commands so ``--help`` is instant.
+Every :class:`SweeperError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from sweeper import spec as spec_lib
+from sweeper.errors import SweeperError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hyperparameter sweeps for fine-tuning timm image classifiers (Optuna + MLflow).")
+
+StudyArg = Annotated[str, typer.Argument(help="A study name in studies/ or a path to a study file.")]
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset root (overrides the study's data.root).")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="KEY=VALUE: override a fixed param or pin a search dimension (e.g. backbone=resnet18). "
+                  "Repeatable.")]
+StorageOpt = Annotated[str | None, typer.Option(
+    "--storage", help="Optuna storage URL (SQLAlchemy). Default: $SWEEPER_STORAGE, else sqlite:///sweeper.db.")]
+TrackingOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.")]
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SweeperError(f"--set {item!r}: expected KEY=VALUE, e.g. --set backbone=resnet18")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_spec(study: str, data: Path | None = None, sets: list[str] | None = None,
+              epochs: int | None = None) -> spec_lib.Study:
+    return spec_lib.load(study).with_overrides(parse_sets(sets), epochs, str(data) if data else None)
+
+
+def preflight(spec: spec_lib.Study) -> None:
+    """Fail before any trial on what every trial would fail on: unknown models, bad pretrained weights."""
+    from sweeper import model as model_lib
+
+    backbones = set()
+    if "backbone" in spec.space:
+        backbones.update(spec.space["backbone"].choices)
+    backbones.add(spec.resolve({}).backbone)
+    for b in sorted(backbones):
+        model_lib.check_backbone(b)
+    if "backbone" not in spec.space:
+        cfg = spec.resolve({})
+        if cfg.pretrained or cfg.weights_file:
+            model_lib.create(cfg, num_classes=2)  # loads the weights once: missing weights fail here
+
+
+@app.command("run-study")
+def run_study(
+    study: StudyArg,
+    trials: Annotated[int, typer.Option(
+        "--trials", min=1,
+        help="Total trials the study should hold. Re-running the same command resumes the study and "
+             "only runs what is missing (interrupted or lost trials are redone); raise N to add trials.")],
+    data: DataOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Cap epochs per trial (quick runs).")] = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting new trials after S seconds.")] = None,
+) -> None:
+    """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
+    from sweeper import data as data_lib, study as study_lib, tracking
+
+    spec = load_spec(study, data, set_, epochs)
+    preflight(spec)
+    ds = data_lib.scan(spec.data_root)
+    tracker = tracking.Tracker(tracking_uri, spec.name)
+    objective = study_lib.make_objective(spec, ds, tracker)
+    t0 = time.monotonic()
+    typer.echo(f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val images; "
+               f"storage {study_lib.resolve_storage(storage)}; MLflow {tracker.uri}")
+
+    def on_trial_end(st: Any, t: Any) -> None:
+        why = t.user_attrs.get(study_lib.FAIL_REASON) or t.user_attrs.get(study_lib.PRUNE_REASON) or ""
+        value = f"{spec.metric}={t.value:.4f}" if t.value is not None else ""
+        typer.echo(f"trial {t.number}: {t.state.name} {value} {why}".rstrip(), err=False)
+
+    try:
+        st = study_lib.run(spec, trials, objective, storage, timeout, on_trial_end=on_trial_end)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: the running trial was closed as failed and will be redone; "
+                   "re-run the same command to finish the study", err=True)
+        raise typer.Exit(130) from None
+    c = study_lib.counts(st.get_trials(deepcopy=False))
+    typer.echo(f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
+               f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)")
+    _print_best(st, spec.metric)
+    typer.echo(f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  "
+               f"(experiment {spec.name!r})")
+
+
+def _print_best(st: Any, metric: str) -> None:
+    from sweeper import study as study_lib
+
+    try:
+        best = study_lib.best_trial(st)
+    except SweeperError:
+        typer.echo("no complete trial yet")
+        return
+    typer.echo(f"best trial {best.number}: {metric}={best.value:.4f} at epoch "
+               f"{best.user_attrs.get(study_lib.BEST_EPOCH, '?')}")
+    for k, v in sorted(best.params.items()):
+        typer.echo(f"  {k} = {v}")
+
+
+@app.command("refit-best")
+def refit_best(
+    study: StudyArg,
+    out: Annotated[Path, typer.Option("--out", help="Where model.safetensors, config.yaml and prediction.csv go.")],
+    data: DataOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Retrain the best trial's config on train+val and write the submission model and predictions."""
+    from sweeper import data as data_lib, refit, tracking
+
+    spec = load_spec(study, data, set_)
+    ds = data_lib.scan(spec.data_root)
+    tracker = tracking.Tracker(tracking_uri, spec.name)
+    summary = refit.refit_best(spec, ds, out, storage, tracker)
+    typer.echo(f"refit trial {summary['trial']} ({spec.metric}={summary['value']:.4f}) for "
+               f"{summary['epochs']} epochs on train+val; wrote {', '.join(str(out / f) for f in summary['files'])}")
+
+
+@app.command("studies")
+def studies(storage: StorageOpt = None) -> None:
+    """List study files with their trials (complete/pruned/failed) and best value."""
+    import optuna
+
+    from sweeper import study as study_lib
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stored: dict[str, Any] = {}
+    try:
+        st = study_lib.storage(storage)
+        stored = {s.study_name: s for s in optuna.get_all_study_summaries(st)}
+    except SweeperError:
+        st = None
+    typer.echo(f"{'study':<20} {'complete':>8} {'pruned':>7} {'failed':>7} {'best':>8}  file")
+    for path in spec_lib.available_studies():
+        try:
+            name = spec_lib.load(str(path)).name
+        except SweeperError as e:
+            typer.echo(f"{path.stem:<20} invalid: {e}")
+            continue
+        row = [0, 0, 0]
+        best = "-"
+        if name in stored and st is not None:
+            s = optuna.load_study(study_name=name, storage=st)
+            c = study_lib.counts(s.get_trials(deepcopy=False))
+            row = [c["complete"], c["pruned"], c["fail"]]
+            if c["complete"]:
+                best = f"{s.best_value:.4f}"
+        typer.echo(f"{name:<20} {row[0]:>8} {row[1]:>7} {row[2]:>7} {best:>8}  {path}")
+
+
+@app.command("show")
+def show(
+    study: StudyArg,
+    top: Annotated[int, typer.Option("--top", help="Rows in the table of best trials.")] = 10,
+    storage: StorageOpt = None,
+) -> None:
+    """Show the best trial and a table of the top trials."""
+    from optuna.trial import TrialState
+
+    from sweeper import study as study_lib
+
+    spec = spec_lib.load(study)
+    st = study_lib.load_existing(spec.name, storage)
+    c = study_lib.counts(st.get_trials(deepcopy=False))
+    typer.echo(f"study {spec.name}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
+               f"{c['running']} running")
+    _print_best(st, spec.metric)
+    done = [t for t in st.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    done.sort(key=lambda t: t.value, reverse=spec.direction == "maximize")
+    keys = sorted(spec.space)
+    typer.echo("")
+    typer.echo("  ".join([f"{'trial':>5}", f"{spec.metric:>8}", f"{'epoch':>5}", *keys]))
+    for t in done[:top]:
+        cells = [f"{t.number:>5}", f"{t.value:>8.4f}", f"{t.user_attrs.get(study_lib.BEST_EPOCH, ''):>5}"]
+        cells += [_fmt(t.params.get(k)).rjust(len(k)) for k in keys]
+        typer.echo("  ".join(cells))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+@app.command("check")
+def check(study: StudyArg, set_: SetOpt = None) -> None:
+    """Validate a study file and print its search space; nothing runs."""
+    from sweeper import model as model_lib, space as space_lib, study as study_lib
+
+    spec = load_spec(study, sets=set_)
+    study_lib.build_sampler(spec)
+    study_lib.build_pruner(spec)
+    backbones = set(spec.space["backbone"].choices) if "backbone" in spec.space else {spec.resolve({}).backbone}
+    for b in backbones:
+        model_lib.check_backbone(b)
+    typer.echo(f"study {spec.name} ({spec.path}) is valid")
+    if spec.description:
+        typer.echo(f"  {spec.description.strip()}")
+    typer.echo(f"  data: {spec.data_root}")
+    typer.echo(f"  objective: {spec.direction} {spec.metric}; {spec.epochs} epochs per trial")
+    typer.echo(f"  sampler: {spec.sampler}; pruner: {spec.pruner}")
+    typer.echo("  fixed:")
+    for k, v in spec.fixed.items():
+        typer.echo(f"    {k} = {v}")
+    typer.echo("  space:")
+    for k, d in spec.space.items():
+        typer.echo(f"    {k}: {space_lib.describe(d)}")
+
+
+def main() -> None:
+    """Console entry point: one-line errors for user mistakes, a traceback only for bugs."""
+    try:
+        app(standalone_mode=False)
+    except SweeperError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

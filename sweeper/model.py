@@ -1,0 +1,227 @@
+"""Models from timm's factory: pretrained loading, a new head, generic freezing, parameter groups.
+
+Freezing works for any timm CNN from its ``feature_info``: the *stages* are the feature levels at
+stride 4 and deeper, everything before the first one is the stem, so ``freeze_depth=k`` freezes the
+stem and the first k stages whatever the architecture calls them (``layer1``, ``stages.0``, ``s1``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from sweeper.errors import SweeperError, did_you_mean
+from sweeper.spec import TrialConfig
+
+
+@functools.cache
+def _all_model_names() -> tuple[str, ...]:
+    import timm
+
+    return tuple(timm.list_models())
+
+
+def check_backbone(name: str) -> None:
+    """Unknown model names fail before anything runs, with the closest timm names suggested."""
+    import timm
+    from timm.models import split_model_name_tag
+
+    arch, _tag = split_model_name_tag(name)
+    if not timm.is_model(arch):
+        raise SweeperError(
+            f"unknown timm model {name!r}{did_you_mean(arch, _all_model_names())}; "
+            "`python -c 'import timm; print(timm.list_models(\"resnet*\"))'` lists them"
+        )
+
+
+class FeatureHead(nn.Module):
+    """A classifier on the backbone's un-pooled feature map: squeeze-excitation or attention pooling.
+
+    ``se``: a squeeze-excitation block reweights channels, then average pooling and a linear layer.
+    ``attention``: a learned query attends over the spatial positions (multi-head), then a linear layer.
+    """
+
+    def __init__(self, kind: str, channels: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "se":
+            hidden = max(8, channels // 16)
+            self.se = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, channels, 1), nn.Sigmoid(),
+            )
+        else:
+            heads = next(h for h in (8, 4, 2, 1) if channels % h == 0)
+            self.query = nn.Parameter(torch.zeros(1, 1, channels))
+            self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "se":
+            pooled = (x * self.se(x)).mean(dim=(2, 3))
+        else:
+            tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+            pooled, _ = self.attn(self.query.expand(x.shape[0], -1, -1), tokens, tokens)
+            pooled = pooled[:, 0]
+        return self.fc(self.drop(pooled))
+
+
+class HeadedModel(nn.Module):
+    """A timm backbone without its pooling and classifier, plus a :class:`FeatureHead`."""
+
+    def __init__(self, backbone: nn.Module, head: FeatureHead) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.feature_info = backbone.feature_info
+        self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(x))
+
+
+def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
+    """Build the model a trial trains: timm backbone (pretrained when asked), new head, frozen stem.
+
+    Pretrained weights come from ``cfg.weights_file`` when given, else from the Hugging Face hub cache
+    (or a download where there is network). Asking for pretrained weights that cannot be had is an
+    error, never a silent random init.
+    """
+    import timm
+
+    check_backbone(cfg.backbone)
+    kwargs: dict[str, Any] = {"pretrained": cfg.pretrained or cfg.weights_file is not None}
+    if cfg.weights_file is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": cfg.weights_file}
+    if cfg.head == "linear":
+        kwargs.update(num_classes=num_classes, drop_rate=cfg.head_dropout)
+    else:
+        kwargs.update(num_classes=0, global_pool="")
+    try:
+        model = timm.create_model(cfg.backbone, **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:  # hub offline / missing file / bad checkpoint
+        if not kwargs["pretrained"]:
+            raise
+        where = cfg.weights_file or "the Hugging Face hub cache (~/.cache/huggingface)"
+        raise SweeperError(
+            f"pretrained weights for {cfg.backbone!r} could not be loaded from {where}: "
+            f"{str(e).splitlines()[0][:200]}; put the weights there, set weights_file, or set pretrained: false"
+        ) from None
+    if cfg.head != "linear":
+        model = HeadedModel(model, FeatureHead(cfg.head, model.num_features, num_classes, cfg.head_dropout))
+    if cfg.freeze_depth:
+        freeze(model, cfg.freeze_depth)
+    return model
+
+
+def data_config(model: nn.Module, img_size: int | None) -> dict[str, Any]:
+    """Input size, mean/std, interpolation and crop_pct from the model's pretrained config."""
+    from timm.data import resolve_model_data_config
+
+    cfg = dict(resolve_model_data_config(model))
+    if img_size is not None:
+        cfg["input_size"] = (3, img_size, img_size)
+    return cfg
+
+
+def stages(model: nn.Module) -> list[str]:
+    """Module names of the model's stages (feature levels at stride >= 4), in order."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise SweeperError(f"{type(model).__name__} has no feature_info; freeze_depth needs a timm CNN")
+    entries = info if isinstance(info, list) else info.info
+    prefix = "backbone." if isinstance(model, HeadedModel) else ""
+    return [prefix + e["module"] for e in entries if e["reduction"] >= 4]
+
+
+def freeze(model: nn.Module, depth: int) -> list[str]:
+    """Freeze the stem and the first ``depth`` stages; return the names of frozen parameters.
+
+    Frozen normalization layers also stop updating their running statistics (see :func:`train_mode`).
+    """
+    names = stages(model)
+    if not 0 <= depth <= len(names):
+        raise SweeperError(f"freeze_depth={depth} but {type(model).__name__} has {len(names)} stages; "
+                           f"use 0..{len(names)}")
+    if depth == 0:
+        return []
+    last_stage = names[depth - 1]
+    params = list(model.named_parameters())
+    last = max(i for i, (n, _) in enumerate(params) if n.startswith(last_stage + "."))
+    frozen = [n for n, _ in params[: last + 1]]
+    for _, p in params[: last + 1]:
+        p.requires_grad_(False)
+    return frozen
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, but normalization layers whose parameters are all frozen stay in eval mode."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            ps = list(m.parameters(recurse=False))
+            if ps and not any(p.requires_grad for p in ps):
+                m.eval()
+
+
+def classifier_param_ids(model: nn.Module) -> set[int]:
+    return {id(p) for p in model.get_classifier().parameters()}
+
+
+def param_groups(model: nn.Module, cfg: TrialConfig) -> list[dict[str, Any]]:
+    """Optimizer groups: backbone and head with their own LRs; no weight decay on biases and norms.
+
+    With ``layer_decay``, timm's layer-wise grouping scales each backbone block's LR down by depth.
+    """
+    scale = cfg.batch_size / 256 if cfg.lr_scale_batch else 1.0
+    head_ids = classifier_param_ids(model)
+    if cfg.layer_decay is not None:
+        from timm.optim import param_groups_layer_decay
+
+        headed = isinstance(model, HeadedModel)
+        target = model.backbone if headed else model  # timm's grouping needs timm's group_matcher
+        base = param_groups_layer_decay(target, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+        if headed:
+            base.append({"params": list(model.get_classifier().parameters()), "weight_decay": cfg.weight_decay})
+    else:
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+        base = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: list[dict[str, Any]] = []
+    for g in base:
+        trainable = [p for p in g["params"] if p.requires_grad]
+        for is_head in (False, True):
+            ps = [p for p in trainable if (id(p) in head_ids) == is_head]
+            if ps:
+                lr = cfg.lr_head if is_head else cfg.lr_backbone * g.get("lr_scale", 1.0)
+                groups.append({"params": ps, "weight_decay": g["weight_decay"], "lr": lr * scale,
+                               "name": "head" if is_head else "backbone"})
+    return groups
+
+
+def create_optimizer(model: nn.Module, cfg: TrialConfig, groups: list[dict[str, Any]] | None = None):
+    """timm's optimizer factory over our parameter groups; 'ranger' is RAdam wrapped in Lookahead."""
+    from timm.optim import create_optimizer_v2
+
+    opt = {
+        "sgd": "nesterov" if cfg.nesterov else "momentum",
+        "adam": "adam",
+        "adamw": "adamw",
+        "radam": "radam",
+        "ranger": "lookahead_radam",
+    }[cfg.optimizer]
+    extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
+    return create_optimizer_v2(
+        groups if groups is not None else param_groups(model, cfg),
+        opt=opt, lr=cfg.lr_backbone, weight_decay=cfg.weight_decay, **extra,
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

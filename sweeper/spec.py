@@ -1,0 +1,509 @@
+"""Study files: their schema, validation with clear errors, and the resolved per-trial config.
+
+A study file declares *fixed* trial parameters and a *space* of searched ones. Every key in either
+is a field of :class:`TrialConfig` (dotted for nested groups: ``aug.cutmix``, ``eval.tta``). A trial's
+config is ``defaults ∪ fixed ∪ --set ∪ sampled params``, frozen, and saved beside every result so a
+run can be reproduced from its artifacts alone.
+
+This module imports nothing heavy: the CLI and every other module may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from sweeper.errors import SweeperError, did_you_mean
+
+Optimizer = Literal["sgd", "adam", "adamw", "radam", "ranger"]
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    """Training augmentations: each technique is an on/off toggle plus its magnitudes."""
+
+    rrc: bool = True  # random resized crop; off = plain resize to the input size
+    rrc_scale: tuple[float, float] = (0.08, 1.0)  # fraction of the image area kept
+    rrc_ratio: tuple[float, float] = (0.75, 1.3333)  # aspect ratio range of the crop
+    hflip: bool = True
+    hflip_p: float = 0.5
+    vflip: bool = False
+    vflip_p: float = 0.5
+    rotation: bool = False
+    rotation_deg: float = 15.0  # uniform in [-deg, deg]
+    translate: bool = False
+    translate_frac: float = 0.1  # max shift, fraction of width/height
+    color_jitter: bool = False
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.0
+    grayscale: bool = False
+    grayscale_p: float = 0.1
+    blur: bool = False
+    blur_p: float = 0.5
+    blur_kernel: int = 3  # odd, pixels
+    sharpness: bool = False
+    sharpness_factor: float = 2.0
+    sharpness_p: float = 0.5
+    randaugment: bool = False
+    randaugment_n: int = 2  # ops per image
+    randaugment_m: int = 9  # magnitude, 0..30
+    augmix: bool = False
+    augmix_severity: int = 3
+    erasing: bool = False
+    erasing_p: float = 0.25
+    mixup: bool = False
+    mixup_alpha: float = 0.2
+    cutmix: bool = False
+    cutmix_alpha: float = 1.0
+    mix_prob: float = 1.0  # probability that a batch is mixed at all when mixup/cutmix is on
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How validation, test and refit predictions see an image."""
+
+    crop_pct: float | None = None  # center-crop ratio; None = the model's pretrained crop_pct
+    tta: bool = False  # average the probabilities of the image and its horizontal flip
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one fine-tuning run needs; the unit a study searches over."""
+
+    backbone: str = "resnet18"  # any timm model name, optionally with a pretrained tag
+    pretrained: bool = False
+    weights_file: str | None = None  # local .safetensors/.pth for pretrained weights (no hub needed)
+    img_size: int | None = None  # train/eval resolution; None = the model's pretrained input size
+    epochs: int = 10  # fidelity budget: one report to the pruner per epoch
+    batch_size: int = 64
+    optimizer: Optimizer = "adamw"
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only
+    lr_backbone: float = 1e-4  # at batch 256 when lr_scale_batch, else as is
+    lr_head: float = 1e-3
+    lr_scale_batch: bool = False  # scale both LRs by batch_size / 256 (linear scaling rule)
+    layer_decay: float | None = None  # layer-wise LR decay factor per block, None = off
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0  # linear warmup, then cosine to zero
+    freeze_depth: int = 0  # 0 = train all; k = freeze the stem and the first k stages
+    label_smoothing: float = 0.0
+    head: Literal["linear", "dropout", "se", "attention"] = "linear"
+    head_dropout: float = 0.0  # dropout before the classifier
+    seed: int = 0
+    num_workers: int | None = None  # DataLoader workers; None = from the machine's cores
+    aug: AugConfig = field(default_factory=AugConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """All parameters as ``{dotted.key: value}``: the names logged to MLflow."""
+        return _flatten(dataclasses.asdict(self))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _field_types(cls: type, prefix: str = "") -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            out.update(_field_types(t, f"{prefix}{f.name}."))  # type: ignore[arg-type]
+        else:
+            out[f"{prefix}{f.name}"] = t
+    return out
+
+
+PARAM_TYPES: dict[str, Any] = _field_types(TrialConfig)
+"""Every parameter a study may fix or search, by dotted name, with its type."""
+
+
+def type_name(t: Any) -> str:
+    origin = typing.get_origin(t)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(t))
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(t))
+    if origin is tuple:
+        return f"[{', '.join(type_name(a) for a in typing.get_args(t))}]"
+    return "null" if t is type(None) else getattr(t, "__name__", str(t))
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check ``value`` against the type of parameter ``key``; return it in canonical form.
+
+    Raises:
+        ValueError: with a message naming what is allowed.
+    """
+    t = PARAM_TYPES[key]
+    ok, v = _coerce(t, value)
+    if not ok:
+        raise ValueError(f"expected {type_name(t)}, got {value!r}")
+    return v
+
+
+def _coerce(t: Any, value: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(t)
+    if origin is Literal:
+        return value in typing.get_args(t), value
+    if origin in (Union, types.UnionType):
+        for a in typing.get_args(t):
+            ok, v = _coerce(a, value)
+            if ok:
+                return True, v
+        return False, value
+    if origin is tuple:
+        args = typing.get_args(t)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return False, value
+        pairs = [_coerce(a, x) for a, x in zip(args, value, strict=True)]
+        return all(ok for ok, _ in pairs), tuple(v for _, v in pairs)
+    if t is type(None):
+        return value is None, None
+    if t is bool:
+        return isinstance(value, bool), value
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if t is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if t is str:
+        return isinstance(value, str), value
+    return False, value
+
+
+# ---- the search space -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched dimension. ``kind`` picks the Optuna suggest call."""
+
+    kind: Literal["float", "int", "choice", "bool"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def grid(self) -> list[Any]:
+        """The values a grid search visits; only discrete dims have one."""
+        if self.kind == "bool":
+            return [False, True]
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.step is None or self.log:
+            raise ValueError("a grid needs discrete values: give this dim a `step` (and no `log`)")
+        assert self.low is not None and self.high is not None
+        n = int(round((self.high - self.low) / self.step))
+        vals = [self.low + i * self.step for i in range(n + 1)]
+        return [int(v) for v in vals] if self.kind == "int" else vals
+
+
+def _parse_dim(key: str, raw: Any) -> Dim:
+    """Parse ``{float: [lo, hi], log: true}``, ``{int: [lo, hi]}``, ``{choice: [...]}``, ``{bool: true}``."""
+    if not isinstance(raw, dict):
+        raise ValueError(
+            "a dimension is a mapping such as {float: [1e-4, 1e-2], log: true}, {int: [0, 3]}, "
+            f"{{choice: [a, b]}} or {{bool: true}}; got {raw!r}"
+        )
+    kinds = [k for k in ("float", "int", "choice", "bool") if k in raw]
+    extra = set(raw) - {"float", "int", "choice", "bool", "log", "step"}
+    if extra:
+        bad = sorted(extra)[0]
+        raise ValueError(f"unknown dimension option {bad!r}{did_you_mean(bad, ['log', 'step'])}")
+    if len(kinds) != 1:
+        raise ValueError("a dimension needs exactly one of float, int, choice, bool")
+    kind = kinds[0]
+    t = PARAM_TYPES[key]
+    if kind == "bool":
+        if raw["bool"] is not True:
+            raise ValueError("write a boolean dimension as {bool: true}")
+        _check_values(key, [False, True])
+        return Dim("bool")
+    if kind == "choice":
+        choices = raw["choice"]
+        if not isinstance(choices, list) or len(choices) < 1:
+            raise ValueError(f"choice needs a non-empty list, got {choices!r}")
+        return Dim("choice", choices=tuple(_check_values(key, choices)))
+    bounds = raw[kind]
+    if (
+        not isinstance(bounds, list)
+        or len(bounds) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+    ):
+        raise ValueError(f"{kind} needs [low, high], got {bounds!r}")
+    low, high = bounds
+    if kind == "int" and not all(isinstance(b, int) for b in bounds):
+        raise ValueError(f"int bounds must be integers, got {bounds!r}")
+    if not low < high:
+        raise ValueError(f"`low < high` must hold, but got (low={low}, high={high})")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise ValueError(f"log must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise ValueError(f"a log-scaled range needs low > 0, got low={low}")
+    step = raw.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise ValueError(f"step must be a positive number, got {step!r}")
+    if step is not None and log:
+        raise ValueError("step and log cannot be combined")
+    _check_values(key, [int(low) if kind == "int" else float(low)])
+    return Dim(kind, low=low, high=high, log=log, step=step)  # type: ignore[arg-type]
+
+
+def _check_values(key: str, values: list[Any]) -> list[Any]:
+    out = []
+    for v in values:
+        try:
+            out.append(coerce(key, v))
+        except ValueError as e:
+            raise ValueError(f"value {v!r} does not fit this parameter: {e}") from None
+    return out
+
+
+# ---- the study file ---------------------------------------------------------------------------
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none")
+METRICS = ("val_acc", "val_loss")
+TOP_KEYS = ("name", "description", "data", "objective", "epochs", "sampler", "pruner", "fixed", "space")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study file. ``fixed`` and ``space`` are keyed by dotted parameter names."""
+
+    name: str
+    path: Path
+    data_root: str
+    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    epochs: int = 10
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
+    fixed: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Dim] = field(default_factory=dict)
+    description: str = ""
+
+    def with_overrides(
+        self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None
+    ) -> Study:
+        """Apply CLI overrides: ``--set`` pins a dimension or replaces a fixed value, ``--epochs`` caps."""
+        fixed, space = dict(self.fixed), dict(self.space)
+        for key, value in (sets or {}).items():
+            key = _known_key(key, f"--set {key}")
+            try:
+                fixed[key] = coerce(key, value)
+            except ValueError as e:
+                raise SweeperError(f"--set {key}={value!r}: {e}") from None
+            space.pop(key, None)
+        total = self.epochs if epochs is None else min(self.epochs, epochs)
+        if epochs is not None and epochs < 1:
+            raise SweeperError(f"--epochs must be at least 1, got {epochs}")
+        return dataclasses.replace(
+            self, fixed=fixed, space=space, epochs=total, data_root=data_root or self.data_root
+        )
+
+    def resolve(self, params: dict[str, Any]) -> TrialConfig:
+        """The frozen config of one trial: defaults, then fixed values, then sampled params."""
+        values = {"epochs": self.epochs, **self.fixed, **params}
+        values["epochs"] = min(int(values["epochs"]), self.epochs)
+        return build_config(values)
+
+
+def build_config(values: dict[str, Any]) -> TrialConfig:
+    """Turn ``{dotted.key: value}`` into a :class:`TrialConfig` (values already checked)."""
+    nested: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, v in values.items():
+        if "." in key:
+            group, name = key.split(".", 1)
+            nested.setdefault(group, {})[name] = v
+        else:
+            top[key] = v
+    hints = typing.get_type_hints(TrialConfig)
+    for group, kv in nested.items():
+        top[group] = hints[group](**kv)
+    return TrialConfig(**top)
+
+
+def _known_key(key: str, where: str) -> str:
+    if key not in PARAM_TYPES:
+        raise SweeperError(f"{where}: unknown parameter {key!r}{did_you_mean(key, PARAM_TYPES)}")
+    return key
+
+
+def _flatten_fixed(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key in ("aug", "eval"):
+            out.update(_flatten_fixed(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def studies_dir() -> Path:
+    """Where study names are looked up: ``./studies`` when it exists, else the packaged ones."""
+    local = Path.cwd() / "studies"
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parent.parent / "studies"
+
+
+def available_studies() -> list[Path]:
+    return sorted(studies_dir().glob("*.yaml"))
+
+
+def find(name_or_path: str) -> Path:
+    """Resolve a study name (``studies/NAME.yaml``) or a path to a study file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SweeperError(f"study file {p} does not exist")
+        return p
+    candidate = studies_dir() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = [s.stem for s in available_studies()]
+    raise SweeperError(
+        f"unknown study {name_or_path!r}{did_you_mean(name_or_path, names)}; "
+        f"available in {studies_dir()}: {', '.join(names) or 'none'}"
+    )
+
+
+def load(name_or_path: str) -> Study:
+    """Load and validate a study file; every problem is a SweeperError naming file and key path."""
+    path = find(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SweeperError(f"{path}:{where}: not valid YAML: {problem}") from None
+    return parse(raw, path)
+
+
+def parse(raw: Any, path: Path) -> Study:
+    def fail(key: str, msg: str) -> SweeperError:
+        return SweeperError(f"{path}: {key}: {msg}")
+
+    if not isinstance(raw, dict):
+        raise SweeperError(f"{path}: a study file is a YAML mapping with keys {', '.join(TOP_KEYS)}")
+    for k in raw:
+        if k not in TOP_KEYS:
+            raise fail(str(k), f"unknown key{did_you_mean(str(k), TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}")
+
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise fail("name", f"must be a non-empty string, got {name!r}")
+
+    data = raw.get("data")
+    if isinstance(data, str):
+        data = {"root": data}
+    if not isinstance(data, dict) or not isinstance(data.get("root"), str):
+        raise fail("data", "needs {root: PATH} (or root: builtin:digits for the built-in dataset)")
+    for k in data:
+        if k != "root":
+            raise fail(f"data.{k}", f"unknown key{did_you_mean(str(k), ['root'])}; allowed: root")
+    root = data["root"]
+    if not root.startswith("builtin:") and not Path(root).is_absolute():
+        root = str((path.parent / root).resolve()) if (path.parent / root).exists() else root
+
+    objective = raw.get("objective", {}) or {}
+    if not isinstance(objective, dict):
+        raise fail("objective", f"must be a mapping {{metric: val_acc, direction: maximize}}, got {objective!r}")
+    for k in objective:
+        if k not in ("metric", "direction"):
+            raise fail(f"objective.{k}", f"unknown key{did_you_mean(str(k), ['metric', 'direction'])}")
+    metric = objective.get("metric", "val_acc")
+    if metric not in METRICS:
+        raise fail("objective.metric", f"must be one of {', '.join(METRICS)}, got {metric!r}")
+    direction = objective.get("direction", "maximize" if metric == "val_acc" else "minimize")
+    if direction not in ("maximize", "minimize"):
+        raise fail("objective.direction", f"must be maximize or minimize, got {direction!r}")
+
+    epochs = raw.get("epochs", 10)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise fail("epochs", f"must be a positive integer, got {epochs!r}")
+
+    sampler = _named_section(raw.get("sampler", "tpe"), "sampler", SAMPLERS, fail)
+    pruner = _named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail)
+
+    fixed_raw = raw.get("fixed", {}) or {}
+    if not isinstance(fixed_raw, dict):
+        raise fail("fixed", f"must be a mapping of parameter: value, got {fixed_raw!r}")
+    fixed: dict[str, Any] = {}
+    for key, value in _flatten_fixed(fixed_raw).items():
+        if key not in PARAM_TYPES:
+            raise fail(f"fixed.{key}", f"unknown parameter{did_you_mean(key, PARAM_TYPES)}")
+        try:
+            fixed[key] = coerce(key, value)
+        except ValueError as e:
+            raise fail(f"fixed.{key}", str(e)) from None
+
+    space_raw = raw.get("space", {}) or {}
+    if not isinstance(space_raw, dict):
+        raise fail("space", f"must be a mapping of parameter: dimension, got {space_raw!r}")
+    space: dict[str, Dim] = {}
+    for key, dim in space_raw.items():
+        key = str(key)
+        if key not in PARAM_TYPES:
+            raise fail(f"space.{key}", f"unknown parameter{did_you_mean(key, PARAM_TYPES)}")
+        if key in fixed:
+            raise fail(f"space.{key}", "is also in fixed; a parameter is either fixed or searched")
+        try:
+            space[key] = _parse_dim(key, dim)
+        except ValueError as e:
+            raise fail(f"space.{key}", str(e)) from None
+
+    if sampler["name"] == "grid":
+        for key, dim in space.items():
+            try:
+                dim.grid()
+            except ValueError as e:
+                raise fail(f"space.{key}", f"sampler grid: {e}") from None
+
+    return Study(
+        name=name,
+        path=path,
+        data_root=root,
+        metric=metric,
+        direction=direction,
+        epochs=epochs,
+        sampler=sampler,
+        pruner=pruner,
+        fixed=fixed,
+        space=space,
+        description=str(raw.get("description", "")),
+    )
+
+
+def _named_section(raw: Any, key: str, names: tuple[str, ...], fail: Any) -> dict[str, Any]:
+    """``tpe`` or ``{name: tpe, seed: 0, ...}`` -> ``{"name": "tpe", "seed": 0, ...}``."""
+    section = {"name": raw} if isinstance(raw, str) else raw
+    if not isinstance(section, dict) or "name" not in section:
+        raise fail(key, f"must be a name or {{name: ..., <arguments>}}; one of {', '.join(names)}")
+    name = section["name"]
+    if name not in names:
+        raise fail(f"{key}.name", f"unknown {key} {name!r}{did_you_mean(str(name), names)}; "
+                                  f"allowed: {', '.join(names)}")
+    return dict(section)

@@ -1,0 +1,163 @@
+"""MLflow tracking behind one narrow interface: a study is an experiment, a trial is a run.
+
+Everything goes through ``MlflowClient`` with explicit run ids (no global "active run"), so several
+trials or workers in one process tree never write to each other's runs. :class:`NullTracker` has the
+same methods and records nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+"""Optuna's final trial state -> the MLflow run status it closes with (also kept as tag ``state``)."""
+
+
+def default_uri() -> str:
+    """The local store: SQLite metadata at ``mlruns/mlflow.db``, artifacts in ``mlruns/artifacts``."""
+    return f"sqlite:///{(Path.cwd() / 'mlruns' / 'mlflow.db').as_posix()}"
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Local SQLite stores keep artifacts beside the database; servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+class TrialRun:
+    """One MLflow run. Metrics are sent in one batch call per epoch, not one call per value."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_dir(self, local_dir: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, state: str, reason: str = "") -> None:
+        tags = {"state": state}
+        if reason:
+            tags["reason"] = reason
+        self.set_tags(tags)
+        self.client.set_terminated(self.run_id, status=STATUS[state])
+
+
+class Tracker:
+    """An MLflow experiment (one per study) at ``uri``."""
+
+    def __init__(self, uri: str | None, experiment: str) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = resolve_uri(uri)
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment = experiment
+        self._experiment_id: str | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                try:
+                    root = _artifact_root(self.uri)
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment, artifact_location=f"{root}/{self.experiment}" if root else None
+                    )
+                except Exception:  # another worker created it first
+                    exp = self.client.get_experiment_by_name(self.experiment)
+                    if exp is None:
+                        raise
+                    self._experiment_id = exp.experiment_id
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> TrialRun:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={k: str(v) for k, v in tags.items()})
+        tr = TrialRun(self.client, run.info.run_id)
+        tr.log_params(params)
+        return tr
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A temporary folder whose files are meant to be logged as artifacts."""
+        with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as d:
+            yield Path(d)
+
+    def close_stale_runs(self, trial_states: dict[int, str]) -> int:
+        """Close RUNNING runs whose trial has ended (its worker died): they take the trial's state."""
+        from mlflow.entities import ViewType
+
+        closed = 0
+        runs = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
+                                       run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+        for r in runs:
+            number = r.data.tags.get("trial_number")
+            state = trial_states.get(int(number)) if number is not None else None
+            if state in STATUS:
+                TrialRun(self.client, r.info.run_id).end(state, "worker lost; closed by a later worker")
+                closed += 1
+        return closed
+
+
+class NullTracker:
+    """The same interface, recording nothing: for runs without tracking and for tests of other parts."""
+
+    uri = ""
+
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> _NullRun:
+        return _NullRun()
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as d:
+            yield Path(d)
+
+    def close_stale_runs(self, trial_states: dict[int, str]) -> int:
+        return 0
+
+
+class _NullRun:
+    run_id = ""
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_dir(self, local_dir: Path, artifact_path: str | None = None) -> None: ...
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def end(self, state: str, reason: str = "") -> None: ...
