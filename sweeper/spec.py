@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -84,7 +85,8 @@ class TrialConfig:
     weights_file: str | None = None  # local .safetensors/.pth for pretrained weights (no hub needed)
     img_size: int | None = None  # train/eval resolution; None = the model's pretrained input size
     epochs: int = 10  # fidelity budget: one report to the pruner per epoch
-    batch_size: int = 64
+    batch_size: int = 64  # images per optimizer step (the effective batch)
+    micro_batch: int | None = None  # images per forward pass; None = batch_size, smaller = grad accumulation
     optimizer: Optimizer = "adamw"
     momentum: float = 0.9  # SGD only
     nesterov: bool = False  # SGD only
@@ -361,7 +363,9 @@ def _flatten_fixed(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def studies_dir() -> Path:
-    """Where study names are looked up: ``./studies`` when it exists, else the packaged ones."""
+    """Where study names are looked up: ``$SWEEPER_STUDIES_DIR``, ``./studies``, else the shipped ones."""
+    if os.environ.get("SWEEPER_STUDIES_DIR"):
+        return Path(os.environ["SWEEPER_STUDIES_DIR"])
     local = Path.cwd() / "studies"
     if local.is_dir():
         return local

@@ -113,6 +113,12 @@ def evaluate(model: nn.Module, batches, num_classes: int, device: torch.device, 
     return loss_sum / max(n, 1), float(np.trace(cm) / max(n, 1)), cm
 
 
+def _micro_slices(n: int, micro: int | None) -> list[slice]:
+    """Slices of a batch of ``n`` for gradient accumulation (one slice when micro is None or >= n)."""
+    step = n if micro is None or micro >= n else micro
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def run_trial(
     cfg: TrialConfig,
     data: data_lib.ImageFolderData,
@@ -169,19 +175,20 @@ def run_trial(
             x, y = _to(x, device), y.to(device, non_blocking=True)
             if mix is not None and len(x) % 2:  # timm's Mixup pairs images: needs an even batch
                 x, y = x[:-1], y[:-1]
-            target = mix(x, y) if mix is not None else None
-            if target is not None:
-                x, target = target
-            with _autocast(device):
-                logits = model(x)
-                loss = (torch.sum(-target * F.log_softmax(logits.float(), -1), -1).mean()
-                        if target is not None else hard_loss(logits.float(), y))
+            target = None
+            if mix is not None:
+                x, target = mix(x, y)  # soft targets
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for sl in _micro_slices(len(x), cfg.micro_batch):
+                with _autocast(device):
+                    logits = model(x[sl])
+                    loss = (torch.sum(-target[sl] * F.log_softmax(logits.float(), -1), -1).mean()
+                            if target is not None else hard_loss(logits.float(), y[sl]))
+                (loss * (logits.shape[0] / len(x))).backward()
+                loss_sum += loss.detach() * logits.shape[0]
+                correct += (logits.argmax(1) == y[sl]).sum()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach() * len(x)
-            correct += (logits.argmax(1) == y).sum()
             seen += len(x)
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
