@@ -8,6 +8,8 @@ stem and the first k stages whatever the architecture calls them (``layer1``, ``
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +37,28 @@ def check_backbone(name: str) -> None:
             f"unknown timm model {name!r}{did_you_mean(arch, _all_model_names())}; "
             "`python -c 'import timm; print(timm.list_models(\"resnet*\"))'` lists them"
         )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def cached_weights(backbone: str) -> str | None:
+    """The model's pretrained weights file in the local Hugging Face hub cache, if it is there."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(backbone)
+    repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+    if not repo:
+        return None
+    names = [pcfg.hf_hub_filename] if pcfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at huggingface_hub's import
+    for name in names:
+        found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 class FeatureHead(nn.Module):
@@ -97,8 +121,16 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
 
     check_backbone(cfg.backbone)
     kwargs: dict[str, Any] = {"pretrained": cfg.pretrained or cfg.weights_file is not None}
-    if cfg.weights_file is not None:
-        kwargs["pretrained_cfg_overlay"] = {"file": cfg.weights_file}
+    weights = cfg.weights_file or (cached_weights(cfg.backbone) if cfg.pretrained else None)
+    if cfg.weights_file is not None and not Path(cfg.weights_file).is_file():
+        raise SweeperError(f"weights_file {cfg.weights_file} does not exist; fix the path or set pretrained: false")
+    if cfg.pretrained and weights is None and _offline():
+        raise SweeperError(
+            f"pretrained weights for {cfg.backbone!r} are not in the Hugging Face hub cache and HF_HUB_OFFLINE "
+            "is set; download them once where there is network, set weights_file, or set pretrained: false"
+        )
+    if weights is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": weights}
     if cfg.head == "linear":
         kwargs.update(num_classes=num_classes, drop_rate=cfg.head_dropout)
     else:

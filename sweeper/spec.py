@@ -209,11 +209,12 @@ class Dim:
             return [False, True]
         if self.kind == "choice":
             return list(self.choices)
-        if self.step is None or self.log:
+        step = self.step if self.step is not None else (1 if self.kind == "int" and not self.log else None)
+        if step is None or self.log:
             raise ValueError("a grid needs discrete values: give this dim a `step` (and no `log`)")
         assert self.low is not None and self.high is not None
-        n = int(round((self.high - self.low) / self.step))
-        vals = [self.low + i * self.step for i in range(n + 1)]
+        n = int(round((self.high - self.low) / step))
+        vals = [self.low + i * step for i in range(n + 1)]
         return [int(v) for v in vals] if self.kind == "int" else vals
 
 
