@@ -26,8 +26,13 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def write_config(path: Path, cfg: TrialConfig, classes: tuple[str, ...], data_config: dict[str, Any],
-                 extra: dict[str, Any] | None = None) -> None:
+def write_config(
+    path: Path,
+    cfg: TrialConfig,
+    classes: tuple[str, ...],
+    data_config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
     doc = {"trial": cfg.flat(), "classes": list(classes), "data_config": data_config, **(extra or {})}
     path.write_text(yaml.safe_dump(_plain(doc), sort_keys=False))
 
@@ -67,7 +72,14 @@ def write_confusion(out_dir: Path, confusion: np.ndarray, classes: tuple[str, ..
         for i in np.argsort(acc, kind="stable"):
             off = confusion[i].copy()
             off[i] = 0
-            w.writerow([classes[i], f"{acc[i]:.4f}", int(support[i]), classes[int(off.argmax())] if off.any() else ""])
+            w.writerow(
+                [
+                    classes[i],
+                    f"{acc[i]:.4f}",
+                    int(support[i]),
+                    classes[int(off.argmax())] if off.any() else "",
+                ]
+            )
     n = len(classes)
     fig, ax = plt.subplots(figsize=(min(4 + 0.12 * n, 20), min(3.5 + 0.12 * n, 19)))
     norm = confusion / np.maximum(support[:, None], 1)
@@ -129,4 +141,3 @@ def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], resul
     if result.confusion is not None:
         write_confusion(out_dir, result.confusion, classes)
     write_curves(out_dir, result.history)
-

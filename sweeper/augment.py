@@ -66,7 +66,9 @@ def eval_transform(data_cfg: dict[str, Any], crop_pct: float | None = None) -> T
     pct = crop_pct if crop_pct is not None else data_cfg.get("crop_pct", 0.875)
     return T.Compose(
         [
-            T.Resize(int(round(size / pct)), interpolation=_interp(data_cfg.get("interpolation", "bilinear"))),
+            T.Resize(
+                int(round(size / pct)), interpolation=_interp(data_cfg.get("interpolation", "bilinear"))
+            ),
             T.CenterCrop(size),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(data_cfg["mean"], data_cfg["std"]),

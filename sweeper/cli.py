@@ -18,18 +18,39 @@ import yaml
 from sweeper import spec as spec_lib
 from sweeper.errors import SweeperError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Hyperparameter sweeps for fine-tuning timm image classifiers (Optuna + MLflow).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hyperparameter sweeps for fine-tuning timm image classifiers (Optuna + MLflow).",
+)
 
 StudyArg = Annotated[str, typer.Argument(help="A study name in studies/ or a path to a study file.")]
-DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset root (overrides the study's data.root).")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="KEY=VALUE: override a fixed param or pin a search dimension (e.g. backbone=resnet18). "
-                  "Repeatable.")]
-StorageOpt = Annotated[str | None, typer.Option(
-    "--storage", help="Optuna storage URL (SQLAlchemy). Default: $SWEEPER_STORAGE, else sqlite:///sweeper.db.")]
-TrackingOpt = Annotated[str | None, typer.Option(
-    "--tracking-uri", help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.")]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Dataset root (overrides the study's data.root).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="KEY=VALUE: override a fixed param or pin a search dimension (e.g. backbone=resnet18). "
+        "Repeatable.",
+    ),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Optuna storage URL (SQLAlchemy). Default: $SWEEPER_STORAGE, else sqlite:///sweeper.db.",
+    ),
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.",
+    ),
+]
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:
@@ -45,8 +66,9 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_spec(study: str, data: Path | None = None, sets: list[str] | None = None,
-              epochs: int | None = None) -> spec_lib.Study:
+def load_spec(
+    study: str, data: Path | None = None, sets: list[str] | None = None, epochs: int | None = None
+) -> spec_lib.Study:
     return spec_lib.load(study).with_overrides(parse_sets(sets), epochs, str(data) if data else None)
 
 
@@ -69,19 +91,30 @@ def preflight(spec: spec_lib.Study) -> None:
 @app.command("run-study")
 def run_study(
     study: StudyArg,
-    trials: Annotated[int, typer.Option(
-        "--trials", min=1,
-        help="Total trials the study should hold. Re-running the same command resumes the study and "
-             "only runs what is missing (interrupted or lost trials are redone); raise N to add trials.")],
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials",
+            min=1,
+            help="Total trials the study should hold. Re-running the same command resumes the study and "
+            "only runs what is missing (interrupted or lost trials are redone); raise N to add trials.",
+        ),
+    ],
     data: DataOpt = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Cap epochs per trial (quick runs).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Cap epochs per trial (quick runs).")
+    ] = None,
     set_: SetOpt = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting new trials after S seconds.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop starting new trials after S seconds.")
+    ] = None,
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
-    from sweeper import data as data_lib, study as study_lib, tracking
+    from sweeper import data as data_lib
+    from sweeper import study as study_lib
+    from sweeper import tracking
 
     spec = load_spec(study, data, set_, epochs)
     preflight(spec)
@@ -89,8 +122,10 @@ def run_study(
     tracker = tracking.Tracker(tracking_uri, spec.name)
     objective = study_lib.make_objective(spec, ds, tracker)
     t0 = time.monotonic()
-    typer.echo(f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val images; "
-               f"storage {study_lib.resolve_storage(storage)}; MLflow {tracker.uri}")
+    typer.echo(
+        f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val images; "
+        f"storage {study_lib.resolve_storage(storage)}; MLflow {tracker.uri}"
+    )
 
     def on_trial_end(st: Any, t: Any) -> None:
         why = t.user_attrs.get(study_lib.FAIL_REASON) or t.user_attrs.get(study_lib.PRUNE_REASON) or ""
@@ -100,15 +135,22 @@ def run_study(
     try:
         st = study_lib.run(spec, trials, objective, storage, timeout, on_trial_end=on_trial_end)
     except KeyboardInterrupt:
-        typer.echo("\ninterrupted: the running trial was closed as failed and will be redone; "
-                   "re-run the same command to finish the study", err=True)
+        typer.echo(
+            "\ninterrupted: the running trial was closed as failed and will be redone; "
+            "re-run the same command to finish the study",
+            err=True,
+        )
         raise typer.Exit(130) from None
     c = study_lib.counts(st.get_trials(deepcopy=False))
-    typer.echo(f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
-               f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)")
+    typer.echo(
+        f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
+        f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)"
+    )
     _print_best(st, spec.metric)
-    typer.echo(f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  "
-               f"(experiment {spec.name!r})")
+    typer.echo(
+        f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  "
+        f"(experiment {spec.name!r})"
+    )
 
 
 def _print_best(st: Any, metric: str) -> None:
@@ -119,8 +161,10 @@ def _print_best(st: Any, metric: str) -> None:
     except SweeperError:
         typer.echo("no complete trial yet")
         return
-    typer.echo(f"best trial {best.number}: {metric}={best.value:.4f} at epoch "
-               f"{best.user_attrs.get(study_lib.BEST_EPOCH, '?')}")
+    typer.echo(
+        f"best trial {best.number}: {metric}={best.value:.4f} at epoch "
+        f"{best.user_attrs.get(study_lib.BEST_EPOCH, '?')}"
+    )
     for k, v in sorted(best.params.items()):
         typer.echo(f"  {k} = {v}")
 
@@ -128,21 +172,26 @@ def _print_best(st: Any, metric: str) -> None:
 @app.command("refit-best")
 def refit_best(
     study: StudyArg,
-    out: Annotated[Path, typer.Option("--out", help="Where model.safetensors, config.yaml and prediction.csv go.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Where model.safetensors, config.yaml and prediction.csv go.")
+    ],
     data: DataOpt = None,
     set_: SetOpt = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Retrain the best trial's config on train+val and write the submission model and predictions."""
-    from sweeper import data as data_lib, refit, tracking
+    from sweeper import data as data_lib
+    from sweeper import refit, tracking
 
     spec = load_spec(study, data, set_)
     ds = data_lib.scan(spec.data_root)
     tracker = tracking.Tracker(tracking_uri, spec.name)
     summary = refit.refit_best(spec, ds, out, storage, tracker)
-    typer.echo(f"refit trial {summary['trial']} ({spec.metric}={summary['value']:.4f}) for "
-               f"{summary['epochs']} epochs on train+val; wrote {', '.join(str(out / f) for f in summary['files'])}")
+    typer.echo(
+        f"refit trial {summary['trial']} ({spec.metric}={summary['value']:.4f}) for "
+        f"{summary['epochs']} epochs on train+val; wrote {', '.join(str(out / f) for f in summary['files'])}"
+    )
 
 
 @app.command("studies")
@@ -191,8 +240,10 @@ def show(
     spec = spec_lib.load(study)
     st = study_lib.load_existing(spec.name, storage)
     c = study_lib.counts(st.get_trials(deepcopy=False))
-    typer.echo(f"study {spec.name}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
-               f"{c['running']} running")
+    typer.echo(
+        f"study {spec.name}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
+        f"{c['running']} running"
+    )
     _print_best(st, spec.metric)
     done = [t for t in st.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: t.value, reverse=spec.direction == "maximize")
@@ -212,12 +263,16 @@ def _fmt(v: Any) -> str:
 @app.command("check")
 def check(study: StudyArg, set_: SetOpt = None) -> None:
     """Validate a study file and print its search space; nothing runs."""
-    from sweeper import model as model_lib, space as space_lib, study as study_lib
+    from sweeper import model as model_lib
+    from sweeper import space as space_lib
+    from sweeper import study as study_lib
 
     spec = load_spec(study, sets=set_)
     study_lib.build_sampler(spec)
     study_lib.build_pruner(spec)
-    backbones = set(spec.space["backbone"].choices) if "backbone" in spec.space else {spec.resolve({}).backbone}
+    backbones = (
+        set(spec.space["backbone"].choices) if "backbone" in spec.space else {spec.resolve({}).backbone}
+    )
     for b in backbones:
         model_lib.check_backbone(b)
     typer.echo(f"study {spec.name} ({spec.path}) is valid")
@@ -237,7 +292,8 @@ def check(study: StudyArg, set_: SetOpt = None) -> None:
 def main() -> None:
     """Console entry point: one-line errors for user mistakes, a traceback only for bugs."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
+        sys.exit(rc if isinstance(rc, int) else 0)
     except SweeperError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -61,7 +61,9 @@ def _check_readable(path: Path) -> None:
         with Image.open(path) as im:
             im.size  # noqa: B018 - forces the header parse
     except (UnidentifiedImageError, OSError) as e:
-        raise SweeperError(f"unreadable image {path}: {e.__class__.__name__}; remove or replace the file")
+        raise SweeperError(
+            f"unreadable image {path}: {e.__class__.__name__}; remove or replace the file"
+        ) from None
 
 
 def _scan_labelled(split_dir: Path) -> dict[str, list[Path]]:
@@ -92,7 +94,9 @@ def scan(root: str | Path, check_images: bool = True) -> ImageFolderData:
         )
     for split in ("train", "val"):
         if not (root_path / split).is_dir():
-            raise SweeperError(f"{root_path / split} is missing; expected {root_path}/{split}/<class>/<images>")
+            raise SweeperError(
+                f"{root_path / split} is missing; expected {root_path}/{split}/<class>/<images>"
+            )
     train, val = _scan_labelled(root_path / "train"), _scan_labelled(root_path / "val")
     if set(train) != set(val):
         only_t, only_v = sorted(set(train) - set(val)), sorted(set(val) - set(train))
@@ -141,6 +145,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
 # ---- the built-in dataset ---------------------------------------------------------------------
 
+
 def data_dir() -> Path:
     """Where generated datasets and caches live: ``$SWEEPER_DATA_DIR`` or ``~/.cache/sweeper``."""
     return Path(os.environ.get("SWEEPER_DATA_DIR", Path.home() / ".cache" / "sweeper"))
@@ -166,7 +171,11 @@ def materialize_builtin(size: int = 32) -> Path:
     for label in range(10):
         idx = rng.permutation(np.flatnonzero(digits.target == label))
         n_train, n_val = int(0.7 * len(idx)), int(0.2 * len(idx))
-        parts = {"train": idx[:n_train], "val": idx[n_train : n_train + n_val], "test": idx[n_train + n_val :]}
+        parts = {
+            "train": idx[:n_train],
+            "val": idx[n_train : n_train + n_val],
+            "test": idx[n_train + n_val :],
+        }
         for split, ids in parts.items():
             for i in ids:
                 pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)

@@ -74,8 +74,11 @@ class FeatureHead(nn.Module):
         if kind == "se":
             hidden = max(8, channels // 16)
             self.se = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
-                nn.Conv2d(hidden, channels, 1), nn.Sigmoid(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(channels, hidden, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, channels, 1),
+                nn.Sigmoid(),
             )
         else:
             heads = next(h for h in (8, 4, 2, 1) if channels % h == 0)
@@ -123,11 +126,14 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
     kwargs: dict[str, Any] = {"pretrained": cfg.pretrained or cfg.weights_file is not None}
     weights = cfg.weights_file or (cached_weights(cfg.backbone) if cfg.pretrained else None)
     if cfg.weights_file is not None and not Path(cfg.weights_file).is_file():
-        raise SweeperError(f"weights_file {cfg.weights_file} does not exist; fix the path or set pretrained: false")
+        raise SweeperError(
+            f"weights_file {cfg.weights_file} does not exist; fix the path or set pretrained: false"
+        )
     if cfg.pretrained and weights is None and _offline():
         raise SweeperError(
-            f"pretrained weights for {cfg.backbone!r} are not in the Hugging Face hub cache and HF_HUB_OFFLINE "
-            "is set; download them once where there is network, set weights_file, or set pretrained: false"
+            f"pretrained weights for {cfg.backbone!r} are not in the Hugging Face hub cache and "
+            "HF_HUB_OFFLINE is set; download them once where there is network, set weights_file, "
+            "or set pretrained: false"
         )
     if weights is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": weights}
@@ -143,7 +149,8 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
         where = cfg.weights_file or "the Hugging Face hub cache (~/.cache/huggingface)"
         raise SweeperError(
             f"pretrained weights for {cfg.backbone!r} could not be loaded from {where}: "
-            f"{str(e).splitlines()[0][:200]}; put the weights there, set weights_file, or set pretrained: false"
+            f"{str(e).splitlines()[0][:200]}; put the weights there, set weights_file, "
+            "or set pretrained: false"
         ) from None
     if cfg.head != "linear":
         model = HeadedModel(model, FeatureHead(cfg.head, model.num_features, num_classes, cfg.head_dropout))
@@ -179,8 +186,9 @@ def freeze(model: nn.Module, depth: int) -> list[str]:
     """
     names = stages(model)
     if not 0 <= depth <= len(names):
-        raise SweeperError(f"freeze_depth={depth} but {type(model).__name__} has {len(names)} stages; "
-                           f"use 0..{len(names)}")
+        raise SweeperError(
+            f"freeze_depth={depth} but {type(model).__name__} has {len(names)} stages; use 0..{len(names)}"
+        )
     if depth == 0:
         return []
     last_stage = names[depth - 1]
@@ -220,11 +228,16 @@ def param_groups(model: nn.Module, cfg: TrialConfig) -> list[dict[str, Any]]:
         target = model.backbone if headed else model  # timm's grouping needs timm's group_matcher
         base = param_groups_layer_decay(target, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         if headed:
-            base.append({"params": list(model.get_classifier().parameters()), "weight_decay": cfg.weight_decay})
+            base.append(
+                {"params": list(model.get_classifier().parameters()), "weight_decay": cfg.weight_decay}
+            )
     else:
         decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-        base = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        base = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
     groups: list[dict[str, Any]] = []
     for g in base:
         trainable = [p for p in g["params"] if p.requires_grad]
@@ -232,8 +245,14 @@ def param_groups(model: nn.Module, cfg: TrialConfig) -> list[dict[str, Any]]:
             ps = [p for p in trainable if (id(p) in head_ids) == is_head]
             if ps:
                 lr = cfg.lr_head if is_head else cfg.lr_backbone * g.get("lr_scale", 1.0)
-                groups.append({"params": ps, "weight_decay": g["weight_decay"], "lr": lr * scale,
-                               "name": "head" if is_head else "backbone"})
+                groups.append(
+                    {
+                        "params": ps,
+                        "weight_decay": g["weight_decay"],
+                        "lr": lr * scale,
+                        "name": "head" if is_head else "backbone",
+                    }
+                )
     return groups
 
 
@@ -251,7 +270,10 @@ def create_optimizer(model: nn.Module, cfg: TrialConfig, groups: list[dict[str, 
     extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
     return create_optimizer_v2(
         groups if groups is not None else param_groups(model, cfg),
-        opt=opt, lr=cfg.lr_backbone, weight_decay=cfg.weight_decay, **extra,
+        opt=opt,
+        lr=cfg.lr_backbone,
+        weight_decay=cfg.weight_decay,
+        **extra,
     )
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import optuna
 
-from sweeper import artifacts, space as space_lib, study as study_lib, train
+from sweeper import artifacts, train
+from sweeper import space as space_lib
+from sweeper import study as study_lib
 from sweeper.data import ImageFolderData
 from sweeper.errors import SweeperError
 from sweeper.spec import Study, TrialConfig
@@ -32,7 +34,9 @@ def best_config(spec: Study, best: optuna.trial.FrozenTrial) -> TrialConfig:
     return dataclasses.replace(cfg, epochs=max(1, epochs))
 
 
-def refit_best(spec: Study, data: ImageFolderData, out: Path, storage_url: str | None, tracker: Any) -> dict[str, Any]:
+def refit_best(
+    spec: Study, data: ImageFolderData, out: Path, storage_url: str | None, tracker: Any
+) -> dict[str, Any]:
     """Train the best config on train+val, log it to MLflow and write ``out/``. Returns a summary."""
     study = study_lib.load_existing(spec.name, storage_url)
     best = study_lib.best_trial(study)
@@ -45,8 +49,13 @@ def refit_best(spec: Study, data: ImageFolderData, out: Path, storage_url: str |
     )
     try:
         result = train.run_trial(cfg, data, lambda e, m: run.log_metrics(e, m), train_on_val=True)
-        artifacts.write_config(out / "config.yaml", cfg, data.classes, result.data_config,
-                               {"refit_of_trial": best.number, "best_trial_value": best.value})
+        artifacts.write_config(
+            out / "config.yaml",
+            cfg,
+            data.classes,
+            result.data_config,
+            {"refit_of_trial": best.number, "best_trial_value": best.value},
+        )
         artifacts.save_weights(out / "model.safetensors", result.state_dict, {"backbone": cfg.backbone})
         wrote = ["model.safetensors", "config.yaml"]
         if data.test:
@@ -60,5 +69,11 @@ def refit_best(spec: Study, data: ImageFolderData, out: Path, storage_url: str |
         run.end("FAIL", f"{type(e).__name__}: {e}"[:500])
         raise
     run.end("COMPLETE")
-    return {"trial": best.number, "value": best.value, "epochs": cfg.epochs, "out": out, "files": wrote,
-            "run_id": run.run_id}
+    return {
+        "trial": best.number,
+        "value": best.value,
+        "epochs": cfg.epochs,
+        "out": out,
+        "files": wrote,
+        "run_id": run.run_id,
+    }

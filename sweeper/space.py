@@ -20,9 +20,13 @@ def suggest(trial: Any, space: dict[str, Dim]) -> dict[str, Any]:
         elif dim.kind == "choice":
             params[key] = trial.suggest_categorical(key, list(dim.choices))
         elif dim.kind == "int":
-            params[key] = trial.suggest_int(key, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
+            params[key] = trial.suggest_int(
+                key, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log
+            )
         else:
-            params[key] = trial.suggest_float(key, float(dim.low), float(dim.high), step=dim.step, log=dim.log)
+            params[key] = trial.suggest_float(
+                key, float(dim.low), float(dim.high), step=dim.step, log=dim.log
+            )
     return params
 
 

@@ -192,6 +192,7 @@ def _coerce(t: Any, value: Any) -> tuple[bool, Any]:
 
 # ---- the search space -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Dim:
     """One searched dimension. ``kind`` picks the Optuna suggest call."""
@@ -233,7 +234,6 @@ def _parse_dim(key: str, raw: Any) -> Dim:
     if len(kinds) != 1:
         raise ValueError("a dimension needs exactly one of float, int, choice, bool")
     kind = kinds[0]
-    t = PARAM_TYPES[key]
     if kind == "bool":
         if raw["bool"] is not True:
             raise ValueError("write a boolean dimension as {bool: true}")
@@ -435,7 +435,9 @@ def parse(raw: Any, path: Path) -> Study:
 
     objective = raw.get("objective", {}) or {}
     if not isinstance(objective, dict):
-        raise fail("objective", f"must be a mapping {{metric: val_acc, direction: maximize}}, got {objective!r}")
+        raise fail(
+            "objective", f"must be a mapping {{metric: val_acc, direction: maximize}}, got {objective!r}"
+        )
     for k in objective:
         if k not in ("metric", "direction"):
             raise fail(f"objective.{k}", f"unknown key{did_you_mean(str(k), ['metric', 'direction'])}")
@@ -509,6 +511,8 @@ def _named_section(raw: Any, key: str, names: tuple[str, ...], fail: Any) -> dic
         raise fail(key, f"must be a name or {{name: ..., <arguments>}}; one of {', '.join(names)}")
     name = section["name"]
     if name not in names:
-        raise fail(f"{key}.name", f"unknown {key} {name!r}{did_you_mean(str(name), names)}; "
-                                  f"allowed: {', '.join(names)}")
+        raise fail(
+            f"{key}.name",
+            f"unknown {key} {name!r}{did_you_mean(str(name), names)}; allowed: {', '.join(names)}",
+        )
     return dict(section)

@@ -46,11 +46,10 @@ def storage(url: str | None) -> optuna.storages.BaseStorage:
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = resolve_storage(url)
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for a concurrent writer, don't fail
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
+    # SQLite: wait for a concurrent writer instead of failing; servers: drop dead pooled connections.
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    )
     try:
         return RDBStorage(
             url,
@@ -196,8 +195,12 @@ def make_objective(spec: Study, data: Any, tracker: Any) -> Callable[[optuna.Tri
         run = tracker.start(
             run_name=f"trial-{trial.number:04d}",
             params=cfg.flat(),
-            tags={"study": spec.name, "trial_number": trial.number, "state": "RUNNING",
-                  "sweeper.searched": ",".join(sorted(spec.space))},
+            tags={
+                "study": spec.name,
+                "trial_number": trial.number,
+                "state": "RUNNING",
+                "sweeper.searched": ",".join(sorted(spec.space)),
+            },
         )
         trial.set_user_attr("mlflow_run_id", run.run_id)
 

@@ -46,7 +46,9 @@ class TrialRun:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        )
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -107,8 +109,9 @@ class Tracker:
         return self._experiment_id
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> TrialRun:
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={k: str(v) for k, v in tags.items()})
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+        )
         tr = TrialRun(self.client, run.info.run_id)
         tr.log_params(params)
         return tr
@@ -124,8 +127,12 @@ class Tracker:
         from mlflow.entities import ViewType
 
         closed = 0
-        runs = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
-                                       run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            "attributes.status = 'RUNNING'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=5000,
+        )
         for r in runs:
             number = r.data.tags.get("trial_number")
             state = trial_states.get(int(number)) if number is not None else None

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper import augment, data as data_lib, model as model_lib
+from sweeper import augment
+from sweeper import data as data_lib
+from sweeper import model as model_lib
 from sweeper.spec import TrialConfig
 
 Report = Callable[[int, dict[str, float]], None]
@@ -147,12 +149,15 @@ def run_trial(
         torch.backends.cudnn.benchmark = True
 
     train_split = data.train + data.val if train_on_val else data.train
-    train_ds = data_lib.ImageDataset(train_split.files, train_split.labels, augment.train_transform(cfg.aug, dcfg))
+    train_ds = data_lib.ImageDataset(
+        train_split.files, train_split.labels, augment.train_transform(cfg.aug, dcfg)
+    )
     train_dl = loader(train_ds, cfg, train=True, device=device)
     val_dl = None
     if not train_on_val:
-        val_ds = data_lib.ImageDataset(data.val.files, data.val.labels,
-                                       augment.eval_transform(dcfg, cfg.eval.crop_pct))
+        val_ds = data_lib.ImageDataset(
+            data.val.files, data.val.labels, augment.eval_transform(dcfg, cfg.eval.crop_pct)
+        )
         val_dl = loader(val_ds, cfg, train=False, device=device)
 
     optimizer = model_lib.create_optimizer(model, cfg)
@@ -182,8 +187,11 @@ def run_trial(
             for sl in _micro_slices(len(x), cfg.micro_batch):
                 with _autocast(device):
                     logits = model(x[sl])
-                    loss = (torch.sum(-target[sl] * F.log_softmax(logits.float(), -1), -1).mean()
-                            if target is not None else hard_loss(logits.float(), y[sl]))
+                    loss = (
+                        torch.sum(-target[sl] * F.log_softmax(logits.float(), -1), -1).mean()
+                        if target is not None
+                        else hard_loss(logits.float(), y[sl])
+                    )
                 (loss * (logits.shape[0] / len(x))).backward()
                 loss_sum += loss.detach() * logits.shape[0]
                 correct += (logits.argmax(1) == y[sl]).sum()
@@ -214,13 +222,16 @@ def run_trial(
 
 def load_for_inference(cfg: TrialConfig, num_classes: int, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Rebuild a trained model from its config and weights (no pretrained weights needed)."""
-    model = model_lib.create(dataclasses.replace(cfg, pretrained=False, weights_file=None, freeze_depth=0),
-                             num_classes)
+    model = model_lib.create(
+        dataclasses.replace(cfg, pretrained=False, weights_file=None, freeze_depth=0), num_classes
+    )
     model.load_state_dict(state_dict)
     return model
 
 
-def predict_files(model: nn.Module, files, cfg: TrialConfig, dcfg: dict[str, Any], device: torch.device | None = None):
+def predict_files(
+    model: nn.Module, files, cfg: TrialConfig, dcfg: dict[str, Any], device: torch.device | None = None
+):
     """Class probabilities ``[N, C]`` for image files, with the eval transform (and TTA when on)."""
     device = device or pick_device()
     model.to(device)

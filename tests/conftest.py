@@ -71,7 +71,9 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def isolated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Run each test in its own directory with its own stores; no network for model weights."""
     work = tmp_path / "work"
     work.mkdir()
@@ -94,11 +96,17 @@ def write_study(path: Path, text: str) -> Path:
 def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run ``sweeper ARGS`` in a subprocess, exactly as a user would, in the test's working directory."""
 
-    def run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "sweeper", *args],
-            capture_output=True, text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
         )
 
     return run

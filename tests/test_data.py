@@ -41,8 +41,9 @@ def test_missing_val_split(image_folder: Path) -> None:
 def test_train_and_val_classes_differ(image_folder: Path) -> None:
     shutil.rmtree(image_folder / "val" / "plant")
     (image_folder / "val" / "fungus").mkdir()
-    (image_folder / "val" / "fungus" / "x.png").write_bytes((image_folder / "train/bird").iterdir().__next__()
-                                                            .read_bytes())
+    (image_folder / "val" / "fungus" / "x.png").write_bytes(
+        (image_folder / "train/bird").iterdir().__next__().read_bytes()
+    )
     with pytest.raises(SweeperError, match=r"only in train: \['plant'\]; only in val: \['fungus'\]"):
         data.scan(image_folder)
 

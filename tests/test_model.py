@@ -95,7 +95,9 @@ def test_pretrained_from_a_local_weights_file(tmp_path: Path) -> None:
 
 
 def test_pretrained_unavailable_is_an_error_not_a_random_init(tmp_path: Path) -> None:
-    with pytest.raises(SweeperError, match=r"pretrained weights for .test_resnet. are not in the Hugging Face hub cache"):
+    with pytest.raises(
+        SweeperError, match=r"pretrained weights for .test_resnet. are not in the Hugging Face hub cache"
+    ):
         model_lib.create(cfg(pretrained=True), num_classes=3)
     with pytest.raises(SweeperError, match=r"weights_file .*missing\.safetensors does not exist"):
         model_lib.create(cfg(weights_file=str(tmp_path / "missing.safetensors")), num_classes=3)
@@ -123,7 +125,8 @@ def fake_hub_cache(root: Path, repo: str, state: dict[str, torch.Tensor]) -> Pat
 
 def test_pretrained_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = timm.create_model("test_resnet", pretrained=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(fake_hub_cache(tmp_path, "timm/test_resnet.r160_in1k",
-                                                          source.state_dict())))
+    monkeypatch.setenv(
+        "HF_HUB_CACHE", str(fake_hub_cache(tmp_path, "timm/test_resnet.r160_in1k", source.state_dict()))
+    )
     m = model_lib.create(cfg(pretrained=True), num_classes=4)
     assert torch.equal(m.state_dict()["layer1.0.conv1.weight"], source.state_dict()["layer1.0.conv1.weight"])

@@ -6,7 +6,6 @@ import pytest
 from sweeper import space
 from sweeper.spec import Dim
 
-
 SPACE = {
     "lr_head": Dim("float", low=1e-4, high=1e-2, log=True),
     "freeze_depth": Dim("int", low=0, high=3),
@@ -33,7 +32,12 @@ def test_fixed_trial_replays_exact_params() -> None:
 
 
 def test_grid_lists_discrete_values() -> None:
-    g = space.grid({"freeze_depth": Dim("int", low=0, high=2), "lr": Dim("float", low=0.1, high=0.3, step=0.1),
-                    "aug.cutmix": Dim("bool")})
+    g = space.grid(
+        {
+            "freeze_depth": Dim("int", low=0, high=2),
+            "lr": Dim("float", low=0.1, high=0.3, step=0.1),
+            "aug.cutmix": Dim("bool"),
+        }
+    )
     assert g["freeze_depth"] == [0, 1, 2] and g["aug.cutmix"] == [False, True]
     assert g["lr"] == pytest.approx([0.1, 0.2, 0.3])

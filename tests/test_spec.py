@@ -122,7 +122,13 @@ def test_overrides_pin_a_dimension_and_cap_epochs(tmp_path: Path) -> None:
     assert "batch_size" not in s.space and s.fixed["batch_size"] == 16
     assert s.fixed["backbone"] == "resnet34" and s.epochs == 2
     cfg = s.resolve({"lr_head": 3e-3, "freeze_depth": 1, "aug.mixup": True})
-    assert (cfg.batch_size, cfg.backbone, cfg.epochs, cfg.lr_head, cfg.freeze_depth) == (16, "resnet34", 2, 3e-3, 1)
+    assert (cfg.batch_size, cfg.backbone, cfg.epochs, cfg.lr_head, cfg.freeze_depth) == (
+        16,
+        "resnet34",
+        2,
+        3e-3,
+        1,
+    )
     assert cfg.aug.mixup and cfg.aug.cutmix
 
 

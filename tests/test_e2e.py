@@ -1,0 +1,186 @@
+"""The whole job through the CLI, as a user runs it: sweep, prune, track, resume, refit, predict."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from sweeper import artifacts
+
+pytestmark = pytest.mark.slow
+
+STUDY = """
+name: e2e
+data: {{root: {root}}}
+objective: {{metric: val_acc, direction: maximize}}
+epochs: 3
+sampler: {{name: random, seed: 3}}
+pruner: {{name: percentile, percentile: 75.0, n_startup_trials: 1, n_warmup_steps: 0}}
+fixed: {{backbone: test_resnet, img_size: 32, num_workers: 0, batch_size: 8, aug: {{rrc: false}}}}
+space:
+  lr_head: {{float: [1.0e-6, 1.0e-2], log: true}}
+  lr_backbone: {{float: [1.0e-6, 1.0e-2], log: true}}
+  aug.hflip: {{bool: true}}
+"""
+
+
+def mlflow_uri() -> str:
+    """Absolute: MLflow caches stores by URI, and every test has its own working directory."""
+    return f"sqlite:///{Path.cwd()}/mlruns/mlflow.db"
+
+
+def optuna_url() -> str:
+    return f"sqlite:///{Path.cwd()}/sweeper.db"
+
+
+@pytest.fixture
+def study_file(tmp_path: Path, image_folder: Path) -> Path:
+    p = tmp_path / "e2e.yaml"
+    p.write_text(STUDY.format(root=image_folder))
+    return p
+
+
+def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> None:
+    r = cli("run-study", str(study_file), "--trials", "5")
+    assert r.returncode == 0, r.stderr
+    assert "best trial" in r.stdout and "mlflow ui" in r.stdout
+
+    study = optuna.load_study(study_name="e2e", storage=optuna_url())
+    states = [t.state for t in study.trials]
+    assert len(states) == 5 and TrialState.COMPLETE in states and TrialState.PRUNED in states
+    assert all(s.is_finished() for s in states)
+
+    client = MlflowClient(tracking_uri=mlflow_uri())
+    exp = client.get_experiment_by_name("e2e")
+    runs = {int(r.data.tags["trial_number"]): r for r in client.search_runs([exp.experiment_id])}
+    assert sorted(runs) == [0, 1, 2, 3, 4]
+    param_names = {frozenset(r.data.params) for r in runs.values()}
+    assert len(param_names) == 1 and {"lr_head", "aug.hflip", "backbone"} <= next(iter(param_names))
+    for t in study.trials:
+        run = runs[t.number]
+        assert run.info.run_name == f"trial-{t.number:04d}"
+        assert run.data.tags["state"] == t.state.name and run.data.tags["study"] == "e2e"
+        assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state.name]
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in history] == sorted(t.intermediate_values)
+        assert [m.value for m in history] == pytest.approx(
+            [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        )
+        if t.state == TrialState.PRUNED:
+            assert "pruned after epoch" in run.data.tags["reason"]
+        if t.state == TrialState.COMPLETE:
+            names = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {
+                "config.yaml",
+                "best.safetensors",
+                "confusion_matrix.png",
+                "per_class_accuracy.csv",
+                "learning_curves.png",
+                "history.csv",
+            } <= names
+            local = Path(client.download_artifacts(run.info.run_id, "config.yaml"))
+            cfg, classes, _ = artifacts.read_config(local)
+            assert classes == ("bird", "insect", "plant") and cfg.lr_head == t.params["lr_head"]
+
+    again = cli("run-study", str(study_file), "--trials", "5")  # resumes: the study is already complete
+    assert again.returncode == 0 and "5/5 trials" in again.stdout
+    assert len(optuna.load_study(study_name="e2e", storage=optuna_url()).trials) == 5
+    more = cli("run-study", str(study_file), "--trials", "6")
+    assert more.returncode == 0 and "6/6 trials" in more.stdout
+
+    shown = cli("show", str(study_file))
+    best = optuna.load_study(study_name="e2e", storage=optuna_url()).best_trial
+    assert shown.returncode == 0 and f"best trial {best.number}:" in shown.stdout
+
+    out = Path("submission")
+    r = cli("refit-best", str(study_file), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((out / "prediction.csv").open()))
+    assert [row["image_name"] for row in rows] == [f"img_{i:03d}" for i in range(6)]
+    assert {row["pred_label"] for row in rows} <= {"bird", "insect", "plant"}
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["classes"] == ["bird", "insect", "plant"] and saved["refit_of_trial"] == best.number
+    assert saved["trial"]["epochs"] == best.user_attrs["best_epoch"]
+    assert artifacts.load_weights(out / "model.safetensors")
+    refit_runs = client.search_runs([exp.experiment_id], "tags.refit_of_trial != ''")
+    assert len(refit_runs) == 1 and refit_runs[0].info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(refit_runs[0].info.run_id, "model")} == {
+        "model/model.safetensors",
+        "model/config.yaml",
+        "model/prediction.csv",
+    }
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(cli, tmp_path: Path, image_folder: Path) -> None:
+    study = tmp_path / "fails.yaml"
+    study.write_text(
+        STUDY.format(root=image_folder).replace("name: e2e", "name: fails")
+        + "  optimizer: {choice: [adamw, sgd]}\n  lr_scale_batch: {bool: true}\n".replace(
+            "lr_scale_batch: {bool: true}", "freeze_depth: {choice: [0, 9]}"
+        )
+    )
+    r = cli("run-study", str(study), "--trials", "4", "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    st = optuna.load_study(study_name="fails", storage=optuna_url())
+    failed = [t for t in st.trials if t.state == TrialState.FAIL]
+    assert len(st.trials) == 4 and failed and len(failed) < 4
+    assert all("freeze_depth=9" in t.user_attrs["fail_reason"] for t in failed)
+    client = MlflowClient(tracking_uri=mlflow_uri())
+    runs = client.search_runs([client.get_experiment_by_name("fails").experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert sum(r.info.status == "FAILED" for r in runs) == len(failed)
+
+
+def test_ctrl_c_closes_the_running_trial_and_rerun_finishes(tmp_path: Path, study_file: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    study_file.write_text(study_file.read_text().replace("epochs: 3", "epochs: 40"))
+    cmd = [sys.executable, "-m", "sweeper", "run-study", str(study_file), "--trials", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until a trial has reported an epoch
+        time.sleep(0.5)
+        if Path("sweeper.db").exists():
+            try:
+                trials = optuna.load_study(study_name="e2e", storage=optuna_url()).trials
+            except KeyError:
+                continue
+            if trials and trials[0].intermediate_values:
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "re-run the same command" in err and "Traceback" not in err
+    t0 = optuna.load_study(study_name="e2e", storage=optuna_url()).trials[0]
+    assert t0.state == TrialState.FAIL and t0.user_attrs["not_counted"] == "interrupted"
+    client = MlflowClient(tracking_uri=mlflow_uri())
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+    r = subprocess.run([*cmd, "--epochs", "1"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    trials = optuna.load_study(study_name="e2e", storage=optuna_url()).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+
+
+def test_quickstart_reaches_095_on_the_builtin_digits(cli) -> None:
+    r = cli("run-study", "quickstart", "--trials", "3")
+    assert r.returncode == 0, r.stderr
+    best = optuna.load_study(study_name="quickstart", storage=optuna_url()).best_value
+    assert best >= 0.95, r.stdout
+    listed = cli("studies")
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("quickstart"))
+    assert f"{best:.4f}" in row
