@@ -133,11 +133,28 @@ def write_predictions(path: Path, files, probs, classes: tuple[str, ...]) -> Non
             w.writerow([Path(file).stem, classes[i]])
 
 
+def fold_file(fold: int) -> str:
+    """The artifact name of fold ``fold``'s weights in a k-fold trial."""
+    return f"fold-{fold}.safetensors"
+
+
 def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], result: Any) -> None:
     """Everything a finished trial leaves: config, best checkpoint, confusion, per-class CSV, curves."""
     extra = {"best_epoch": result.best_epoch, "best": result.best, "num_params": result.num_params}
+    if result.fold_states:
+        extra["fold_files"] = [fold_file(f) for f in range(len(result.fold_states))]
     write_config(out_dir / "config.yaml", cfg, classes, result.data_config, extra)
-    save_weights(out_dir / "best.safetensors", result.state_dict, {"backbone": cfg.backbone})
+    if result.fold_states:  # k-fold: every fold's model is kept, for a fold ensemble at refit
+        for f, state in enumerate(result.fold_states):
+            save_weights(out_dir / fold_file(f), state, {"backbone": cfg.backbone, "fold": str(f)})
+    else:
+        save_weights(out_dir / "best.safetensors", result.state_dict, {"backbone": cfg.backbone})
     if result.confusion is not None:
         write_confusion(out_dir, result.confusion, classes)
     write_curves(out_dir, result.history)
+    if result.sensitive:
+        with open(out_dir / "sensitive_layers.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["rank", "tensor", "grad_norm", "action"])
+            for i, (name, score) in enumerate(result.sensitive, 1):
+                w.writerow([i, name, f"{score:.6g}", cfg.sensitivity.action])

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 import yaml
@@ -44,6 +44,7 @@ StorageOpt = Annotated[
         help="Optuna storage URL (SQLAlchemy). Default: $SWEEPER_STORAGE, else sqlite:///sweeper.db.",
     ),
 ]
+Combine = Literal["refit", "folds", "top", "soup"]
 TrackingOpt = Annotated[
     str | None,
     typer.Option(
@@ -172,25 +173,42 @@ def _print_best(st: Any, metric: str) -> None:
 @app.command("refit-best")
 def refit_best(
     study: StudyArg,
-    out: Annotated[
-        Path, typer.Option("--out", help="Where model.safetensors, config.yaml and prediction.csv go.")
-    ],
+    out: Annotated[Path, typer.Option("--out", help="Where the model, config.yaml and prediction.csv go.")],
     data: DataOpt = None,
     set_: SetOpt = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
+    combine: Annotated[
+        Combine,
+        typer.Option(
+            "--combine",
+            help="refit: retrain the best config on train+val. folds: average the best k-fold trial's "
+            "fold models. top: average the --top best trials' models. soup: greedy weight soup of the --top best trials "
+            "that share the best one's architecture. The last three retrain nothing.",
+        ),
+    ] = "refit",
+    top: Annotated[int, typer.Option("--top", min=1, help="Trials considered by --combine top/soup.")] = 3,
 ) -> None:
-    """Retrain the best trial's config on train+val and write the submission model and predictions."""
+    """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
     from sweeper import data as data_lib
     from sweeper import refit, tracking
 
     spec = load_spec(study, data, set_)
     ds = data_lib.scan(spec.data_root)
     tracker = tracking.Tracker(tracking_uri, spec.name)
-    summary = refit.refit_best(spec, ds, out, storage, tracker)
+    if combine == "refit":
+        summary = refit.refit_best(spec, ds, out, storage, tracker)
+        typer.echo(
+            f"refit trial {summary['trial']} ({spec.metric}={summary['value']:.4f}) for "
+            f"{summary['epochs']} epochs on train+val; "
+            f"wrote {', '.join(str(out / f) for f in summary['files'])}"
+        )
+        return
+    summary = refit.combine(spec, ds, out, storage, tracker, combine, top)
+    val = f"; val_acc={summary['val_acc']:.4f}" if summary.get("val_acc") is not None else ""
     typer.echo(
-        f"refit trial {summary['trial']} ({spec.metric}={summary['value']:.4f}) for "
-        f"{summary['epochs']} epochs on train+val; wrote {', '.join(str(out / f) for f in summary['files'])}"
+        f"{combine} of trials {', '.join(map(str, summary['trials']))} ({summary['members']} models{val}); "
+        f"wrote {', '.join(str(out / f) for f in summary['files'])}"
     )
 
 
@@ -281,6 +299,10 @@ def check(study: StudyArg, set_: SetOpt = None) -> None:
     typer.echo(f"  data: {spec.data_root}")
     typer.echo(f"  objective: {spec.direction} {spec.metric}; {spec.epochs} epochs per trial")
     typer.echo(f"  sampler: {spec.sampler}; pruner: {spec.pruner}")
+    if spec.max_params is not None:
+        typer.echo(
+            f"  constraints: at most {spec.max_params:,} parameters (over-budget configs are not trained)"
+        )
     typer.echo("  fixed:")
     for k, v in spec.fixed.items():
         typer.echo(f"    {k} = {v}")

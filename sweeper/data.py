@@ -119,6 +119,31 @@ def scan(root: str | Path, check_images: bool = True) -> ImageFolderData:
     return ImageFolderData(root_path, classes, split(train), split(val), test)
 
 
+def kfold(split: Split, k: int, seed: int) -> list[tuple[Split, Split]]:
+    """Stratified k-fold: ``k`` (train, val) pairs; every image is in exactly one val fold.
+
+    Each class's images are shuffled with ``seed`` and dealt round-robin into the folds, so every fold
+    holds about 1/k of every class.
+    """
+    if not 2 <= k <= len(split):
+        raise SweeperError(f"folds={k} needs 2 <= folds <= the {len(split)} labelled images")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(split.labels)
+    fold_of = np.empty(len(split), dtype=np.int64)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold_of[idx] = np.arange(len(idx)) % k
+    out = []
+    for f in range(k):
+
+        def pick(mask: np.ndarray) -> Split:
+            ids = np.flatnonzero(mask)
+            return Split(tuple(split.files[i] for i in ids), tuple(split.labels[i] for i in ids))
+
+        out.append((pick(fold_of != f), pick(fold_of == f)))
+    return out
+
+
 def load_image(path: Path) -> torch.Tensor:
     """Decode one file to a uint8 ``[3, H, W]`` RGB tensor."""
     try:

@@ -87,14 +87,16 @@ class FeatureHead(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map ``[B, C, H, W]`` -> one vector per image ``[B, C]`` (the pre-logits features)."""
         if self.kind == "se":
-            pooled = (x * self.se(x)).mean(dim=(2, 3))
-        else:
-            tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C]
-            pooled, _ = self.attn(self.query.expand(x.shape[0], -1, -1), tokens, tokens)
-            pooled = pooled[:, 0]
-        return self.fc(self.drop(pooled))
+            return (x * self.se(x)).mean(dim=(2, 3))
+        tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        pooled, _ = self.attn(self.query.expand(x.shape[0], -1, -1), tokens, tokens)
+        return pooled[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.pool(x)))
 
 
 class HeadedModel(nn.Module):
@@ -111,6 +113,18 @@ class HeadedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.forward_features(x))
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass giving both the pooled pre-logits features and the logits.
+
+    An auxiliary loss on the features (supervised contrastive) needs them without a second pass.
+    """
+    if isinstance(model, HeadedModel):
+        pooled = model.head.pool(model.backbone.forward_features(x))
+        return pooled, model.head.fc(model.head.drop(pooled))
+    pooled = model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
+    return pooled, model.get_classifier()(pooled)  # type: ignore[operator]
 
 
 def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
@@ -137,7 +151,7 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
         )
     if weights is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": weights}
-    if cfg.head == "linear":
+    if cfg.head in ("linear", "dropout"):  # timm's own pooling and classifier, dropout before it
         kwargs.update(num_classes=num_classes, drop_rate=cfg.head_dropout)
     else:
         kwargs.update(num_classes=0, global_pool="")
@@ -152,11 +166,24 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
             f"{str(e).splitlines()[0][:200]}; put the weights there, set weights_file, "
             "or set pretrained: false"
         ) from None
-    if cfg.head != "linear":
+    if cfg.head in ("se", "attention"):
         model = HeadedModel(model, FeatureHead(cfg.head, model.num_features, num_classes, cfg.head_dropout))
     if cfg.freeze_depth:
         freeze(model, cfg.freeze_depth)
     return model
+
+
+def count_params_for(cfg: TrialConfig, num_classes: int) -> int:
+    """Parameters of the model ``cfg`` describes, counted without allocating or loading any weights.
+
+    Built on PyTorch's meta device, so checking a 100M-parameter budget costs milliseconds, not a download.
+    """
+    import dataclasses
+
+    with torch.device("meta"):
+        bare = dataclasses.replace(cfg, pretrained=False, weights_file=None, freeze_depth=0)
+        model = create(bare, num_classes)
+    return count_params(model)
 
 
 def data_config(model: nn.Module, img_size: int | None) -> dict[str, Any]:
@@ -214,13 +241,21 @@ def classifier_param_ids(model: nn.Module) -> set[int]:
     return {id(p) for p in model.get_classifier().parameters()}
 
 
-def param_groups(model: nn.Module, cfg: TrialConfig) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, cfg: TrialConfig, own: dict[str, dict[str, float]] | None = None
+) -> list[dict[str, Any]]:
     """Optimizer groups: backbone and head with their own LRs; no weight decay on biases and norms.
 
     With ``layer_decay``, timm's layer-wise grouping scales each backbone block's LR down by depth.
+
+    Args:
+        own: parameter name -> ``{"lr": ..., "weight_decay": ...}`` for tensors that get a group of their
+            own (boosted sensitive layers); a missing key keeps the value the tensor would have had.
     """
     scale = cfg.batch_size / 256 if cfg.lr_scale_batch else 1.0
     head_ids = classifier_param_ids(model)
+    own = own or {}
+    own_ids = {id(p): n for n, p in model.named_parameters() if n in own}
     if cfg.layer_decay is not None:
         from timm.optim import param_groups_layer_decay
 
@@ -242,9 +277,22 @@ def param_groups(model: nn.Module, cfg: TrialConfig) -> list[dict[str, Any]]:
     for g in base:
         trainable = [p for p in g["params"] if p.requires_grad]
         for is_head in (False, True):
+            lr = cfg.lr_head if is_head else cfg.lr_backbone * g.get("lr_scale", 1.0)
             ps = [p for p in trainable if (id(p) in head_ids) == is_head]
+            for p in ps:
+                if id(p) in own_ids:
+                    name = own_ids[id(p)]
+                    o = own[name]
+                    groups.append(
+                        {
+                            "params": [p],
+                            "lr": o.get("lr", lr) * scale,
+                            "weight_decay": o.get("weight_decay", g["weight_decay"]),
+                            "name": name,
+                        }
+                    )
+            ps = [p for p in ps if id(p) not in own_ids]
             if ps:
-                lr = cfg.lr_head if is_head else cfg.lr_backbone * g.get("lr_scale", 1.0)
                 groups.append(
                     {
                         "params": ps,

@@ -24,6 +24,7 @@ import yaml
 from sweeper.errors import SweeperError, did_you_mean
 
 Optimizer = Literal["sgd", "adam", "adamw", "radam", "ranger"]
+Checkpoint = Literal["objective", "val_acc", "val_loss", "last"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,21 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SensitivityConfig:
+    """Sensitive-layer analysis: rank tensors by their gradient on validation data, then act on the top-k.
+
+    ``lr`` and ``weight_decay`` give the boosted tensors their own values, one per rank (the last value
+    repeats for lower ranks); None keeps the backbone's.
+    """
+
+    action: Literal["none", "freeze", "boost"] = "none"
+    top_k: int = 2  # tensors acted on, from the most sensitive down
+    lr: tuple[float, ...] | None = None  # boost only; per rank, like the other LRs (scaled by batch if asked)
+    weight_decay: tuple[float, ...] | None = None  # boost only; per rank
+    batches: int = 8  # validation batches the gradients are summed over
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     """Everything one fine-tuning run needs; the unit a study searches over."""
 
@@ -93,17 +109,26 @@ class TrialConfig:
     lr_backbone: float = 1e-4  # at batch 256 when lr_scale_batch, else as is
     lr_head: float = 1e-3
     lr_scale_batch: bool = False  # scale both LRs by batch_size / 256 (linear scaling rule)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after the warmup
     layer_decay: float | None = None  # layer-wise LR decay factor per block, None = off
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0  # linear warmup, then cosine to zero
     freeze_depth: int = 0  # 0 = train all; k = freeze the stem and the first k stages
     label_smoothing: float = 0.0
+    supcon_weight: float = 0.0  # weight of the auxiliary supervised-contrastive loss; 0 = off
+    supcon_temperature: float = 0.1  # softmax temperature of that loss
+    checkpoint: Checkpoint = "objective"  # the epoch whose weights a trial keeps; objective = study's metric
+    patience: int | None = None  # stop after this many epochs without a better checkpoint; None = never
+    folds: int = 1  # 1 = the given train/val split; k >= 2 = k-fold over train+val, objective = fold mean
+    merge_models: int = 1  # k >= 2: k copies from one init, seeds seed..seed+k-1, averaged every epoch
+    ema_decay: float | None = None  # keep an exponential moving average of the weights; None = off
     head: Literal["linear", "dropout", "se", "attention"] = "linear"
-    head_dropout: float = 0.0  # dropout before the classifier
+    head_dropout: float = 0.0  # dropout before the classifier (any head; "dropout" = linear after dropout)
     seed: int = 0
     num_workers: int | None = None  # DataLoader workers; None = from the machine's cores
     aug: AugConfig = field(default_factory=AugConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
 
     def flat(self) -> dict[str, Any]:
         """All parameters as ``{dotted.key: value}``: the names logged to MLflow."""
@@ -135,6 +160,9 @@ def _field_types(cls: type, prefix: str = "") -> dict[str, Any]:
 PARAM_TYPES: dict[str, Any] = _field_types(TrialConfig)
 """Every parameter a study may fix or search, by dotted name, with its type."""
 
+GROUPS = tuple(sorted({k.split(".")[0] for k in PARAM_TYPES if "." in k}))
+"""Nested parameter groups a study file may write as mappings (``aug: {cutmix: true}``)."""
+
 
 def type_name(t: Any) -> str:
     origin = typing.get_origin(t)
@@ -142,13 +170,33 @@ def type_name(t: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(t))
     if origin in (Union, types.UnionType):
         return " | ".join(type_name(a) for a in typing.get_args(t))
+    if origin is tuple and typing.get_args(t)[-1] is Ellipsis:
+        return f"{type_name(typing.get_args(t)[0])} | [{type_name(typing.get_args(t)[0])}, ...]"
     if origin is tuple:
         return f"[{', '.join(type_name(a) for a in typing.get_args(t))}]"
     return "null" if t is type(None) else getattr(t, "__name__", str(t))
 
 
+LIMITS: dict[str, tuple[float, float]] = {
+    "folds": (1, math.inf),
+    "merge_models": (1, math.inf),
+    "patience": (1, math.inf),
+    "ema_decay": (0.0, 0.999999),
+    "supcon_weight": (0.0, math.inf),
+    "supcon_temperature": (1e-6, math.inf),
+    "sensitivity.top_k": (1, math.inf),
+    "sensitivity.batches": (1, math.inf),
+    "sensitivity.lr": (0.0, math.inf),
+    "sensitivity.weight_decay": (0.0, math.inf),
+    "head_dropout": (0.0, 0.99),
+    "label_smoothing": (0.0, 0.99),
+    "aug.mix_prob": (0.0, 1.0),
+}
+"""Inclusive ranges of numeric parameters whose type alone does not rule out nonsense."""
+
+
 def coerce(key: str, value: Any) -> Any:
-    """Check ``value`` against the type of parameter ``key``; return it in canonical form.
+    """Check ``value`` against the type (and range) of parameter ``key``; return it in canonical form.
 
     Raises:
         ValueError: with a message naming what is allowed.
@@ -157,6 +205,11 @@ def coerce(key: str, value: Any) -> Any:
     ok, v = _coerce(t, value)
     if not ok:
         raise ValueError(f"expected {type_name(t)}, got {value!r}")
+    if key in LIMITS and v is not None:
+        low, high = LIMITS[key]
+        for x in v if isinstance(v, tuple) else (v,):
+            if not low <= x <= high:
+                raise ValueError(f"must lie in [{low}, {high}], got {x!r}")
     return v
 
 
@@ -170,6 +223,10 @@ def _coerce(t: Any, value: Any) -> tuple[bool, Any]:
             if ok:
                 return True, v
         return False, value
+    if origin is tuple and typing.get_args(t)[-1] is Ellipsis:  # tuple[float, ...]: a list, or one value
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        pairs = [_coerce(typing.get_args(t)[0], x) for x in items]
+        return bool(items) and all(ok for ok, _ in pairs), tuple(v for _, v in pairs)
     if origin is tuple:
         args = typing.get_args(t)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -266,7 +323,7 @@ def _parse_dim(key: str, raw: Any) -> Dim:
         raise ValueError(f"step must be a positive number, got {step!r}")
     if step is not None and log:
         raise ValueError("step and log cannot be combined")
-    _check_values(key, [int(low) if kind == "int" else float(low)])
+    _check_values(key, [int(b) if kind == "int" else float(b) for b in (low, high)])
     return Dim(kind, low=low, high=high, log=log, step=step)  # type: ignore[arg-type]
 
 
@@ -285,7 +342,19 @@ def _check_values(key: str, values: list[Any]) -> list[Any]:
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none")
 METRICS = ("val_acc", "val_loss")
-TOP_KEYS = ("name", "description", "data", "objective", "epochs", "sampler", "pruner", "fixed", "space")
+TOP_KEYS = (
+    "name",
+    "description",
+    "data",
+    "objective",
+    "epochs",
+    "sampler",
+    "pruner",
+    "constraints",
+    "fixed",
+    "space",
+)
+CONSTRAINTS = ("max_params",)
 
 
 @dataclass(frozen=True)
@@ -303,6 +372,7 @@ class Study:
     fixed: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Dim] = field(default_factory=dict)
     description: str = ""
+    max_params: int | None = None  # parameter budget: a config over it is recorded, never trained
 
     def with_overrides(
         self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None
@@ -325,7 +395,7 @@ class Study:
 
     def resolve(self, params: dict[str, Any]) -> TrialConfig:
         """The frozen config of one trial: defaults, then fixed values, then sampled params."""
-        values = {"epochs": self.epochs, **self.fixed, **params}
+        values = {"epochs": self.epochs, **self.fixed, **{k: coerce(k, v) for k, v in params.items()}}
         values["epochs"] = min(int(values["epochs"]), self.epochs)
         return build_config(values)
 
@@ -356,7 +426,7 @@ def _flatten_fixed(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key in ("aug", "eval"):
+        if isinstance(v, dict) and key in GROUPS:
             out.update(_flatten_fixed(v, f"{key}."))
         else:
             out[key] = v
@@ -455,6 +525,21 @@ def parse(raw: Any, path: Path) -> Study:
     sampler = _named_section(raw.get("sampler", "tpe"), "sampler", SAMPLERS, fail)
     pruner = _named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail)
 
+    constraints = raw.get("constraints", {}) or {}
+    if not isinstance(constraints, dict):
+        raise fail("constraints", f"must be a mapping such as {{max_params: 100000000}}, got {constraints!r}")
+    for k in constraints:
+        if k not in CONSTRAINTS:
+            raise fail(
+                f"constraints.{k}",
+                f"unknown constraint{did_you_mean(str(k), CONSTRAINTS)}; allowed: {', '.join(CONSTRAINTS)}",
+            )
+    max_params = constraints.get("max_params")
+    if max_params is not None and (
+        isinstance(max_params, bool) or not isinstance(max_params, (int, float)) or max_params < 1
+    ):
+        raise fail("constraints.max_params", f"must be a positive number of parameters, got {max_params!r}")
+
     fixed_raw = raw.get("fixed", {}) or {}
     if not isinstance(fixed_raw, dict):
         raise fail("fixed", f"must be a mapping of parameter: value, got {fixed_raw!r}")
@@ -501,6 +586,7 @@ def parse(raw: Any, path: Path) -> Study:
         fixed=fixed,
         space=space,
         description=str(raw.get("description", "")),
+        max_params=int(max_params) if max_params is not None else None,
     )
 
 

@@ -84,8 +84,8 @@ def build_sampler(spec: Study, worker: int = 0) -> optuna.samplers.BaseSampler:
 def build_pruner(spec: Study) -> optuna.pruners.BasePruner:
     args = {k: v for k, v in spec.pruner.items() if k != "name"}
     name = spec.pruner["name"]
-    if name == "hyperband":
-        args.setdefault("max_resource", spec.epochs)
+    if name == "hyperband":  # k-fold trials report folds * epochs steps
+        args.setdefault("max_resource", spec.epochs * int(spec.fixed.get("folds", 1)))
     cls: Callable[..., optuna.pruners.BasePruner] = {
         "median": optuna.pruners.MedianPruner,
         "percentile": optuna.pruners.PercentilePruner,
@@ -181,6 +181,28 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
         raise SweeperError(f"study {study.study_name!r} has no complete trial yet; run more trials") from None
 
 
+def check_budget(trial: optuna.Trial, run: Any, cfg: Any, num_classes: int, max_params: int) -> None:
+    """The parameter budget, checked before any training: a config over it is recorded and never trained.
+
+    The relative excess is set as an Optuna constraint on every trial (feasible when <= 0), so TPE and
+    the GP sampler learn to avoid over-budget regions; an over-budget trial ends PRUNED with its reason.
+    """
+    from sweeper import model as model_lib
+
+    n = model_lib.count_params_for(cfg, num_classes)
+    trial.set_user_attr("num_params", n)
+    trial.set_constraint("max_params", n / max_params - 1.0)
+    if n > max_params:
+        reason = (
+            f"not trained: {cfg.backbone} with a {cfg.head} head has {n / 1e6:.1f}M parameters, "
+            f"over the study's budget of {max_params / 1e6:.1f}M (constraints.max_params)"
+        )
+        trial.set_user_attr(PRUNE_REASON, reason)
+        run.set_tags({"num_params": n})
+        run.end("PRUNED", reason)
+        raise optuna.TrialPruned(reason)
+
+
 def make_objective(spec: Study, data: Any, tracker: Any) -> Callable[[optuna.Trial], float]:
     """The objective: sample params, resolve the config, train with per-epoch reports, track it all.
 
@@ -215,6 +237,8 @@ def make_objective(spec: Study, data: Any, tracker: Any) -> Callable[[optuna.Tri
                 raise optuna.TrialPruned(reason)
 
         try:
+            if spec.max_params is not None:
+                check_budget(trial, run, cfg, len(data.classes), spec.max_params)
             result = train.run_trial(cfg, data, report, metric=spec.metric)
         except optuna.TrialPruned:
             raise

@@ -116,6 +116,21 @@ class Tracker:
         tr.log_params(params)
         return tr
 
+    def download(self, run_id: str, artifact: str, dst: Path) -> Path:
+        """Fetch one artifact of a run (a trial's weights or config) into ``dst``; return its local path."""
+        from sweeper.errors import SweeperError
+
+        dst.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line, not progress bars
+        try:
+            return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
+        except Exception as e:  # missing artifact, deleted run, store moved
+            raise SweeperError(
+                f"cannot fetch {artifact!r} of MLflow run {run_id} from {self.uri}: "
+                f"{str(e).splitlines()[0][:200]}; "
+                "pass the --tracking-uri the study ran with"
+            ) from None
+
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A temporary folder whose files are meant to be logged as artifacts."""
@@ -157,6 +172,11 @@ class NullTracker:
 
     def close_stale_runs(self, trial_states: dict[int, str]) -> int:
         return 0
+
+    def download(self, run_id: str, artifact: str, dst: Path) -> Path:
+        from sweeper.errors import SweeperError
+
+        raise SweeperError("trial weights live in MLflow; this needs a tracking store (--tracking-uri)")
 
 
 class _NullRun:

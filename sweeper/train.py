@@ -6,6 +6,7 @@ stops the run by raising from inside it, and the exception passes through untouc
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -19,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper import augment
+from sweeper import augment, averaging, losses, sensitivity
 from sweeper import data as data_lib
 from sweeper import model as model_lib
+from sweeper.errors import SweeperError
 from sweeper.spec import TrialConfig
 
 Report = Callable[[int, dict[str, float]], None]
@@ -42,6 +44,9 @@ class TrialResult:
     confusion: np.ndarray | None = None
     data_config: dict[str, Any] = field(default_factory=dict)
     num_params: int = 0
+    fold_states: list[dict[str, torch.Tensor]] = field(default_factory=list)  # k-fold: every fold's weights
+    stopped_early: int = 0  # the epoch early stopping ended the run at; 0 = ran all epochs
+    sensitive: list[tuple[str, float]] = field(default_factory=list)  # ranked tensors acted on, with scores
 
 
 def pick_device() -> torch.device:
@@ -53,7 +58,10 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def loader(ds: torch.utils.data.Dataset, cfg: TrialConfig, train: bool, device: torch.device):
+def loader(
+    ds: torch.utils.data.Dataset, cfg: TrialConfig, train: bool, device: torch.device, seed: int | None = None
+):
+    """Batches of ``ds``; a training loader shuffles with its own generator (``seed``, default cfg.seed)."""
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
     return torch.utils.data.DataLoader(
         ds,
@@ -63,16 +71,18 @@ def loader(ds: torch.utils.data.Dataset, cfg: TrialConfig, train: bool, device: 
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed) if train else None,
+        generator=torch.Generator().manual_seed(cfg.seed if seed is None else seed) if train else None,
     )
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to 0."""
+def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to 0 or constant."""
 
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -130,17 +140,130 @@ def run_trial(
     train_on_val: bool = False,
     device: torch.device | None = None,
 ) -> TrialResult:
-    """Fine-tune ``cfg.backbone`` on ``data`` and return the best epoch by ``metric``.
+    """Fine-tune ``cfg.backbone`` on ``data`` and return the kept epoch (``cfg.checkpoint``) and its metrics.
+
+    With ``cfg.folds = k >= 2`` the model is trained k times, once per stratified fold of train+val; the
+    result's metrics are the means over folds and every fold's weights are kept (for an ensemble). Fold
+    ``f``'s epoch ``e`` is reported as step ``f * epochs + e``, so a pruner compares like with like.
 
     Args:
         report: called after every epoch with that epoch's metrics; may raise to stop the run.
-        metric: ``val_acc`` (higher is better) or ``val_loss`` (lower is better) selects the best epoch.
+        metric: the study's objective, ``val_acc`` (higher is better) or ``val_loss`` (lower is better).
         train_on_val: refit mode: train on train+val for ``cfg.epochs`` epochs, no validation.
+    """
+    device = device or pick_device()
+    if train_on_val:
+        return fit(
+            cfg,
+            data.train + data.val,
+            None,
+            data.classes,
+            report,
+            metric=metric,
+            device=device,
+            probe=data.val,
+        )
+    if cfg.folds == 1:
+        return fit(cfg, data.train, data.val, data.classes, report, metric=metric, device=device)
+    results = []
+    for f, (train_split, val_split) in enumerate(data_lib.kfold(data.train + data.val, cfg.folds, cfg.seed)):
+        fold_report = None
+        if report is not None:
+
+            def fold_report(e: int, m: dict[str, float], f: int = f) -> None:
+                report(f * cfg.epochs + e, {**m, "fold": f})
+
+        results.append(
+            fit(cfg, train_split, val_split, data.classes, fold_report, metric=metric, device=device)
+        )
+    return _combine_folds(results)
+
+
+def _combine_folds(results: list[TrialResult]) -> TrialResult:
+    """Fold means of the kept epochs' metrics, the summed (out-of-fold) confusion, every fold's weights."""
+    keys = set.intersection(*(set(r.best) for r in results))
+    best = {k: float(np.mean([r.best[k] for r in results])) for k in sorted(keys)}
+    confusions = [r.confusion for r in results if r.confusion is not None]
+    return TrialResult(
+        history=[{**h, "fold": f} for f, r in enumerate(results) for h in r.history],
+        best_epoch=max(1, round(float(np.mean([r.best_epoch for r in results])))),
+        best=best,
+        state_dict={},
+        confusion=sum(confusions[1:], confusions[0]) if confusions else None,
+        data_config=results[0].data_config,
+        num_params=results[0].num_params,
+        fold_states=[r.state_dict for r in results],
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    batches,
+    cfg: TrialConfig,
+    mix,
+    device: torch.device,
+    on_step: Callable[[], None] | None = None,
+) -> tuple[float, float, int]:
+    """One pass over ``batches``; returns (summed loss, correct predictions, images seen)."""
+    model_lib.train_mode(model)
+    hard_loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in batches:
+        x, y = _to(x, device), y.to(device, non_blocking=True)
+        if mix is not None and len(x) % 2:  # timm's Mixup pairs images: needs an even batch
+            x, y = x[:-1], y[:-1]
+        target = None
+        if mix is not None:
+            x, target = mix(x, y)  # soft targets
+        optimizer.zero_grad(set_to_none=True)
+        for sl in _micro_slices(len(x), cfg.micro_batch):
+            with _autocast(device):
+                if cfg.supcon_weight > 0:
+                    feats, logits = model_lib.features_and_logits(model, x[sl])
+                else:
+                    logits = model(x[sl])
+                loss = (
+                    losses.soft_cross_entropy(logits, target[sl])
+                    if target is not None
+                    else hard_loss(logits.float(), y[sl])
+                )
+                if cfg.supcon_weight > 0:  # on the un-mixed labels: a mixed image counts as its first source
+                    loss = loss + cfg.supcon_weight * losses.supcon(feats, y[sl], cfg.supcon_temperature)
+            (loss * (logits.shape[0] / len(x))).backward()
+            loss_sum += loss.detach() * logits.shape[0]
+            correct += (logits.argmax(1) == y[sl]).sum()
+        optimizer.step()
+        scheduler.step()
+        if on_step is not None:
+            on_step()
+        seen += len(x)
+    return loss_sum.item(), float(correct.item()), seen
+
+
+def fit(
+    cfg: TrialConfig,
+    train_split: data_lib.Split,
+    val_split: data_lib.Split | None,
+    classes: tuple[str, ...],
+    report: Report | None = None,
+    *,
+    metric: str = "val_acc",
+    device: torch.device | None = None,
+    probe: data_lib.Split | None = None,
+) -> TrialResult:
+    """Train one model on ``train_split``, validating on ``val_split`` (None: refit, keep the last epoch).
+
+    Args:
+        probe: labelled images for the sensitive-layer analysis when there is no ``val_split``.
     """
     device = device or pick_device()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    num_classes = len(data.classes)
+    num_classes = len(classes)
     model = model_lib.create(cfg, num_classes)
     dcfg = model_lib.data_config(model, cfg.img_size)
     model.to(device)
@@ -148,75 +271,115 @@ def run_trial(
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
 
-    train_split = data.train + data.val if train_on_val else data.train
     train_ds = data_lib.ImageDataset(
         train_split.files, train_split.labels, augment.train_transform(cfg.aug, dcfg)
     )
-    train_dl = loader(train_ds, cfg, train=True, device=device)
     val_dl = None
-    if not train_on_val:
+    if val_split is not None:
         val_ds = data_lib.ImageDataset(
-            data.val.files, data.val.labels, augment.eval_transform(dcfg, cfg.eval.crop_pct)
+            val_split.files, val_split.labels, augment.eval_transform(dcfg, cfg.eval.crop_pct)
         )
         val_dl = loader(val_ds, cfg, train=False, device=device)
 
-    optimizer = model_lib.create_optimizer(model, cfg)
-    steps_per_epoch = len(train_dl)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
-    )
-    mix = augment.mixer(cfg.aug, cfg.label_smoothing, num_classes)
-    hard_loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    own: dict[str, dict[str, float]] = {}
+    sensitive: list[tuple[str, float]] = []
+    sens = cfg.sensitivity
+    if sens.action != "none":
+        probe_split = val_split if val_split is not None else probe
+        if probe_split is None or not len(probe_split):
+            raise SweeperError("sensitivity analysis needs labelled validation images; there are none")
+        probe_dl = loader(
+            data_lib.ImageDataset(
+                probe_split.files, probe_split.labels, augment.eval_transform(dcfg, cfg.eval.crop_pct)
+            ),
+            cfg,
+            train=False,
+            device=device,
+        )
+        head = model_lib.classifier_param_ids(model)
+        ranked = sensitivity.rank(model, probe_dl, device, sens.batches, head)
+        top = [name for name, _ in ranked[: sens.top_k]]
+        sensitive = ranked[: sens.top_k]
+        if sens.action == "freeze":
+            sensitivity.freeze(model, top)
+        else:
+            own = sensitivity.own_groups(top, sens)
 
-    result = TrialResult(data_config=dcfg, num_params=model_lib.count_params(model))
-    better = (lambda a, b: a > b) if metric == "val_acc" else (lambda a, b: a < b)
+    # Periodic merging: replicas share the initial weights and differ in seed (data order, augmentation).
+    replicas = [model] + [copy.deepcopy(model) for _ in range(cfg.merge_models - 1)]
+    trainers = []
+    for i, m in enumerate(replicas):
+        dl = loader(train_ds, cfg, train=True, device=device, seed=cfg.seed + i)
+        optimizer = model_lib.create_optimizer(m, cfg, model_lib.param_groups(m, cfg, own))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_multiplier(cfg.lr_schedule, cfg.epochs * len(dl), int(cfg.warmup_epochs * len(dl)))
+        )
+        trainers.append((m, optimizer, scheduler, dl))
+    mix = augment.mixer(cfg.aug, cfg.label_smoothing, num_classes)
+    ema = averaging.ema(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    steps = [0]
+
+    def ema_step() -> None:
+        steps[0] += 1
+        assert ema is not None
+        ema.update(model, step=steps[0])
+
+    result = TrialResult(data_config=dcfg, num_params=model_lib.count_params(model), sensitive=sensitive)
+    keep = metric if cfg.checkpoint == "objective" else cfg.checkpoint
+    watch = metric if keep == "last" else keep  # what early stopping watches
+    better = (lambda a, b: a > b) if watch == "val_acc" else (lambda a, b: a < b)
+    best_watched, since_best = None, 0
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        model_lib.train_mode(model)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for x, y in train_dl:
-            x, y = _to(x, device), y.to(device, non_blocking=True)
-            if mix is not None and len(x) % 2:  # timm's Mixup pairs images: needs an even batch
-                x, y = x[:-1], y[:-1]
-            target = None
-            if mix is not None:
-                x, target = mix(x, y)  # soft targets
-            optimizer.zero_grad(set_to_none=True)
-            for sl in _micro_slices(len(x), cfg.micro_batch):
-                with _autocast(device):
-                    logits = model(x[sl])
-                    loss = (
-                        torch.sum(-target[sl] * F.log_softmax(logits.float(), -1), -1).mean()
-                        if target is not None
-                        else hard_loss(logits.float(), y[sl])
-                    )
-                (loss * (logits.shape[0] / len(x))).backward()
-                loss_sum += loss.detach() * logits.shape[0]
-                correct += (logits.argmax(1) == y[sl]).sum()
-            optimizer.step()
-            scheduler.step()
-            seen += len(x)
-        train_loss = loss_sum.item() / max(seen, 1)
+        loss_sum, correct, seen = 0.0, 0.0, 0
+        for i, (m, optimizer, scheduler, dl) in enumerate(trainers):
+            ls, c, n = _train_epoch(
+                m,
+                optimizer,
+                scheduler,
+                dl,
+                cfg,
+                mix,
+                device,
+                on_step=ema_step if ema is not None and i == 0 else None,
+            )
+            loss_sum, correct, seen = loss_sum + ls, correct + c, seen + n
+        if len(replicas) > 1:
+            averaging.merge(replicas)
+        train_loss = loss_sum / max(seen, 1)
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch}; lower the learning rate")
+        optimizer = trainers[0][1]
         metrics = {
             "train_loss": train_loss,
-            "train_acc": correct.item() / max(seen, 1),
-            "lr_backbone": optimizer.param_groups[0]["lr"],
+            "train_acc": correct / max(seen, 1),
+            "lr_backbone": next(
+                (g["lr"] for g in optimizer.param_groups if g.get("name") == "backbone"),
+                optimizer.param_groups[0]["lr"],
+            ),
         }
+        evaluated = ema.module if ema is not None else model
         if val_dl is not None:
-            val_loss, val_acc, cm = evaluate(model, val_dl, num_classes, device, cfg.eval.tta)
+            val_loss, val_acc, cm = evaluate(evaluated, val_dl, num_classes, device, cfg.eval.tta)
             metrics.update(val_loss=val_loss, val_acc=val_acc)
         metrics["epoch_seconds"] = time.perf_counter() - t0
         result.history.append(metrics)
-        if val_dl is None or not result.best or better(metrics[metric], result.best[metric]):
+        if val_dl is None or keep == "last" or not result.best or better(metrics[keep], result.best[keep]):
             result.best, result.best_epoch = metrics, epoch
-            result.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            result.state_dict = {
+                k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()
+            }
             result.confusion = cm if val_dl is not None else None
         if report is not None:
             report(epoch, metrics)
+        if val_dl is not None and cfg.patience is not None:
+            if best_watched is None or better(metrics[watch], best_watched):
+                best_watched, since_best = metrics[watch], 0
+            else:
+                since_best += 1
+                if since_best >= cfg.patience:
+                    result.stopped_early = epoch
+                    break
     return result
 
 
