@@ -183,8 +183,8 @@ def refit_best(
         typer.Option(
             "--combine",
             help="refit: retrain the best config on train+val. folds: average the best k-fold trial's "
-            "fold models. top: average the --top best trials' models. soup: greedy weight soup of the --top best trials "
-            "that share the best one's architecture. The last three retrain nothing.",
+            "fold models. top: average the --top best trials' models. soup: greedy weight soup of the "
+            "--top best trials that share the best one's architecture. The last three retrain nothing.",
         ),
     ] = "refit",
     top: Annotated[int, typer.Option("--top", min=1, help="Trials considered by --combine top/soup.")] = 3,
