@@ -130,11 +130,13 @@ space:
 
 
 @pytest.mark.slow
-def test_an_over_budget_config_is_recorded_and_never_trained(image_folder: Path) -> None:
+def test_an_over_budget_config_is_recorded_and_never_trained(
+    image_folder: Path, shared_stores: list[str]
+) -> None:
     Path("budget.yaml").write_text(TWO_BACKBONES.replace("DATA", str(image_folder)))
-    out = sweeper("run-study", "budget.yaml", "--trials", "2")
+    out = sweeper("run-study", "budget.yaml", "--trials", "2", *shared_stores)
     assert "1 complete, 1 pruned" in out and "over the study's budget of 1.0M" in out
-    study = optuna.load_study(study_name="budget", storage="sqlite:///sweeper.db")
+    study = optuna.load_study(study_name="budget", storage=shared_stores[1])
     by_backbone = {t.params["backbone"]: t for t in study.trials}
     big, small = by_backbone["resnet50"], by_backbone["test_resnet"]
     assert big.state == optuna.trial.TrialState.PRUNED and not big.intermediate_values
@@ -145,7 +147,7 @@ def test_an_over_budget_config_is_recorded_and_never_trained(image_folder: Path)
     assert study.best_trial.number == small.number
     from mlflow import MlflowClient
 
-    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    client = MlflowClient(shared_stores[3])
     run = client.get_run(big.user_attrs["mlflow_run_id"])
     assert run.data.tags["state"] == "PRUNED" and "not trained" in run.data.tags["reason"]
     assert not run.data.metrics  # no epoch ever ran
@@ -164,10 +166,10 @@ fixed: {backbone: test_resnet, pretrained: false, img_size: 16, num_workers: 0, 
 
 
 @pytest.mark.slow
-def test_kfold_trial_then_fold_ensemble_and_refit(image_folder: Path) -> None:
+def test_kfold_trial_then_fold_ensemble_and_refit(image_folder: Path, shared_stores: list[str]) -> None:
     Path("kf.yaml").write_text(KFOLD.replace("DATA", str(image_folder)))
-    sweeper("run-study", "kf.yaml", "--trials", "1")
-    out = sweeper("refit-best", "kf.yaml", "--out", "ens", "--combine", "folds")
+    sweeper("run-study", "kf.yaml", "--trials", "1", *shared_stores)
+    out = sweeper("refit-best", "kf.yaml", "--out", "ens", "--combine", "folds", *shared_stores)
     assert "folds of trials 0 (2 models)" in out
     doc = yaml.safe_load(Path("ens/config.yaml").read_text())
     assert [m["weights"] for m in doc["ensemble"]] == [
@@ -191,7 +193,9 @@ def test_kfold_trial_then_fold_ensemble_and_refit(image_folder: Path) -> None:
     with open("ens/prediction.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["pred_label"] for r in rows] == [classes[i] for i in probs.argmax(1).tolist()]
-    out = sweeper("refit-best", "kf.yaml", "--out", "refit")  # retraining works with every option on
+    out = sweeper(
+        "refit-best", "kf.yaml", "--out", "refit", *shared_stores
+    )  # retraining works with every option on
     assert {"model.safetensors", "prediction.csv"} <= {p.name for p in Path("refit").iterdir()}
 
 
@@ -208,13 +212,15 @@ space:
 
 
 @pytest.mark.slow
-def test_top_k_ensemble_and_greedy_soup(image_folder: Path) -> None:
+def test_top_k_ensemble_and_greedy_soup(image_folder: Path, shared_stores: list[str]) -> None:
     Path("top.yaml").write_text(TOP.replace("DATA", str(image_folder)))
-    sweeper("run-study", "top.yaml", "--trials", "3")
-    out = sweeper("refit-best", "top.yaml", "--out", "top", "--combine", "top", "--top", "2")
+    sweeper("run-study", "top.yaml", "--trials", "3", *shared_stores)
+    out = sweeper("refit-best", "top.yaml", "--out", "top", "--combine", "top", "--top", "2", *shared_stores)
     assert "(2 models; val_acc=" in out
     assert len(list(Path("top/members").glob("trial-*/best.safetensors"))) == 2
-    out = sweeper("refit-best", "top.yaml", "--out", "soup", "--combine", "soup", "--top", "3")
+    out = sweeper(
+        "refit-best", "top.yaml", "--out", "soup", "--combine", "soup", "--top", "3", *shared_stores
+    )
     doc = yaml.safe_load(Path("soup/config.yaml").read_text())
     kept = doc["soup_of_trials"]
     members = [artifacts.load_weights(Path(f"soup/members/trial-{n:04d}/best.safetensors")) for n in kept]
