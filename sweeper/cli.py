@@ -114,6 +114,7 @@ def run_study(
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
     from sweeper import data as data_lib
+    from sweeper import progress as progress_lib
     from sweeper import study as study_lib
     from sweeper import tracking
 
@@ -121,20 +122,27 @@ def run_study(
     preflight(spec)
     ds = data_lib.scan(spec.data_root)
     tracker = tracking.Tracker(tracking_uri, spec.name)
-    objective = study_lib.make_objective(spec, ds, tracker)
     t0 = time.monotonic()
     typer.echo(
         f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val images; "
         f"storage {study_lib.resolve_storage(storage)}; MLflow {tracker.uri}"
     )
+    progress = progress_lib.create(trials, spec.epochs, spec.metric)
+    try:  # a resumed study: progress starts from what storage holds
+        existing = study_lib.load_existing(spec.name, storage)
+        progress.update(study_lib.counts(existing.get_trials(deepcopy=False)), _best_value(existing))
+    except SweeperError:
+        pass
+    objective = study_lib.make_objective(spec, ds, tracker, progress)
 
     def on_trial_end(st: Any, t: Any) -> None:
         why = t.user_attrs.get(study_lib.FAIL_REASON) or t.user_attrs.get(study_lib.PRUNE_REASON) or ""
-        value = f"{spec.metric}={t.value:.4f}" if t.value is not None else ""
-        typer.echo(f"trial {t.number}: {t.state.name} {value} {why}".rstrip(), err=False)
+        counts = study_lib.counts(st.get_trials(deepcopy=False))
+        progress.trial_finished(t.number, t.state.name, t.value, why, counts, _best_value(st))
 
     try:
-        st = study_lib.run(spec, trials, objective, storage, timeout, on_trial_end=on_trial_end)
+        with progress:
+            st = study_lib.run(spec, trials, objective, storage, timeout, on_trial_end=on_trial_end)
     except KeyboardInterrupt:
         typer.echo(
             "\ninterrupted: the running trial was closed as failed and will be redone; "
@@ -152,6 +160,13 @@ def run_study(
         f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  "
         f"(experiment {spec.name!r})"
     )
+
+
+def _best_value(st: Any) -> float | None:
+    try:
+        return float(st.best_value)
+    except ValueError:  # no complete trial yet
+        return None
 
 
 def _print_best(st: Any, metric: str) -> None:
@@ -248,9 +263,17 @@ def studies(storage: StorageOpt = None) -> None:
 def show(
     study: StudyArg,
     top: Annotated[int, typer.Option("--top", help="Rows in the table of best trials.")] = 10,
+    ablation: Annotated[
+        bool,
+        typer.Option(
+            "--ablation",
+            help="Instead of the top trials: each on/off dimension's effect on the objective, "
+            "with a bootstrap interval, most helpful first.",
+        ),
+    ] = False,
     storage: StorageOpt = None,
 ) -> None:
-    """Show the best trial and a table of the top trials."""
+    """Show the best trial and a table of the top trials (or, with --ablation, the ablation table)."""
     from optuna.trial import TrialState
 
     from sweeper import study as study_lib
@@ -263,6 +286,20 @@ def show(
         f"{c['running']} running"
     )
     _print_best(st, spec.metric)
+    if ablation:
+        from sweeper import ablation as ablation_lib
+
+        bools = [k for k, d in spec.space.items() if d.kind == "bool"]
+        if not bools:
+            raise SweeperError(
+                f"study {spec.name!r} searches no boolean dimension, so there is nothing "
+                "to ablate: the table compares trials with an on/off option on against off"
+            )
+        ab = ablation_lib.compute(st.get_trials(deepcopy=False), bools, spec.metric, spec.direction)
+        typer.echo("")
+        for line in ablation_lib.format_table(ab):
+            typer.echo(line)
+        return
     done = [t for t in st.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: t.value, reverse=spec.direction == "maximize")
     keys = sorted(spec.space)
@@ -276,6 +313,57 @@ def show(
 
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+@app.command("report")
+def report(
+    study: StudyArg,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="The HTML file to write (default: STUDY-report.html here).")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Trials whose learning curves are drawn.")] = 5,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Write one self-contained HTML report of a study (plots, ablation, trials) and log it to MLflow."""
+    from sweeper import report as report_lib
+    from sweeper import study as study_lib
+    from sweeper import tracking
+
+    spec = spec_lib.load(study)
+    st = study_lib.load_existing(spec.name, storage)
+    tracker = tracking.Tracker(tracking_uri, spec.name)
+    out = out or Path(f"{spec.name}-report.html")
+    if out.is_dir():
+        out = out / f"{spec.name}-report.html"
+    run_id = report_lib.write(spec, st, tracker, out, top)
+    typer.echo(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline); logged to MLflow experiment "
+        f"{spec.name!r} as run {report_lib.REPORT_RUN!r} ({run_id}) in {tracker.uri}"
+    )
+
+
+@app.command("ui")
+def ui(
+    study: StudyArg,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", min=1, max=65535, help="Port on 127.0.0.1 (default: 5000, or any free one if taken)."
+        ),
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+    open_: Annotated[
+        bool, typer.Option("--open", help="Also open the experiment in the default browser.")
+    ] = False,
+) -> None:
+    """Start the MLflow UI on the study's tracking store and print the study's experiment URL."""
+    from sweeper import tracking
+    from sweeper import ui as ui_lib
+
+    spec = spec_lib.load(study)
+    code = ui_lib.serve(tracking.resolve_uri(tracking_uri), spec.name, port, typer.echo, open_)
+    raise typer.Exit(code)
 
 
 @app.command("check")

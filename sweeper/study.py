@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import space as space_lib
 from sweeper.errors import SweeperError
+from sweeper.progress import Progress
 from sweeper.spec import Study
 
 log = logging.getLogger("sweeper")
@@ -203,15 +204,21 @@ def check_budget(trial: optuna.Trial, run: Any, cfg: Any, num_classes: int, max_
         raise optuna.TrialPruned(reason)
 
 
-def make_objective(spec: Study, data: Any, tracker: Any) -> Callable[[optuna.Trial], float]:
+def make_objective(
+    spec: Study, data: Any, tracker: Any, progress: Progress | None = None
+) -> Callable[[optuna.Trial], float]:
     """The objective: sample params, resolve the config, train with per-epoch reports, track it all.
 
     A pruned trial closes its MLflow run as PRUNED, a failing one as FAIL with its reason; the
-    exception then goes on to Optuna, which records the trial's state.
+    exception then goes on to Optuna, which records the trial's state. ``progress`` hears of each
+    trial's start and epochs (its end comes from the ``on_trial_end`` callback of :func:`run`).
     """
     from sweeper import artifacts, train
 
+    progress = progress or Progress(0, spec.epochs, spec.metric)
+
     def objective(trial: optuna.Trial) -> float:
+        progress.trial_started(trial.number)
         params = space_lib.suggest(trial, spec.space)
         cfg = spec.resolve(params)
         run = tracker.start(
@@ -228,6 +235,7 @@ def make_objective(spec: Study, data: Any, tracker: Any) -> Callable[[optuna.Tri
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             run.log_metrics(epoch, metrics)
+            progress.epoch(trial.number, epoch, metrics)
             value = metrics[spec.metric]
             trial.report(value, epoch)
             if trial.should_prune():

@@ -1,0 +1,183 @@
+"""The MLflow UI on a study's own tracking store, so nobody has to find the right ``--backend-store-uri``.
+
+``sweeper ui STUDY`` looks the study's experiment up first (a typo is an error with "did you mean",
+not an empty UI), starts ``mlflow server`` on 127.0.0.1 with that store, waits until it answers, and
+prints the UI's URL and the experiment's page. The server runs in its own process group so that
+stopping sweeper (Ctrl-C or SIGTERM) stops all of its workers too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from sweeper.errors import SweeperError, did_you_mean
+
+HOST = "127.0.0.1"  # local only: the UI shows everything in the store
+DEFAULT_PORT = 5000  # MLflow's own default; taken -> a free port
+KIND_TAG = "mlflow.experimentKind"  # "custom_model_development": the UI opens on runs, not GenAI traces
+READY_TIMEOUT = 120.0  # seconds for the server to answer /health (imports are slow on a busy machine)
+
+
+def experiment_id(tracking_uri: str, name: str) -> str:
+    """The id of experiment ``name`` in the store, or an error naming the experiments that exist.
+
+    An experiment without a kind is marked as model training, so the UI shows its runs table first.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        exp = client.get_experiment_by_name(name)
+        names = [] if exp is not None else [e.name for e in client.search_experiments(max_results=1000)]
+        if exp is not None and KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, "custom_model_development")
+    except Exception as e:
+        raise SweeperError(
+            f"cannot read MLflow store {tracking_uri}: {str(e).splitlines()[0][:300]}"
+        ) from None
+    if exp is None:
+        raise SweeperError(
+            f"no MLflow experiment {name!r} in {tracking_uri}{did_you_mean(name, names)}; "
+            "run the study first or pass the --tracking-uri it ran with"
+        )
+    return str(exp.experiment_id)
+
+
+def free_port(preferred: int | None) -> int:
+    """``preferred`` if given (it must be free), else MLflow's default if free, else any free port."""
+
+    def is_free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                return False
+            return True
+
+    if preferred is not None:
+        if not is_free(preferred):
+            raise SweeperError(f"port {preferred} on {HOST} is in use; pick another with --port")
+        return preferred
+    if is_free(DEFAULT_PORT):
+        return DEFAULT_PORT
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def server_command(tracking_uri: str, port: int) -> list[str]:
+    """``mlflow server`` with the store; local SQLite stores keep new artifacts beside the database."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    if tracking_uri.startswith("sqlite:///"):
+        artifacts = Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts"
+        cmd += ["--default-artifact-root", artifacts.resolve().as_uri(), "--no-serve-artifacts"]
+    return cmd
+
+
+def start(tracking_uri: str, port: int, log: Any = None) -> subprocess.Popen[bytes]:
+    """Start the server in its own process group; its output goes to ``log`` (default: our stderr).
+
+    MLflow's job runner (GenAI scoring and trace jobs: a worker pool of its own) stays off unless the
+    environment turns it on: browsing runs does not need it, and it costs seconds and memory.
+    """
+    env = {**os.environ}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    try:
+        return subprocess.Popen(
+            server_command(tracking_uri, port),
+            stdin=subprocess.DEVNULL,
+            stdout=log or sys.stderr,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    except OSError as e:
+        raise SweeperError(f"cannot start mlflow server: {e}") from None
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = READY_TIMEOUT) -> None:
+    """Return once ``url/health`` answers; an error if the server exits or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SweeperError(
+                f"mlflow server exited with code {proc.returncode} before it answered "
+                "(its messages are above)"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    stop(proc)
+    raise SweeperError(f"mlflow server did not answer at {url} within {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop the server and its workers: SIGTERM to its process group, SIGKILL after ``grace`` seconds,
+    and SIGKILL to whatever of the group outlived its leader."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def serve(tracking_uri: str, name: str, port: int | None, announce: Any, open_browser: bool = False) -> int:
+    """Run the UI for experiment ``name`` until the server exits or we are stopped; returns an exit code.
+
+    ``announce(line)`` prints the URLs once the server answers; ``open_browser`` then opens the
+    experiment's page in the default browser.
+    """
+    exp = experiment_id(tracking_uri, name)
+    port = free_port(port)
+    url = f"http://{HOST}:{port}"
+    proc = start(tracking_uri, port)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        wait_ready(proc, url)
+        announce(f"MLflow UI: {url}")
+        announce(f"experiment {name!r}: {url}/#/experiments/{exp}/runs")
+        announce("stop with Ctrl-C")
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(f"{url}/#/experiments/{exp}/runs")
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(proc)
+        signal.signal(signal.SIGTERM, previous)
