@@ -12,10 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)  ## the quickstart study on the built-in digits, then the submission files
+demo: $(STAMP)  ## the quickstart study on the built-in digits, then the submission files and the report
 	$(BIN)/sweeper run-study quickstart --trials 8
 	$(BIN)/sweeper refit-best quickstart --out out/quickstart
-	@echo "open the MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db"
+	$(BIN)/sweeper report quickstart --out out/quickstart/report.html
+	@echo "open out/quickstart/report.html in a browser, or the MLflow UI: $(BIN)/sweeper ui quickstart"
 
 test: $(STAMP)  ## every test, slow ones included (real training on tiny data, real servers)
 	$(BIN)/pytest -q

@@ -28,7 +28,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeper import ablation, report, spec as spec_lib
+from sweeper import ablation, report
+from sweeper import spec as spec_lib
 from tests.chromium import Chromium, chromium_path
 from tests.conftest import REPO, TINY, make_image_folder
 
@@ -136,7 +137,7 @@ def test_progress_is_a_live_bar_on_a_terminal(built: Built) -> None:
     assert re.search(r"#\d+ epoch [1-3]/3 \| val_acc \d\.\d{4} \| best", out)
     for n in range(FIRST):
         assert re.search(rf"trial {n}: (COMPLETE|PRUNED|FAIL)", out)
-    assert f"done in" in out and f"{FIRST}/{FIRST} trials" in out
+    assert "done in" in out and f"{FIRST}/{FIRST} trials" in out
 
 
 @pytest.mark.slow
