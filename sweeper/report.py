@@ -341,7 +341,11 @@ tr.state-PRUNED{background:#fff8e1} tr.state-FAIL{background:#fdecea} tr.state-R
 
 
 def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
-    """The report as one HTML string (plotly.js inlined)."""
+    """The report as one HTML string (plotly.js inlined).
+
+    ``client`` is an ``MlflowClient`` on the study's tracking store; with None (or runs missing from
+    it) the curves come from Optuna's intermediate values and the confusion matrix is left out.
+    """
     from plotly.offline import get_plotlyjs
 
     trials = study.get_trials(deepcopy=False)

@@ -151,13 +151,26 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _show(announce: Any, url: str, name: str, exp: str, open_browser: bool) -> None:
+    announce(f"MLflow UI: {url}")
+    announce(f"experiment {name!r}: {url}/#/experiments/{exp}/runs")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(f"{url}/#/experiments/{exp}/runs")
+
+
 def serve(tracking_uri: str, name: str, port: int | None, announce: Any, open_browser: bool = False) -> int:
     """Run the UI for experiment ``name`` until the server exits or we are stopped; returns an exit code.
 
     ``announce(line)`` prints the URLs once the server answers; ``open_browser`` then opens the
-    experiment's page in the default browser.
+    experiment's page in the default browser. A tracking URI that is already an MLflow server needs no
+    second one: its URLs are printed and nothing is started.
     """
     exp = experiment_id(tracking_uri, name)
+    if tracking_uri.startswith(("http://", "https://")):  # a tracking server already serves its own UI
+        _show(announce, tracking_uri.rstrip("/"), name, exp, open_browser)
+        return 0
     port = free_port(port)
     url = f"http://{HOST}:{port}"
     proc = start(tracking_uri, port)
@@ -168,13 +181,8 @@ def serve(tracking_uri: str, name: str, port: int | None, announce: Any, open_br
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         wait_ready(proc, url)
-        announce(f"MLflow UI: {url}")
-        announce(f"experiment {name!r}: {url}/#/experiments/{exp}/runs")
+        _show(announce, url, name, exp, open_browser)
         announce("stop with Ctrl-C")
-        if open_browser:
-            import webbrowser
-
-            webbrowser.open(f"{url}/#/experiments/{exp}/runs")
         return proc.wait()
     except KeyboardInterrupt:
         return 0

@@ -410,6 +410,11 @@ def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None
             assert by_name[f"trial-{t.number:04d}"]["status"] == status[t.state.name]
         assert "study-report" in by_name
 
+        # pointed at a tracking server, ui starts nothing and prints that server's pages
+        direct = sweeper(built.dir, "ui", str(built.study_file), "--tracking-uri", base)
+        assert direct.returncode == 0, direct.stderr
+        assert direct.stdout.splitlines()[:2] == [f"MLflow UI: {base}", lines[1]]
+
         if chromium_path() is not None:  # the UI itself, as a person would open it
             with Chromium(width=1400, height=900) as browser:
                 browser.open(lines[1].split(": ", 1)[1])

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from sweeper import ui
+from sweeper.errors import SweeperError
+
+
+def test_server_command_keeps_new_artifacts_beside_a_local_store(tmp_path: Path) -> None:
+    cmd = ui.server_command(f"sqlite:///{tmp_path}/mlruns/mlflow.db", 5123)
+    assert cmd[1:4] == ["-m", "mlflow", "server"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"
+    assert cmd[cmd.index("--default-artifact-root") + 1] == (tmp_path / "mlruns" / "artifacts").as_uri()
+    remote = ui.server_command("postgresql://u@db/mlflow", 5000)
+    assert "--default-artifact-root" not in remote  # a server store keeps its own artifact root
+
+
+def test_free_port_refuses_a_taken_port_and_finds_a_free_one() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SweeperError, match=f"port {port} on 127.0.0.1 is in use"):
+            ui.free_port(port)
+    found = ui.free_port(None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", found))
