@@ -207,31 +207,27 @@ def figures(
             lambda: vis.plot_slice(study, target_name=name),
         ),
     ]
+    reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
     out: list[tuple[str, str, Any]] = []
     if ab is not None and any(r.low is not None for r in ab.rows):
         out.append(("plot-ablation", "Ablation: effect of each on/off option", _ablation_figure(ab)))
     for div, title, make in optuna_plots:
         if div == "plot-intermediate":
-            if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-                out.append((div, title, make().update_layout(xaxis={"title": "epoch", "dtick": 1})))
-            else:
-                out.append((div, title, "no trial has reported an epoch yet"))
-            continue
-        if not complete:
-            out.append((div, title, "needs at least one complete trial"))
-            continue
-        if div == "plot-importance" and len(complete) < 2:
-            out.append((div, title, "needs at least two complete trials"))
-            continue
-        try:
-            out.append((div, title, make()))
-        except Exception as e:  # optuna refuses some studies (e.g. one distinct value per param)
-            out.append(
-                (div, title, f"not available: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-            )
+            fig = make().update_layout(xaxis={"title": "epoch", "dtick": 1}) if reported else None
+            out.append((div, title, fig or "no trial has reported an epoch yet"))
+        elif len(complete) < (2 if div == "plot-importance" else 1):
+            need = "two complete trials" if div == "plot-importance" else "one complete trial"
+            out.append((div, title, f"needs at least {need}"))
+        else:
+            try:
+                out.append((div, title, make()))
+            except Exception as e:  # optuna refuses some studies (e.g. one distinct value per param)
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                out.append((div, title, f"not available: {why}"))
         if div == "plot-history":
             curves_fig = _curves_figure(curves, name) if curves else "needs at least one complete trial"
-            out.append(("plot-curves", f"Learning curves of the top {len(curves)} trials", curves_fig))
+            top = f"top {len(curves)} " if curves else "top "
+            out.append(("plot-curves", f"Learning curves of the {top}trials", curves_fig))
     return out
 
 

@@ -497,6 +497,7 @@ def test_report_without_complete_trials_or_mlflow_says_so_and_escapes_reasons() 
     text = report.render(_spec(), study, client=None)
     assert "&lt;script&gt;x&lt;/script&gt;" in text and "<script>x</script>" not in text
     assert 'id="plot-history-note">needs at least one complete trial' in text
+    assert 'id="plot-curves-note">needs at least one complete trial' in text
     assert 'id="plot-intermediate"' in text  # the pruned trial reported an epoch
     assert "no complete trial yet" in text
     assert text.count('<tr class="state-') == 2
