@@ -8,10 +8,10 @@ What "comparable" means. A pruned trial stopped early, so its last value is not 
 complete trial's best over all epochs. Every trial is therefore read at one common epoch ``E``: its
 best value up to and including epoch ``E`` (for a complete trial at its last epoch that is exactly its
 objective value). Trials that stopped before ``E`` are left out, as are failed and running ones.
-``E`` is the deepest epoch that at least half of the finished (complete or pruned) trials reached:
-deep enough to say something about training beyond the first epochs, shallow enough that the pruned
-half of a study still counts. With little pruning ``E`` is the full budget and only final values are
-compared.
+``E`` is the deepest epoch at which the most dimensions have at least two trials on each side: with
+little pruning that is the full budget (final values only); when most trials were pruned early it is
+the epoch where they still count. The choice looks only at how many trials reached each epoch, never
+at their values, so it cannot tilt an effect.
 
 The interval treats trials as independent draws. They are not quite: an adaptive sampler (TPE)
 picks later trials from earlier ones, and the other dimensions vary too. Read the table as a screen
@@ -70,12 +70,23 @@ def _finished(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state in ok and t.intermediate_values]
 
 
-def comparison_epoch(trials: Sequence[FrozenTrial]) -> int:
-    """The deepest epoch reached by at least half of the finished trials (0 when none finished)."""
-    last = sorted((max(t.intermediate_values) for t in _finished(trials)), reverse=True)
-    if not last:
+def comparison_epoch(trials: Sequence[FrozenTrial], params: Sequence[str]) -> int:
+    """The deepest epoch at which the most of ``params`` have MIN_PER_ARM trials on and off each
+    (0 when no trial finished)."""
+    finished = _finished(trials)
+    if not finished:
         return 0
-    return int(last[math.ceil(len(last) / 2) - 1])
+
+    def comparable(epoch: int) -> int:
+        reached = [t for t in finished if epoch in t.intermediate_values]
+        return sum(
+            min(sum(t.params.get(p) is True for t in reached), sum(t.params.get(p) is False for t in reached))
+            >= MIN_PER_ARM
+            for p in params
+        )
+
+    deepest = max(max(t.intermediate_values) for t in finished)
+    return max(range(1, deepest + 1), key=lambda e: (comparable(e), e))
 
 
 def value_at(trial: FrozenTrial, epoch: int, direction: Direction) -> float | None:
@@ -129,7 +140,7 @@ def compute(
         seed: the bootstrap's seed, so the same study always gives the same table.
     """
     finished = _finished(trials)
-    e = comparison_epoch(trials) if epoch is None else epoch
+    e = comparison_epoch(trials, params) if epoch is None else epoch
     read = [(t, value_at(t, e, direction)) for t in finished]
     used = [(t, v) for t, v in read if v is not None]
     rows = []

@@ -360,8 +360,12 @@ def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
     parts.append(f"<h1>Study {_e(spec.name)}</h1>")
     if spec.description:
         parts.append(f'<p class="meta">{_e(spec.description.strip())}</p>')
+    ran = max((max(t.intermediate_values) for t in trials if t.intermediate_values), default=0)
+    budget = f"{spec.epochs} epochs per trial" + (
+        f" in the study file, at most {ran} in these trials" if 0 < ran < spec.epochs else ""
+    )
     parts.append(
-        f'<p class="meta">{spec.direction} {_e(spec.metric)}; up to {spec.epochs} epochs per trial; '
+        f'<p class="meta">{spec.direction} {_e(spec.metric)}; {budget}; '
         f"sampler {_e(spec.sampler.get('name'))}, pruner {_e(spec.pruner.get('name'))}; "
         f"report of {now}</p>"
     )

@@ -23,17 +23,18 @@ def trial(curve: list[float], state: TrialState = TrialState.COMPLETE, **params:
     )
 
 
-def test_comparison_epoch_is_the_deepest_reached_by_half_the_finished_trials() -> None:
+def test_comparison_epoch_is_the_deepest_where_the_most_options_compare() -> None:
     trials = [
-        trial([0.1] * 4),
-        trial([0.1] * 4),
-        trial([0.1] * 2, TrialState.PRUNED),
-        trial([0.1], TrialState.PRUNED),
-        trial([0.1], TrialState.PRUNED),
+        trial([0.1] * 4, flag=True, other=True),
+        trial([0.1] * 4, flag=True, other=False),
+        trial([0.1] * 2, TrialState.PRUNED, flag=False, other=True),
+        trial([0.1] * 2, TrialState.PRUNED, flag=False, other=False),
+        trial([0.1], TrialState.PRUNED, flag=True, other=True),
     ]
-    assert ablation.comparison_epoch(trials) == 2  # 3 of 5 reached epoch 2, only 2 reached epoch 4
-    assert ablation.comparison_epoch(trials[:3]) == 4
-    assert ablation.comparison_epoch([trial([], TrialState.FAIL)]) == 0
+    assert ablation.comparison_epoch(trials, ["flag"]) == 2  # at 3-4 no trial has the flag off
+    assert ablation.comparison_epoch(trials, ["other"]) == 2  # 2 on, 2 off up to epoch 2
+    assert ablation.comparison_epoch(trials[:2], ["flag"]) == 4  # none compares: the deepest epoch
+    assert ablation.comparison_epoch([trial([], TrialState.FAIL, flag=True)], ["flag"]) == 0
 
 
 def test_value_at_is_the_best_so_far_and_none_before_the_trial_got_there() -> None:
