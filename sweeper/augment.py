@@ -91,3 +91,27 @@ def mixer(aug: AugConfig, label_smoothing: float, num_classes: int):
         label_smoothing=label_smoothing,
         num_classes=num_classes,
     )
+
+
+class BatchTail:
+    """The tail of a pipeline from ``ToDtype`` on, applied to a whole batch on the training device.
+
+    DataLoader workers then send uint8 batches (a quarter of the bytes of float32) and skip the
+    float math. Elementwise ops run once per batch; random ones (erasing) run per image so each
+    image draws its own parameters, as it would in a worker.
+    """
+
+    def __init__(self, ops: list[Any]) -> None:
+        self.ops = ops
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for op in self.ops:
+            x = op(x) if isinstance(op, (T.ToDtype, T.Normalize)) else torch.stack([op(img) for img in x])
+        return x
+
+
+def split_for_device(pipeline: T.Compose) -> tuple[T.Compose, BatchTail]:
+    """Split a pipeline into the per-image uint8 part (workers) and the batch tail (device)."""
+    ops = list(pipeline.transforms)
+    cut = next(i for i, op in enumerate(ops) if isinstance(op, T.ToDtype))
+    return T.Compose(ops[:cut]), BatchTail(ops[cut:])

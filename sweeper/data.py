@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,11 @@ class ImageFolderData:
     train: Split
     val: Split
     test: tuple[Path, ...]
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every image of the dataset in a fixed order: what a decoded-image cache holds."""
+        return self.train.files + self.val.files + self.test
 
 
 def _is_hidden(p: Path) -> bool:
@@ -155,17 +161,24 @@ def load_image(path: Path) -> torch.Tensor:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Files (and labels) -> transformed tensors. Labels are -1 for unlabelled test images."""
+    """Files (and labels) -> transformed tensors. Labels are -1 for unlabelled test images.
 
-    def __init__(self, files: tuple[Path, ...], labels: tuple[int, ...] | None, transform) -> None:
-        self.files, self.transform = files, transform
+    With ``images`` (a decoded-image cache, see :mod:`sweeper.cache`) a file's pixels come from the
+    cache instead of its decoder; files the cache does not hold are decoded as usual.
+    """
+
+    def __init__(self, files: tuple[Path, ...], labels: tuple[int, ...] | None, transform,
+                 images: Mapping[Path, torch.Tensor] | None = None) -> None:
+        self.files, self.transform, self.images = files, transform, images
         self.labels = labels if labels is not None else (-1,) * len(files)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_image(self.files[i])), self.labels[i]
+        f = self.files[i]
+        img = self.images[f] if self.images is not None and f in self.images else load_image(f)
+        return self.transform(img), self.labels[i]
 
 
 # ---- the built-in dataset ---------------------------------------------------------------------

@@ -126,6 +126,9 @@ class TrialConfig:
     head_dropout: float = 0.0  # dropout before the classifier (any head; "dropout" = linear after dropout)
     seed: int = 0
     num_workers: int | None = None  # DataLoader workers; None = from the machine's cores
+    channels_last: Literal["auto"] | bool = "auto"  # NHWC; auto = on CUDA, off for models it slows down
+    compile: bool = False  # torch.compile the model: slower first epoch, faster steps after (GPU)
+    device_aug: bool = False  # send uint8 batches; convert, normalize and erase on the training device
     aug: AugConfig = field(default_factory=AugConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
