@@ -45,7 +45,8 @@ _over_budget: set[str] = set()  # keys already found too big in this process: sa
 def resize_key(resize: Any) -> str:
     """What about a torchvision ``Resize`` changes the cached pixels."""
     size = resize.size if isinstance(resize.size, int) else list(resize.size)
-    return json.dumps([size, str(resize.interpolation.value), resize.antialias, resize.max_size])
+    interpolation = str(getattr(resize.interpolation, "value", resize.interpolation))
+    return json.dumps([size, interpolation, resize.antialias, resize.max_size])
 
 
 def fingerprint(files: Sequence[Path], resize: Any) -> str:
@@ -53,7 +54,8 @@ def fingerprint(files: Sequence[Path], resize: Any) -> str:
     import PIL
     import torchvision
 
-    h = hashlib.sha256(f"v{VERSION}|{resize_key(resize)}|tv {torchvision.__version__}|PIL {PIL.__version__}".encode())
+    versions = f"tv {torchvision.__version__}|PIL {PIL.__version__}"
+    h = hashlib.sha256(f"v{VERSION}|{resize_key(resize)}|{versions}".encode())
     for f in files:
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
@@ -170,7 +172,9 @@ def _remove_stale(root: Path, keep: Path, family: str) -> None:
             continue
 
 
-def open_cache(files: Sequence[Path], resize: Any, workers: int = 0, root: Path | None = None) -> ImageCache | None:
+def open_cache(
+    files: Sequence[Path], resize: Any, workers: int = 0, root: Path | None = None
+) -> ImageCache | None:
     """The cache of ``files`` through ``resize``, built on first use; None when it is over the disk budget.
 
     Args:
@@ -210,6 +214,7 @@ def open_cache(files: Sequence[Path], resize: Any, workers: int = 0, root: Path 
                 return None
             t0 = time.perf_counter()
             _build(files, resize, target, workers)
-            log.info(f"sweeper: cached {len(files)} decoded images in {time.perf_counter() - t0:.1f}s at {target}")
+            secs = time.perf_counter() - t0
+            log.info(f"sweeper: cached {len(files)} decoded images in {secs:.1f}s at {target}")
             _remove_stale(root, target, _family(files, resize))
     return ImageCache(target, files)
