@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -51,11 +52,19 @@ def bare(study_file: str, params_file: str) -> None:
         train.run_trial(s.resolve(params), ds, metric=s.metric)
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of a child process.
+
+    CPU time is the steadier figure on a machine shared with other jobs: waiting for a core
+    stretches wall time but not CPU time.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -79,8 +88,8 @@ def main() -> None:
         study = work / "bench-overhead.yaml"
         study.write_text(STUDY.format(epochs=args.epochs))
         params_file = work / "params.json"
-        sweep_s: list[float] = []
-        bare_s: list[float] = []
+        sweep_s: list[tuple[float, float]] = []
+        bare_s: list[tuple[float, float]] = []
         help_s: list[float] = []
         for r in range(args.rounds + 1):  # round 0 warms up: digits folder, decoded-image cache, page cache
             run_dir = work / f"round{r}"
@@ -92,16 +101,18 @@ def main() -> None:
             st = optuna.load_study(study_name="bench-overhead", storage=f"sqlite:///{run_dir / 'optuna.db'}")
             params_file.write_text(json.dumps([t.params for t in st.get_trials(deepcopy=False)]))
             t_bare = timed([sys.executable, __file__, "--bare", str(study), str(params_file)], run_dir)
-            help_s.append(timed([sys.executable, "-m", "sweeper", "--help"], run_dir))
+            help_s.append(timed([sys.executable, "-m", "sweeper", "--help"], run_dir)[0])
             if r:
                 sweep_s.append(t_sweep)
                 bare_s.append(t_bare)
             label = " (warm-up)" if not r else ""
-            print(f"round {r}{label}: run-study {t_sweep:.1f}s, bare {t_bare:.1f}s", flush=True)
-    ms, mb = statistics.median(sweep_s), statistics.median(bare_s)
+            print(f"round {r}{label}: run-study {t_sweep[0]:.1f}s wall {t_sweep[1]:.1f}s CPU, "
+                  f"bare {t_bare[0]:.1f}s wall {t_bare[1]:.1f}s CPU", flush=True)
     print(f"\n{args.trials} trials x {args.epochs} epochs (test_resnet, digits, 16px), {args.rounds} rounds")
-    print(f"run-study median {ms:.2f}s, bare loops median {mb:.2f}s: overhead {100 * (ms / mb - 1):+.1f}% "
-          f"= {(ms - mb) / args.trials:.2f}s per trial (goal <= 5%)")
+    for i, what in enumerate(("wall", "CPU")):
+        ms, mb = statistics.median(t[i] for t in sweep_s), statistics.median(t[i] for t in bare_s)
+        print(f"{what:>4}: run-study median {ms:.2f}s, bare loops median {mb:.2f}s: overhead "
+              f"{100 * (ms / mb - 1):+.1f}% = {(ms - mb) / args.trials:.2f}s per trial (goal <= 5%)")
     print(f"`sweeper --help` median {statistics.median(help_s):.2f}s over {len(help_s)} runs")
 
 

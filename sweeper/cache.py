@@ -3,7 +3,8 @@
 A sweep trains hundreds of times on the same files; decoding every JPEG in every epoch of every trial
 is the first waste. The first trial that needs a dataset at a given size decodes every file once,
 applies the eval pipeline's own ``Resize`` (short side = input size / crop_pct, aspect kept) and
-appends the uint8 ``[3, H, W]`` pixels to ``pixels.u8`` under the data dir. Every later trial, and
+appends the uint8 pixels (height x width x 3, as decoders lay them out) to ``pixels.u8`` under the
+data dir. Every later trial, and
 every DataLoader worker, maps that file read-only; the page cache shares it across processes.
 
 Why this resize: the eval transform's first op is exactly this ``Resize``, so resizing an image
@@ -38,7 +39,7 @@ from PIL import Image
 from sweeper.data import data_dir, load_image
 
 log = logging.getLogger("sweeper")
-VERSION = 1  # bump when the file layout changes
+VERSION = 2  # bump when the file layout changes
 _over_budget: set[str] = set()  # keys already found too big in this process: say so once
 
 
@@ -111,8 +112,9 @@ class ImageCache(Mapping):
         if self._pixels is None:
             self._pixels = np.memmap(self.folder / "pixels.u8", dtype=np.uint8, mode="r")
         off, h, w = (int(v) for v in self.index[self.rows[os.fspath(file)]])
-        # a copy: transforms get a writable tensor and the map stays read-only
-        return torch.from_numpy(np.array(self._pixels[off : off + 3 * h * w])).view(3, h, w)
+        # a copy: transforms get a writable tensor and the map stays read-only. [3, H, W] over
+        # channels-last memory, exactly like a decoded file (data.load_image)
+        return torch.from_numpy(np.array(self._pixels[off : off + 3 * h * w])).view(h, w, 3).permute(2, 0, 1)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pixels": None}
@@ -126,7 +128,8 @@ class _Decode(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.resize(load_image(self.files[i])).contiguous()
+        # stored height x width x 3, the layout decoders produce and torchvision's uint8 resize is fastest on
+        return self.resize(load_image(self.files[i])).permute(1, 2, 0).contiguous()
 
 
 def _build(files: Sequence[Path], resize: Any, target: Path, workers: int) -> None:
@@ -139,7 +142,7 @@ def _build(files: Sequence[Path], resize: Any, target: Path, workers: int) -> No
             _Decode(files, resize), batch_size=None, num_workers=workers, generator=torch.Generator())
         with open(tmp / "pixels.u8", "wb") as out:
             for i, img in enumerate(decoded):
-                index[i] = (offset, img.shape[1], img.shape[2])
+                index[i] = (offset, img.shape[0], img.shape[1])
                 out.write(memoryview(img.numpy()).cast("B"))
                 offset += img.numel()
             out.flush()
