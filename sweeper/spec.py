@@ -128,7 +128,7 @@ class TrialConfig:
     num_workers: int | None = None  # DataLoader workers; None = from the machine's cores
     channels_last: Literal["auto"] | bool = "auto"  # NHWC; auto = on CUDA, off for models it slows down
     compile: bool = False  # torch.compile the model: slower first epoch, faster steps after (GPU)
-    device_aug: bool = False  # send uint8 batches; convert, normalize and erase on the training device
+    device_aug: Literal["auto"] | bool = "auto"  # uint8 batches, float math on the device; auto = on CUDA
     aug: AugConfig = field(default_factory=AugConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
