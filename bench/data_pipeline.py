@@ -47,8 +47,10 @@ def make_jpegs(root: Path, n: int, size: tuple[int, int], classes: int = 10, see
         c = i % classes
         ww, hh = (w, h) if i % 3 else (h, w)  # a third are portrait
         y, x = (yy, xx) if i % 3 else np.mgrid[0:hh, 0:ww].astype(np.float32)
-        base = np.stack([np.sin(x / (20 + 7 * k + c) + rng.uniform(0, 6)) * np.cos(y / (30 + 5 * k))
-                         for k in range(3)], -1)
+        base = np.stack(
+            [np.sin(x / (20 + 7 * k + c) + rng.uniform(0, 6)) * np.cos(y / (30 + 5 * k)) for k in range(3)],
+            -1,
+        )
         img = (base * 80 + 128 + rng.normal(0, 8, (hh, ww, 3))).clip(0, 255).astype(np.uint8)
         for _ in range(4):
             x0, y0 = rng.integers(0, ww - 40), rng.integers(0, hh - 40)
@@ -113,21 +115,37 @@ def main() -> None:
         uint8_dl = train.loader(data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu, tail)
         size = dcfg["input_size"][-1]
         interp = augment._interp(dcfg.get("interpolation", "bilinear"))
-        pil_ops = [T.RandomResizedCrop(size, scale=aug.rrc_scale, ratio=aug.rrc_ratio, interpolation=interp),
-                   T.RandomHorizontalFlip(aug.hflip_p), T.ToImage(), T.ToDtype(torch.float32, scale=True),
-                   T.Normalize(dcfg["mean"], dcfg["std"])]
+        pil_ops = [
+            T.RandomResizedCrop(size, scale=aug.rrc_scale, ratio=aug.rrc_ratio, interpolation=interp),
+            T.RandomHorizontalFlip(aug.hflip_p),
+            T.ToImage(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(dcfg["mean"], dcfg["std"]),
+        ]
         pil_ds = torchvision.datasets.ImageFolder(str(root), transform=T.Compose(pil_ops))
 
         def plain_loader(ds):
-            return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True,
-                                               num_workers=workers, persistent_workers=workers > 0)
+            return torch.utils.data.DataLoader(
+                ds,
+                batch_size=args.batch,
+                shuffle=True,
+                drop_last=True,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+            )
 
         host_only = train.loader(data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu)
         plain_host = torchvision.datasets.ImageFolder(
-            str(root), transform=T.Compose([T.ToImage(), *host_tf.transforms]))
-        loaders = {"sweeper": sweeper_dl, "sweeper-u8": uint8_dl, "plain": plain_loader(plain_ds),
-                   "plain-pil": plain_loader(pil_ds), "cpu-part": host_only,
-                   "plain-cpu-part": plain_loader(plain_host)}
+            str(root), transform=T.Compose([T.ToImage(), *host_tf.transforms])
+        )
+        loaders = {
+            "sweeper": sweeper_dl,
+            "sweeper-u8": uint8_dl,
+            "plain": plain_loader(plain_ds),
+            "plain-pil": plain_loader(pil_ds),
+            "cpu-part": host_only,
+            "plain-cpu-part": plain_loader(plain_host),
+        }
         for dl in loaders.values():  # warm-up: worker start, page cache
             epoch(dl)
         rates: dict[str, list[float]] = {k: [] for k in loaders}
@@ -135,20 +153,28 @@ def main() -> None:
             for k, dl in loaders.items():
                 rates[k].append(epoch(dl))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"{args.images} JPEGs {args.width}x{args.height} ({jpeg_mb:.0f} MB), {args.model} data config "
-          f"(input {size}, eval resize {eval_tf.transforms[0].size}, {dcfg.get('interpolation')}), "
-          f"batch {args.batch}, {workers} workers, {os.cpu_count()} CPUs, {args.rounds} interleaved rounds")
-    print(f"cache build (once per sweep): {build:.1f}s, {cache_mb:.0f} MB "
-          f"= {build / (args.images / med['plain']):.2f} plain epochs")
+    print(
+        f"{args.images} JPEGs {args.width}x{args.height} ({jpeg_mb:.0f} MB), {args.model} data config "
+        f"(input {size}, eval resize {eval_tf.transforms[0].size}, {dcfg.get('interpolation')}), "
+        f"batch {args.batch}, {workers} workers, {os.cpu_count()} CPUs, {args.rounds} interleaved rounds"
+    )
+    print(
+        f"cache build (once per sweep): {build:.1f}s, {cache_mb:.0f} MB "
+        f"= {build / (args.images / med['plain']):.2f} plain epochs"
+    )
     for k, v in rates.items():
         print(f"  {k:<10} median {med[k]:7.1f} images/s   rounds: {', '.join(f'{x:.0f}' for x in v)}")
     print(f"ratio sweeper / plain     = {med['sweeper'] / med['plain']:.2f}x (goal >= 3x)")
     print(f"ratio sweeper / plain-pil = {med['sweeper'] / med['plain-pil']:.2f}x")
-    print(f"ratio sweeper-u8 / plain  = {med['sweeper-u8'] / med['plain']:.2f}x (device_aug: uint8 batches, "
-          "float math after the transfer, here in the main process on the CPU)")
+    print(
+        f"ratio sweeper-u8 / plain  = {med['sweeper-u8'] / med['plain']:.2f}x (device_aug: uint8 batches, "
+        "float math after the transfer, here in the main process on the CPU)"
+    )
     ratio = med["cpu-part"] / med["plain-cpu-part"]
-    print(f"ratio cpu-part / plain-cpu-part = {ratio:.2f}x (uint8 batches: the CPU's share when conversion "
-          "and normalize run on the accelerator, for both pipelines)")
+    print(
+        f"ratio cpu-part / plain-cpu-part = {ratio:.2f}x (uint8 batches: the CPU's share when conversion "
+        "and normalize run on the accelerator, for both pipelines)"
+    )
 
 
 if __name__ == "__main__":

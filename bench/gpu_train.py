@@ -77,9 +77,25 @@ def forever(dl):
 
 def timm_bench(path: str, model: str, batch: int, steps: int, extra: list[str]) -> float:
     with tempfile.NamedTemporaryFile(suffix=".csv") as f:
-        subprocess.run([sys.executable, path, "--bench", "train", "--model", model, "-b", str(batch),
-                        "--num-bench-iter", str(steps), "--results-file", f.name, *extra],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                path,
+                "--bench",
+                "train",
+                "--model",
+                model,
+                "-b",
+                str(batch),
+                "--num-bench-iter",
+                str(steps),
+                "--results-file",
+                f.name,
+                *extra,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         with open(f.name) as rows:
             row = next(csv.DictReader(rows))
         return float(next(v for k, v in row.items() if k.endswith("samples_per_sec")))
@@ -95,8 +111,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4096, help="generated JPEGs for the real-data phase")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--timm-benchmark", default=None, help="path to timm's benchmark.py")
-    ap.add_argument("--timm-args", default="--amp --amp-dtype bfloat16 --channels-last",
-                    help="precision flags for timm's script, matching sweeper's bf16 autocast")
+    ap.add_argument(
+        "--timm-args",
+        default="--amp --amp-dtype bfloat16 --channels-last",
+        help="precision flags for timm's script, matching sweeper's bf16 autocast",
+    )
     args = ap.parse_args()
     if args.quick:
         args.models, args.rounds = args.models[:1], 1
@@ -132,19 +151,24 @@ def main() -> None:
                 rates["synthetic"].append(images_per_s(step, sync, synthetic, args.steps))
                 rates["real"].append(images_per_s(step, sync, forever(real), args.steps))
                 if args.timm_benchmark:
-                    rates["timm"].append(timm_bench(args.timm_benchmark, name, args.batch, args.steps,
-                                                    args.timm_args.split()))
+                    rates["timm"].append(
+                        timm_bench(args.timm_benchmark, name, args.batch, args.steps, args.timm_args.split())
+                    )
             med = {k: statistics.median(v) for k, v in rates.items() if v}
-            line = (f"{name}: batch {args.batch}, channels_last {train.use_channels_last(cfg, device)}, "
-                    f"synthetic {med['synthetic']:.0f} img/s, real {med['real']:.0f} img/s "
-                    f"-> real/synthetic {med['real'] / med['synthetic']:.3f} (goal >= 0.9)")
+            line = (
+                f"{name}: batch {args.batch}, channels_last {train.use_channels_last(cfg, device)}, "
+                f"synthetic {med['synthetic']:.0f} img/s, real {med['real']:.0f} img/s "
+                f"-> real/synthetic {med['real'] / med['synthetic']:.3f} (goal >= 0.9)"
+            )
             if "timm" in med:
                 ratio = med["synthetic"] / med["timm"]
                 line += f"; timm {med['timm']:.0f} img/s -> sweeper/timm {ratio:.3f} (goal >= 0.95)"
             print(line, flush=True)
             del model, real
-    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else device}, "
-          f"{train.cores()} cores, torch {torch.__version__}")
+    print(
+        f"device {torch.cuda.get_device_name() if device.type == 'cuda' else device}, "
+        f"{train.cores()} cores, torch {torch.__version__}"
+    )
 
 
 if __name__ == "__main__":

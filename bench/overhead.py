@@ -94,9 +94,19 @@ def main() -> None:
         for r in range(args.rounds + 1):  # round 0 warms up: digits folder, decoded-image cache, page cache
             run_dir = work / f"round{r}"
             run_dir.mkdir()
-            cmd = [sys.executable, "-m", "sweeper", "run-study", str(study), "--trials", str(args.trials),
-                   "--storage", f"sqlite:///{run_dir / 'optuna.db'}",
-                   "--tracking-uri", f"sqlite:///{run_dir / 'mlruns' / 'mlflow.db'}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "sweeper",
+                "run-study",
+                str(study),
+                "--trials",
+                str(args.trials),
+                "--storage",
+                f"sqlite:///{run_dir / 'optuna.db'}",
+                "--tracking-uri",
+                f"sqlite:///{run_dir / 'mlruns' / 'mlflow.db'}",
+            ]
             t_sweep = timed(cmd, run_dir)
             st = optuna.load_study(study_name="bench-overhead", storage=f"sqlite:///{run_dir / 'optuna.db'}")
             params_file.write_text(json.dumps([t.params for t in st.get_trials(deepcopy=False)]))
@@ -106,13 +116,18 @@ def main() -> None:
                 sweep_s.append(t_sweep)
                 bare_s.append(t_bare)
             label = " (warm-up)" if not r else ""
-            print(f"round {r}{label}: run-study {t_sweep[0]:.1f}s wall {t_sweep[1]:.1f}s CPU, "
-                  f"bare {t_bare[0]:.1f}s wall {t_bare[1]:.1f}s CPU", flush=True)
+            print(
+                f"round {r}{label}: run-study {t_sweep[0]:.1f}s wall {t_sweep[1]:.1f}s CPU, "
+                f"bare {t_bare[0]:.1f}s wall {t_bare[1]:.1f}s CPU",
+                flush=True,
+            )
     print(f"\n{args.trials} trials x {args.epochs} epochs (test_resnet, digits, 16px), {args.rounds} rounds")
     for i, what in enumerate(("wall", "CPU")):
         ms, mb = statistics.median(t[i] for t in sweep_s), statistics.median(t[i] for t in bare_s)
-        print(f"{what:>4}: run-study median {ms:.2f}s, bare loops median {mb:.2f}s: overhead "
-              f"{100 * (ms / mb - 1):+.1f}% = {(ms - mb) / args.trials:.2f}s per trial (goal <= 5%)")
+        print(
+            f"{what:>4}: run-study median {ms:.2f}s, bare loops median {mb:.2f}s: overhead "
+            f"{100 * (ms / mb - 1):+.1f}% = {(ms - mb) / args.trials:.2f}s per trial (goal <= 5%)"
+        )
     print(f"`sweeper --help` median {statistics.median(help_s):.2f}s over {len(help_s)} runs")
 
 

@@ -30,8 +30,14 @@ def study_dict(seed: int, epochs: int, pruner: dict) -> dict:
         "epochs": epochs,
         "sampler": {"name": "tpe", "seed": seed, "n_startup_trials": 4},
         "pruner": pruner,
-        "fixed": {"backbone": "test_resnet", "img_size": 16, "num_workers": 0, "batch_size": 128,
-                  "warmup_epochs": 0.5, "aug": {"rrc": False, "hflip": False}},
+        "fixed": {
+            "backbone": "test_resnet",
+            "img_size": 16,
+            "num_workers": 0,
+            "batch_size": 128,
+            "warmup_epochs": 0.5,
+            "aug": {"rrc": False, "hflip": False},
+        },
         "space": {
             "lr_backbone": {"float": [1.0e-4, 3.0e-2], "log": True},
             "lr_head": {"float": [1.0e-4, 3.0e-2], "log": True},
@@ -75,14 +81,17 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--tol", type=float, default=0.5, help="points of accuracy (0.5 = 0.005)")
-    ap.add_argument("--pruner", default="successive_halving",
-                    choices=["successive_halving", "hyperband", "median"])
+    ap.add_argument(
+        "--pruner", default="successive_halving", choices=["successive_halving", "hyperband", "median"]
+    )
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.trials, args.epochs = 1, 6, 3
-    pruner = {"successive_halving": {"name": "successive_halving", "min_resource": 1, "reduction_factor": 3},
-              "hyperband": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
-              "median": {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 1}}[args.pruner]
+    pruner = {
+        "successive_halving": {"name": "successive_halving", "min_resource": 1, "reduction_factor": 3},
+        "hyperband": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
+        "median": {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 1},
+    }[args.pruner]
     os.environ.setdefault("SWEEPER_DATA_DIR", str(Path(tempfile.gettempdir()) / "sweeper-bench-data"))
     ratios = []
     t0 = time.perf_counter()
@@ -99,15 +108,22 @@ def main() -> None:
             pbest = max((v for _, v in pruned if v is not None), default=float("nan"))
             ratio = need / total if need is not None else float("inf")
             ratios.append(ratio)
-            print(f"seed {seed}: unpruned best {best:.4f} ({total} epochs; first within {args.tol} pt after "
-                  f"{own}); pruned best {pbest:.4f} ({sum(e for e, _ in pruned)} epochs in all, "
-                  f"{sum(v is None for _, v in pruned)}/{args.trials} pruned); pruned reached "
-                  f">= {target:.4f} after {need} epochs -> {ratio:.3f} of the unpruned compute", flush=True)
-    print(f"\npruner {args.pruner}, {args.trials} trials x {args.epochs} epochs, {args.repeats} repeats, "
-          f"{time.perf_counter() - t0:.0f}s")
-    print(f"compute to reach within {args.tol} pt of the unpruned best, pruned / unpruned: "
-          f"median {statistics.median(ratios):.3f}, per seed {', '.join(f'{x:.3f}' for x in ratios)} "
-          f"(goal <= 0.333)")
+            print(
+                f"seed {seed}: unpruned best {best:.4f} ({total} epochs; first within {args.tol} pt after "
+                f"{own}); pruned best {pbest:.4f} ({sum(e for e, _ in pruned)} epochs in all, "
+                f"{sum(v is None for _, v in pruned)}/{args.trials} pruned); pruned reached "
+                f">= {target:.4f} after {need} epochs -> {ratio:.3f} of the unpruned compute",
+                flush=True,
+            )
+    print(
+        f"\npruner {args.pruner}, {args.trials} trials x {args.epochs} epochs, {args.repeats} repeats, "
+        f"{time.perf_counter() - t0:.0f}s"
+    )
+    print(
+        f"compute to reach within {args.tol} pt of the unpruned best, pruned / unpruned: "
+        f"median {statistics.median(ratios):.3f}, per seed {', '.join(f'{x:.3f}' for x in ratios)} "
+        f"(goal <= 0.333)"
+    )
 
 
 if __name__ == "__main__":

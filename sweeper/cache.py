@@ -139,7 +139,8 @@ def _build(files: Sequence[Path], resize: Any, target: Path, workers: int) -> No
         index = np.zeros((len(files), 3), dtype=np.int64)
         offset = 0
         decoded = torch.utils.data.DataLoader(  # own generator: building leaves the trial's RNG untouched
-            _Decode(files, resize), batch_size=None, num_workers=workers, generator=torch.Generator())
+            _Decode(files, resize), batch_size=None, num_workers=workers, generator=torch.Generator()
+        )
         with open(tmp / "pixels.u8", "wb") as out:
             for i, img in enumerate(decoded):
                 index[i] = (offset, img.shape[0], img.shape[1])
@@ -148,8 +149,14 @@ def _build(files: Sequence[Path], resize: Any, target: Path, workers: int) -> No
             out.flush()
             os.fsync(out.fileno())
         np.save(tmp / "index.npy", index)
-        meta = {"version": VERSION, "resize": resize_key(resize), "images": len(files), "bytes": offset,
-                "family": _family(files, resize), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        meta = {
+            "version": VERSION,
+            "resize": resize_key(resize),
+            "images": len(files),
+            "bytes": offset,
+            "family": _family(files, resize),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, target)
     except BaseException:

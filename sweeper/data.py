@@ -167,8 +167,13 @@ class ImageDataset(torch.utils.data.Dataset):
     cache instead of its decoder; files the cache does not hold are decoded as usual.
     """
 
-    def __init__(self, files: tuple[Path, ...], labels: tuple[int, ...] | None, transform,
-                 images: Mapping[Path, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        files: tuple[Path, ...],
+        labels: tuple[int, ...] | None,
+        transform,
+        images: Mapping[Path, torch.Tensor] | None = None,
+    ) -> None:
         self.files, self.transform, self.images = files, transform, images
         self.labels = labels if labels is not None else (-1,) * len(files)
 

@@ -40,8 +40,13 @@ def _with_odd_shapes(root: Path) -> Path:
 
 
 def _dcfg(size: int = 32, interpolation: str = "bilinear") -> dict:
-    return {"input_size": (3, size, size), "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3),
-            "interpolation": interpolation, "crop_pct": 0.875}
+    return {
+        "input_size": (3, size, size),
+        "mean": (0.5, 0.4, 0.3),
+        "std": (0.2, 0.25, 0.3),
+        "interpolation": interpolation,
+        "crop_pct": 0.875,
+    }
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
@@ -100,8 +105,9 @@ def test_another_size_is_another_cache(image_folder: Path) -> None:
     assert min(b[files[0]].shape[1:]) == round(48 / 0.875)
 
 
-def test_over_budget_falls_back_with_a_message(image_folder: Path, monkeypatch: pytest.MonkeyPatch,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_over_budget_falls_back_with_a_message(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     files = _files(image_folder)
     monkeypatch.setenv("SWEEPER_CACHE_GB", "0.000001")  # 1 kB
     with caplog.at_level(logging.WARNING, logger="sweeper"):
@@ -110,8 +116,9 @@ def test_over_budget_falls_back_with_a_message(image_folder: Path, monkeypatch: 
     assert not any(p.is_dir() for p in (data.data_dir() / "cache").iterdir())
 
 
-def test_budget_zero_turns_the_cache_off_quietly(image_folder: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_budget_zero_turns_the_cache_off_quietly(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("SWEEPER_CACHE_GB", "0")
     with caplog.at_level(logging.WARNING, logger="sweeper"):
         assert cache.open_cache(_files(image_folder), augment.eval_transform(_dcfg(40)).transforms[0]) is None
@@ -129,8 +136,9 @@ def test_cache_pickles_without_its_map(image_folder: Path) -> None:
     assert all(torch.equal(clone[f], c[f]) for f in files)
 
 
-def test_a_killed_build_leaves_nothing_half_written(image_folder: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_build_leaves_nothing_half_written(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files = list(_files(image_folder))
     resize = T.Resize(21)
 
@@ -169,8 +177,16 @@ def test_two_processes_building_at_once_get_one_correct_cache(image_folder: Path
     listing.write_text("\n".join(str(f) for f in files))
     start = str(time.time() + 3.0)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", _BUILD, str(listing), start, str(w)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILD, str(listing), start, str(w)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in (0, 1)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     results = {o.strip() for o, _ in outs}

@@ -17,13 +17,19 @@ CPU = torch.device("cpu")
 
 
 def _cfg(**kw: object) -> spec.TrialConfig:
-    return spec.build_config({"backbone": "test_resnet", "img_size": 32, "num_workers": 0, "epochs": 2,
-                              "batch_size": 8, **kw})
+    return spec.build_config(
+        {"backbone": "test_resnet", "img_size": 32, "num_workers": 0, "epochs": 2, "batch_size": 8, **kw}
+    )
 
 
 def _dcfg() -> dict:
-    return {"input_size": (3, 32, 32), "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3),
-            "interpolation": "bicubic", "crop_pct": 0.9}
+    return {
+        "input_size": (3, 32, 32),
+        "mean": (0.5, 0.4, 0.3),
+        "std": (0.2, 0.25, 0.3),
+        "interpolation": "bicubic",
+        "crop_pct": 0.9,
+    }
 
 
 def test_channels_last_auto_is_on_for_cuda_but_not_for_slow_models() -> None:
@@ -80,15 +86,18 @@ def test_a_trial_gives_the_same_result_whether_it_builds_the_cache_or_maps_it(im
     assert building.history[-1]["train_loss"] == mapping.history[-1]["train_loss"]
     assert building.history[-1]["val_loss"] == mapping.history[-1]["val_loss"]
     # worker processes map the cache themselves; device_aug moves the float math out of them
-    fast = train.run_trial(dataclasses.replace(cfg, num_workers=1, device_aug=True, channels_last=True), ds,
-                           device=CPU)
+    fast = train.run_trial(
+        dataclasses.replace(cfg, num_workers=1, device_aug=True, channels_last=True), ds, device=CPU
+    )
     assert fast.history[-1]["val_acc"] >= 0.0 and len(fast.history) == 2
 
 
 @pytest.mark.slow
 def test_cli_start_imports_no_heavy_library() -> None:
     """``sweeper --help`` stays fast because torch, timm, optuna and mlflow load inside commands."""
-    code = ("import sys; import sweeper.cli; heavy = {'torch', 'timm', 'optuna', 'mlflow', 'torchvision'}; "
-            "print(sorted(heavy & set(sys.modules)))")
+    code = (
+        "import sys; import sweeper.cli; heavy = {'torch', 'timm', 'optuna', 'mlflow', 'torchvision'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
