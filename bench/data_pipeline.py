@@ -112,7 +112,7 @@ def main() -> None:
         cpu = torch.device("cpu")
         sweeper_dl = train.loader(data.ImageDataset(files, labels, train_tf, images), cfg, True, cpu)
         host_tf, tail = augment.split_for_device(train_tf)  # device_aug: float math after the transfer
-        uint8_dl = train.loader(data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu, tail)
+        uint8_dl = train.loader(data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu, tail=tail)
         size = dcfg["input_size"][-1]
         interp = augment._interp(dcfg.get("interpolation", "bilinear"))
         pil_ops = [

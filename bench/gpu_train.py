@@ -143,7 +143,7 @@ def main() -> None:
             host, tail = augment.split_for_device(augment.train_transform(cfg.aug, dcfg))
             resize = augment.eval_transform(dcfg).transforms[0]
             images = cache.open_cache(files, resize, workers=train.workers(cfg))
-            real = train.loader(data.ImageDataset(files, labels, host, images), cfg, True, device, tail)
+            real = train.loader(data.ImageDataset(files, labels, host, images), cfg, True, device, tail=tail)
             x, y = next(iter(real))
             synthetic = [(x, y)] * (args.steps + 10)
             rates: dict[str, list[float]] = {"synthetic": [], "real": [], "timm": []}

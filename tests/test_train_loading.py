@@ -52,7 +52,7 @@ def test_device_tail_gives_the_tensors_of_the_per_image_pipeline(image_folder: P
     tf = augment.eval_transform(_dcfg())
     host, tail = augment.split_for_device(tf)
     plain = train.loader(data.ImageDataset(ds.val.files, ds.val.labels, tf), _cfg(), False, CPU)
-    split = train.loader(data.ImageDataset(ds.val.files, ds.val.labels, host), _cfg(), False, CPU, tail)
+    split = train.loader(data.ImageDataset(ds.val.files, ds.val.labels, host), _cfg(), False, CPU, tail=tail)
     for (a, ya), (b, yb) in zip(plain, split, strict=True):
         assert b.dtype == torch.float32 and torch.equal(a, b) and torch.equal(ya, yb)
 
