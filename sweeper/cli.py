@@ -111,21 +111,41 @@ def run_study(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Stop starting new trials after S seconds.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Trials at once on this machine, each in its own process. Default: one per --gpus entry, "
+            "else 1.",
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option("--gpus", help="GPU indexes, e.g. 0,1,2,3: one worker per GPU; its trials see only it."),
+    ] = None,
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
+    import signal
+
     from sweeper import data as data_lib
     from sweeper import progress as progress_lib
     from sweeper import study as study_lib
     from sweeper import tracking
+    from sweeper import workers as workers_lib
 
     spec = load_spec(study, data, set_, epochs)
+    slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     preflight(spec)
     ds = data_lib.scan(spec.data_root)
     tracker = tracking.Tracker(tracking_uri, spec.name)
     t0 = time.monotonic()
+    on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
     typer.echo(
         f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val images; "
-        f"storage {study_lib.resolve_storage(storage)}; MLflow {tracker.uri}"
+        f"{len(slots)} worker{'s' if len(slots) > 1 else ''} on {on}; "
+        f"storage {study_lib.display_url(study_lib.resolve_storage(storage))}; "
+        f"MLflow {study_lib.display_url(tracker.uri)}"
     )
     progress = progress_lib.create(trials, spec.epochs, spec.metric)
     try:  # a resumed study: progress starts from what storage holds
@@ -133,20 +153,34 @@ def run_study(
         progress.update(study_lib.counts(existing.get_trials(deepcopy=False)), _best_value(existing))
     except SweeperError:
         pass
-    objective = study_lib.make_objective(spec, ds, tracker, progress)
+    threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
+    objectives = [
+        study_lib.make_objective(spec, ds, tracker, progress, gpu=g, slot=i, threads=threads)
+        for i, g in enumerate(slots)
+    ]
 
     def on_trial_end(st: Any, t: Any) -> None:
-        why = t.user_attrs.get(study_lib.FAIL_REASON) or t.user_attrs.get(study_lib.PRUNE_REASON) or ""
+        keys = (study_lib.FAIL_REASON, study_lib.PRUNE_REASON, study_lib.INFEASIBLE, study_lib.OOM_RETRY)
+        notes = [t.user_attrs.get(k) for k in keys]
+        if t.user_attrs.get(study_lib.RESUMED):
+            notes.append(f"resumed after epoch {t.user_attrs[study_lib.RESUMED]}")
+        why = "; ".join(n for n in notes if n)
         counts = study_lib.counts(st.get_trials(deepcopy=False))
         progress.trial_finished(t.number, t.state.name, t.value, why, counts, _best_value(st))
 
+    def terminate(signum: int, frame: Any) -> None:  # docker stop, a scheduler's preemption notice
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         with progress:
-            st = study_lib.run(spec, trials, objective, storage, timeout, on_trial_end=on_trial_end)
+            st = study_lib.run(
+                spec, trials, objectives, storage, timeout, on_trial_end=on_trial_end, tracker=tracker
+            )
     except KeyboardInterrupt:
         typer.echo(
-            "\ninterrupted: the running trial was closed as failed and will be redone; "
-            "re-run the same command to finish the study",
+            "\ninterrupted: running trials were closed as failed and their params re-queued; "
+            "re-run the same command to finish the study (they resume from their last epoch)",
             err=True,
         )
         raise typer.Exit(130) from None

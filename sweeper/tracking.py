@@ -3,6 +3,10 @@
 Everything goes through ``MlflowClient`` with explicit run ids (no global "active run"), so several
 trials or workers in one process tree never write to each other's runs. :class:`NullTracker` has the
 same methods and records nothing.
+
+Concurrency: a tracking server (``http://``) or PostgreSQL serves any number of workers and machines.
+The local SQLite store has one writer process (``workers.single_writer``), and inside it the workers'
+calls take turns through one lock, so SQLite never answers "database is locked".
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-"""Optuna's final trial state -> the MLflow run status it closes with (also kept as tag ``state``)."""
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INFEASIBLE": "FAILED"}
+"""A trial's final state -> the MLflow run status it closes with (also kept as tag ``state``).
+INFEASIBLE: the loss diverged; Optuna keeps such a trial COMPLETE with a violated constraint."""
 
 
 def default_uri() -> str:
@@ -25,7 +31,11 @@ def default_uri() -> str:
 
 
 def resolve_uri(uri: str | None) -> str:
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+    for prefix in ("postgresql://", "postgres://"):  # psycopg 3 is the driver installed with sweeper
+        if uri.startswith(prefix):
+            return "postgresql+psycopg://" + uri[len(prefix) :]
+    return uri
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -39,41 +49,47 @@ def _artifact_root(uri: str) -> str | None:
 class TrialRun:
     """One MLflow run. Metrics are sent in one batch call per epoch, not one call per value."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, lock: Any = None) -> None:
         self.client, self.run_id = client, run_id
+        self.lock = lock if lock is not None else contextlib.nullcontext()
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        )
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        with self.lock:
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        with self.lock:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        with self.lock:
+            for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+                self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_dir(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        with self.lock:
+            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        with self.lock:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def end(self, state: str, reason: str = "") -> None:
         tags = {"state": state}
         if reason:
             tags["reason"] = reason
         self.set_tags(tags)
-        self.client.set_terminated(self.run_id, status=STATUS[state])
+        with self.lock:
+            self.client.set_terminated(self.run_id, status=STATUS[state])
 
 
 class Tracker:
@@ -88,9 +104,15 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment = experiment
         self._experiment_id: str | None = None
+        # SQLite: this process's workers take turns (one writer); a server handles concurrency itself.
+        self.lock: Any = threading.RLock() if self.uri.startswith("sqlite") else contextlib.nullcontext()
 
     @property
     def experiment_id(self) -> str:
+        with self.lock:
+            return self._get_experiment_id()
+
+    def _get_experiment_id(self) -> str:
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
@@ -109,10 +131,11 @@ class Tracker:
         return self._experiment_id
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> TrialRun:
-        run = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
-        )
-        tr = TrialRun(self.client, run.info.run_id)
+        with self.lock:
+            run = self.client.create_run(
+                self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+            )
+        tr = TrialRun(self.client, run.info.run_id, self.lock)
         tr.log_params(params)
         return tr
 
@@ -123,7 +146,8 @@ class Tracker:
         dst.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line, not progress bars
         try:
-            return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
+            with self.lock:
+                return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
         except Exception as e:  # missing artifact, deleted run, store moved
             raise SweeperError(
                 f"cannot fetch {artifact!r} of MLflow run {run_id} from {self.uri}: "
@@ -137,23 +161,37 @@ class Tracker:
         with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as d:
             yield Path(d)
 
+    def close_run(self, run_id: str, state: str, reason: str) -> bool:
+        """Close a run that is still RUNNING (its worker died); False when it was already closed."""
+        with self.lock:
+            try:
+                running = self.client.get_run(run_id).info.status == "RUNNING"
+            except Exception:  # deleted, or from another tracking store
+                return False
+            if running:
+                TrialRun(self.client, run_id, self.lock).end(state, reason)
+        return running
+
     def close_stale_runs(self, trial_states: dict[int, str]) -> int:
         """Close RUNNING runs whose trial has ended (its worker died): they take the trial's state."""
         from mlflow.entities import ViewType
 
         closed = 0
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            "attributes.status = 'RUNNING'",
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=5000,
-        )
-        for r in runs:
-            number = r.data.tags.get("trial_number")
-            state = trial_states.get(int(number)) if number is not None else None
-            if state in STATUS:
-                TrialRun(self.client, r.info.run_id).end(state, "worker lost; closed by a later worker")
-                closed += 1
+        with self.lock:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                "attributes.status = 'RUNNING'",
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=5000,
+            )
+            for r in runs:
+                number = r.data.tags.get("trial_number")
+                state = trial_states.get(int(number)) if number is not None else None
+                if state in STATUS:
+                    TrialRun(self.client, r.info.run_id, self.lock).end(
+                        state, "worker lost; closed by a later worker"
+                    )
+                    closed += 1
         return closed
 
 
@@ -170,13 +208,16 @@ class NullTracker:
         with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as d:
             yield Path(d)
 
-    def close_stale_runs(self, trial_states: dict[int, str]) -> int:
-        return 0
+    def close_run(self, run_id: str, state: str, reason: str) -> bool:
+        return False
 
     def download(self, run_id: str, artifact: str, dst: Path) -> Path:
         from sweeper.errors import SweeperError
 
         raise SweeperError("trial weights live in MLflow; this needs a tracking store (--tracking-uri)")
+
+    def close_stale_runs(self, trial_states: dict[int, str]) -> int:
+        return 0
 
 
 class _NullRun:

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -235,6 +236,7 @@ def run_trial(
     metric: str = "val_acc",
     train_on_val: bool = False,
     device: torch.device | None = None,
+    checkpoint: Path | None = None,
 ) -> TrialResult:
     """Fine-tune ``cfg.backbone`` on ``data`` and return the kept epoch (``cfg.checkpoint``) and its metrics.
 
@@ -246,6 +248,9 @@ def run_trial(
         report: called after every epoch with that epoch's metrics; may raise to stop the run.
         metric: the study's objective, ``val_acc`` (higher is better) or ``val_loss`` (lower is better).
         train_on_val: refit mode: train on train+val for ``cfg.epochs`` epochs, no validation.
+        checkpoint: an epoch checkpoint file, rewritten after every epoch; when it exists (the retry of a
+            trial whose worker died) training resumes after its epoch, and the restored epochs are
+            reported again first. Single-model training only: k-fold, merging and EMA start over.
     """
     device = device or pick_device()
     if train_on_val:
@@ -260,7 +265,16 @@ def run_trial(
             probe=data.val,
         )
     if cfg.folds == 1:
-        return fit(cfg, data.train, data.val, data.classes, report, metric=metric, device=device)
+        return fit(
+            cfg,
+            data.train,
+            data.val,
+            data.classes,
+            report,
+            metric=metric,
+            device=device,
+            checkpoint=checkpoint,
+        )
     results = []
     for f, (train_split, val_split) in enumerate(data_lib.kfold(data.train + data.val, cfg.folds, cfg.seed)):
         fold_report = None
@@ -350,11 +364,13 @@ def fit(
     metric: str = "val_acc",
     device: torch.device | None = None,
     probe: data_lib.Split | None = None,
+    checkpoint: Path | None = None,
 ) -> TrialResult:
     """Train one model on ``train_split``, validating on ``val_split`` (None: refit, keep the last epoch).
 
     Args:
         probe: labelled images for the sensitive-layer analysis when there is no ``val_split``.
+        checkpoint: the epoch checkpoint to resume from and rewrite (see :func:`run_trial`).
     """
     device = device or pick_device()
     torch.manual_seed(cfg.seed)
@@ -411,7 +427,17 @@ def fit(
     watch = metric if keep == "last" else keep  # what early stopping watches
     better = (lambda a, b: a > b) if watch == "val_acc" else (lambda a, b: a < b)
     best_watched, since_best = None, 0
-    for epoch in range(1, cfg.epochs + 1):
+    if len(replicas) > 1 or ema is not None or sens.action != "none":
+        checkpoint = None  # their state is more than one model and optimizer: these start over
+    start = 1
+    if checkpoint is not None:
+        start = _restore(checkpoint, cfg, model, trainers[0][1], trainers[0][2], result, report)
+        for metrics in result.history:  # early stopping's state, as it was
+            if best_watched is None or better(metrics[watch], best_watched):
+                best_watched, since_best = metrics[watch], 0
+            else:
+                since_best += 1
+    for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0.0, 0
         for i, (m, optimizer, scheduler, dl) in enumerate(trainers):
@@ -452,6 +478,8 @@ def fit(
                 k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()
             }
             result.confusion = cm if val_dl is not None else None
+        if checkpoint is not None:
+            _save(checkpoint, cfg, epoch, model, trainers[0][1], trainers[0][2], result)
         if report is not None:
             report(epoch, metrics)
         if val_dl is not None and cfg.patience is not None:
@@ -463,6 +491,68 @@ def fit(
                     result.stopped_early = epoch
                     break
     return result
+
+
+def _resume_key(cfg: TrialConfig) -> str:
+    """What must match for a checkpoint to be resumed: the config, less how batches are split."""
+    flat = cfg.flat()
+    for k in ("micro_batch", "num_workers"):  # an OOM retry halves micro_batch: same training
+        flat.pop(k, None)
+    return repr(sorted(flat.items()))
+
+
+def _save(
+    path: Path, cfg: TrialConfig, epoch: int, model: nn.Module, optimizer, scheduler, result: TrialResult
+) -> None:
+    """Everything to continue after ``epoch``; written to a temporary file, then renamed (atomic)."""
+    state = {
+        "key": _resume_key(cfg),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "history": result.history,
+        "best": result.best,
+        "best_epoch": result.best_epoch,
+        "best_state": result.state_dict,
+        "rng": torch.get_rng_state(),
+        "confusion": None if result.confusion is None else torch.from_numpy(result.confusion),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def saved_epoch(path: Path, cfg: TrialConfig) -> int:
+    """The epoch a checkpoint can resume after; 0 when there is none or it belongs to another config."""
+    if not path.exists():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # truncated or from an incompatible version: start over
+        return 0
+    return int(state["epoch"]) if state.get("key") == _resume_key(cfg) else 0
+
+
+def _restore(
+    path: Path, cfg: TrialConfig, model: nn.Module, optimizer, scheduler, result: TrialResult, report
+) -> int:
+    """Load a matching checkpoint into the run and replay its epochs' reports; return the next epoch."""
+    if not saved_epoch(path, cfg):
+        return 1
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    result.history, result.best, result.best_epoch = state["history"], state["best"], state["best_epoch"]
+    result.state_dict = state["best_state"]
+    result.confusion = None if state["confusion"] is None else state["confusion"].numpy()
+    for epoch, metrics in enumerate(result.history, 1):
+        if report is not None:
+            report(epoch, metrics)
+    return int(state["epoch"]) + 1
 
 
 def load_for_inference(cfg: TrialConfig, num_classes: int, state_dict: dict[str, torch.Tensor]) -> nn.Module:

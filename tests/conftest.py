@@ -110,3 +110,24 @@ def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+# ---- real servers for the scale-out tests (see tests/servers.py) ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> object:
+    """One PostgreSQL cluster for the session; each test creates its own database in it."""
+    from tests.servers import postgres
+
+    with postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mlflow_url(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """One MLflow tracking server for the session, backed by PostgreSQL; tests use distinct study names."""
+    from tests.servers import create_database, mlflow_server
+
+    with mlflow_server(create_database(pg_server, "mlflow"), tmp_path_factory.mktemp("mlartifacts")) as url:
+        yield url

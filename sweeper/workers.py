@@ -1,0 +1,379 @@
+"""Workers on one machine: trial processes, GPU slots, and the single writer of local stores.
+
+A worker is a thread of the ``run-study`` process that keeps the Optuna trial and the MLflow run; the
+training itself runs in a fresh child process per trial (:func:`train_in_process`). So a trial's GPU
+memory is freed with its process, a crash in training (segfault, the kernel's OOM killer) cannot take
+the bookkeeping with it, and each child sees only its own GPU through ``CUDA_VISIBLE_DEVICES``.
+
+Parent and child talk over a pipe::
+
+    child  -> ("resumed", epoch)            restored from an epoch checkpoint
+    child  -> ("epoch", epoch, metrics)     parent answers True (go on) or False (stop: pruned)
+    child  -> ("done", Outcome) | ("error", kind, reason, traceback)
+
+The child writes its artifacts (config, best weights, curves) into a folder the parent logs, and an
+epoch checkpoint that a retry of the same parameters resumes from.
+
+Local SQLite stores get exactly one writer process: :func:`single_writer` takes an exclusive lock
+beside each database file, and all workers of that process share it (see ``study.storage`` and
+``tracking.Tracker``). A second ``run-study`` on the same files is refused up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sweeper.errors import SweeperError
+from sweeper.spec import TrialConfig
+
+Report = Callable[[int, dict[str, float]], None]
+
+INTERRUPTED = threading.Event()
+"""Set by the main thread on Ctrl-C/SIGTERM: every worker kills its trial process and stops."""
+
+POLL_S = 0.5  # how often a waiting worker checks for an interrupt or a dead child
+
+
+# ---- failures, by kind ----------------------------------------------------------------------
+
+
+class TrialFailure(Exception):
+    """A trial process ended without a result. ``details`` is the child's traceback, when it sent one."""
+
+    kind: Literal["oom", "diverged", "error", "lost"] = "error"
+
+    def __init__(self, reason: str, details: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.details = reason, details
+
+
+class OutOfMemory(TrialFailure):
+    """The accelerator ran out of memory: worth one retry with a smaller micro-batch."""
+
+    kind = "oom"
+
+
+class Diverged(TrialFailure):
+    """The loss or the objective became NaN/inf: the parameters are infeasible, not the code broken."""
+
+    kind = "diverged"
+
+
+class Crashed(TrialFailure):
+    """Training raised an error: a bug or a bad configuration."""
+
+    kind = "error"
+
+
+class WorkerLost(TrialFailure):
+    """The trial process died without a word (killed, segfault, out of host memory)."""
+
+    kind = "lost"
+
+
+_KINDS: dict[str, type[TrialFailure]] = {"oom": OutOfMemory, "diverged": Diverged, "error": Crashed}
+
+
+# ---- one trial in a child process -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a trial process needs; pickled to the child."""
+
+    cfg: TrialConfig
+    data: Any  # data.ImageFolderData
+    metric: str
+    out_dir: Path  # the child writes the trial's artifacts here
+    checkpoint: Path | None = None  # epoch checkpoint: resumed from when present, rewritten every epoch
+    gpu: str | None = None  # CUDA_VISIBLE_DEVICES for the child; None = inherit the parent's
+    threads: int | None = None  # torch CPU threads; None = torch's default (all cores)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished trial process reports back; the weights and plots are in ``Job.out_dir``."""
+
+    best_epoch: int
+    best: dict[str, float]
+    num_params: int
+    epochs: int  # epochs in the history, restored ones included
+    resumed_from: int = 0  # epoch restored from a checkpoint; 0 = started from scratch
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_in_process(job: Job, report: Report) -> Outcome:
+    """Run ``train.run_trial`` for ``job`` in a fresh process; ``report`` runs here, in the caller.
+
+    ``report`` may raise (a pruner's TrialPruned): the child is told to stop, and the exception goes on.
+
+    Raises:
+        OutOfMemory, Diverged, Crashed: the child's error, with its traceback in ``details``.
+        WorkerLost: the child died without a result.
+        KeyboardInterrupt: :data:`INTERRUPTED` was set; the child has been killed.
+    """
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds threads and CUDA
+    here, there = ctx.Pipe()
+    proc = ctx.Process(target=_child_main, args=(there, job), name="sweeper-trial")
+    proc.start()
+    there.close()
+    try:
+        return _serve(proc, here, report)
+    finally:
+        here.close()  # a child still waiting for an answer sees EOF and exits
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def _serve(proc: Any, conn: Any, report: Report) -> Outcome:
+    resumed = 0
+    while True:
+        if INTERRUPTED.is_set():
+            proc.kill()
+            raise KeyboardInterrupt
+        if not conn.poll(POLL_S):
+            if not proc.is_alive() and not conn.poll(0):
+                raise WorkerLost(_death(proc))
+            continue
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            proc.join(timeout=5)
+            raise WorkerLost(_death(proc)) from None
+        if msg[0] == "resumed":
+            resumed = msg[1]
+        elif msg[0] == "epoch":
+            try:
+                report(msg[1], msg[2])
+            except BaseException:
+                _send(conn, False)
+                raise
+            if not _send(conn, True):
+                proc.join(timeout=5)
+                raise WorkerLost(_death(proc))
+        elif msg[0] == "done":
+            return dataclasses.replace(msg[1], resumed_from=resumed)
+        else:
+            raise _KINDS[msg[1]](msg[2], msg[3])
+
+
+def _send(conn: Any, value: bool) -> bool:
+    try:
+        conn.send(value)
+        return True
+    except (BrokenPipeError, OSError):
+        return False
+
+
+def _death(proc: Any) -> str:
+    code = proc.exitcode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the kernel's OOM killer sends it when host memory runs out)" if name == "SIGKILL" else ""
+        return f"trial process was killed by {name}{hint}"
+    return f"trial process exited with code {code} without a result"
+
+
+class _Stop(Exception):
+    """The parent said stop (pruned): unwind the training loop quietly."""
+
+
+def _child_main(conn: Any, job: Job) -> None:
+    """Entry point of a trial process: train, stream epochs to the parent, classify any failure."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
+    if job.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu  # before anything touches CUDA
+    _exit_with_parent()
+    import torch
+
+    from sweeper import artifacts, train
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        conn.send(("epoch", epoch, metrics))
+        if not conn.recv():
+            raise _Stop
+
+    try:
+        if job.checkpoint is not None and (restored := train.saved_epoch(job.checkpoint, job.cfg)):
+            conn.send(("resumed", restored))
+        result = train.run_trial(job.cfg, job.data, report, metric=job.metric, checkpoint=job.checkpoint)
+        artifacts.write_trial(job.out_dir, job.cfg, job.data.classes, result)
+        conn.send(
+            (
+                "done",
+                Outcome(
+                    result.best_epoch,
+                    result.best,
+                    result.num_params,
+                    len(result.history),
+                    history=result.history,
+                ),
+            )
+        )
+    except (_Stop, EOFError, BrokenPipeError):
+        pass
+    except BaseException as e:
+        kind = "error"
+        if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
+            kind = "oom"
+        elif isinstance(e, train.DivergedError):
+            kind = "diverged"
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        with contextlib.suppress(OSError):
+            conn.send(("error", kind, reason, traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _exit_with_parent() -> None:
+    """A trial process must not outlive its worker (SIGKILL, node loss): its GPU would stay taken."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def halve_micro_batch(cfg: TrialConfig) -> TrialConfig | None:
+    """The same effective batch in twice the steps: half the micro-batch, gradient accumulation."""
+    current = cfg.micro_batch or cfg.batch_size
+    if current <= 1:
+        return None
+    return dataclasses.replace(cfg, micro_batch=current // 2)
+
+
+# ---- worker slots and GPUs --------------------------------------------------------------------
+
+
+def slots(workers: int | None, gpus: str | None, available: int = 0) -> list[str | None]:
+    """One entry per worker: the ``CUDA_VISIBLE_DEVICES`` its trial processes get (None = CPU/inherit).
+
+    Args:
+        workers: ``--workers``; default one per listed GPU, else 1.
+        gpus: ``--gpus`` as typed, e.g. ``"0,1,2,3"``: indexes among the GPUs this process sees.
+        available: how many GPUs this process sees (``torch.cuda.device_count()``).
+    """
+    if gpus is None:
+        return [None] * (workers or 1)
+    items = [g.strip() for g in gpus.split(",")]
+    if not all(g.isdigit() for g in items):
+        raise SweeperError(f"--gpus {gpus!r}: expected comma-separated GPU indexes such as 0,1,2,3")
+    indexes = [int(g) for g in items]
+    if len(set(indexes)) != len(indexes):
+        raise SweeperError(
+            f"--gpus {gpus!r}: a GPU is listed twice; list each once (use --workers for "
+            "several workers per GPU)"
+        )
+    if available == 0:
+        raise SweeperError(
+            f"--gpus {gpus}: PyTorch sees no CUDA GPU on this machine; drop --gpus to train "
+            "on the CPU, or check the driver and CUDA_VISIBLE_DEVICES"
+        )
+    missing = [i for i in indexes if i >= available]
+    if missing:
+        raise SweeperError(
+            f"--gpus {gpus}: no GPU {missing[0]} here; this machine has {available} "
+            f"(indexes 0..{available - 1})"
+        )
+    n = workers or len(indexes)
+    if n < len(indexes):
+        raise SweeperError(
+            f"--workers {n} is fewer than the {len(indexes)} GPUs in --gpus {gpus}; list only the GPUs to use"
+        )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [g.strip() for g in visible.split(",")] if visible else [str(i) for i in range(available)]
+    return [ids[indexes[k % len(indexes)]] for k in range(n)]  # extra workers share GPUs round-robin
+
+
+def cuda_device_count() -> int:
+    """GPUs this process sees; no CUDA context is created, so no GPU memory is taken here."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cpu_threads(workers: int) -> int | None:
+    """Torch threads per trial process so that K concurrent trials share the cores instead of fighting."""
+    return None if workers <= 1 else max(1, (os.cpu_count() or 1) // workers)
+
+
+def worker_name(slot: int, gpu: str | None) -> str:
+    """``host:pid/slot[/gpuN]``: which machine, process and GPU ran a trial (kept on the trial)."""
+    return f"{socket.gethostname()}:{os.getpid()}/{slot}" + (f"/gpu{gpu}" if gpu is not None else "")
+
+
+# ---- one writer per local SQLite file -------------------------------------------------------
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL; None for other stores and in-memory databases."""
+    if not url.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    db = make_url(url).database
+    if not db or db == ":memory:":
+        return None
+    return Path(db).resolve()
+
+
+@contextlib.contextmanager
+def single_writer(urls: list[str]) -> Iterator[None]:
+    """Hold an exclusive lock beside every local SQLite store in ``urls`` for the whole sweep.
+
+    SQLite serves one writer at a time; several processes writing to it (Optuna heartbeats, trial
+    updates, MLflow metrics) end in "database is locked". So one process per database file writes,
+    with all its workers sharing one connection; a second process is refused here, up front.
+    The lock dies with its process, so a crashed sweep never blocks the next one.
+    """
+    import fcntl
+
+    held: list[Any] = []
+    dbs = dict.fromkeys(db for db in map(sqlite_path, urls) if db is not None)  # each file once
+    try:
+        for db in dbs:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            lock = db.with_name(db.name + ".lock")
+            f = open(lock, "a+")  # noqa: SIM115 - held open for the sweep's lifetime
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise SweeperError(
+                    f"{db} is being written by another sweep ({holder}); SQLite allows one writer process. "
+                    "Run more trials at once with --workers K in that one command, or share the study "
+                    "between processes and machines with PostgreSQL (--storage postgresql://...) and an "
+                    "MLflow server (--tracking-uri http://...)"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"run-study pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            held.append(f)
+        yield
+    finally:
+        for f in held:
+            f.close()

@@ -1,0 +1,118 @@
+"""run-study with several workers on one machine, on the default SQLite stores, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from sweeper import study as study_lib
+from sweeper import workers
+from tests.conftest import REPO, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def write_tiny_study(name: str, image_folder: Path, epochs: int = 1) -> str:
+    doc = {
+        "name": name,
+        "data": {"root": str(image_folder)},
+        "epochs": epochs,
+        "pruner": "none",
+        "sampler": {"name": "random", "seed": 0},
+        "fixed": {"batch_size": 8},
+        "space": {"lr_head": {"float": [1e-3, 1e-1], "log": True}},
+    }
+    Path(f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    return f"{name}.yaml"
+
+
+def wait_for(check: Callable[[], object], timeout: float = 300, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def mlflow_runs(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_folder: Path) -> None:
+    study = write_tiny_study("local", image_folder)
+    r = cli("run-study", study, "--trials", "4", "--workers", "2", *TINY)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "2 workers on CPU" in r.stdout
+    assert "locked" not in out.lower()
+    trials = optuna.load_study(study_name="local", storage="sqlite:///sweeper.db").get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 4 and len({t.number for t in done}) == 4
+    assert study_lib.counts(trials)["counted"] == 4  # anything else was surplus, never trained
+    assert {t.user_attrs["worker"].split("/")[1] for t in done} == {"0", "1"}  # both workers trained
+    runs = mlflow_runs("sqlite:///mlruns/mlflow.db", "local")
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
+
+
+def test_a_second_sweep_on_the_same_sqlite_files_is_refused(cli, image_folder: Path) -> None:
+    study = write_tiny_study("second", image_folder)
+    with workers.single_writer([f"sqlite:///{Path.cwd() / 'sweeper.db'}"]):  # as a running sweep holds it
+        r = cli("run-study", study, "--trials", "1", *TINY)
+    assert r.returncode == 2
+    assert "SQLite allows one writer process. Run more trials at once with --workers K" in r.stderr
+
+
+def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, image_folder: Path) -> None:
+    study = write_tiny_study("resume", image_folder, epochs=4)
+    args = ["run-study", study, "--trials", "1", *TINY]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeper", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    wait_for(lambda: Path("sweeper.db").exists(), what="the study storage")
+    storage = study_lib.storage("sqlite:///sweeper.db")
+    wait_for(lambda: optuna.get_all_study_names(storage), what="the study")
+    st = optuna.load_study(study_name="resume", storage=storage)
+    wait_for(
+        lambda: [t for t in st.get_trials() if t.state == TrialState.RUNNING and t.intermediate_values],
+        what="a trial past its first epoch",
+    )
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "re-run the same command to finish the study" in err
+
+    first, retry = st.get_trials()
+    assert first.state == TrialState.FAIL and first.user_attrs["not_counted"] == "interrupted"
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == first.number
+    assert retry.params == first.params
+    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    assert client.get_run(first.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert Path("checkpoints/resume/trial-0000.pt").exists()
+
+    r = cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = st.get_trials()
+    assert study_lib.counts(trials)["counted"] == 1 and len(trials) == 2
+    resumed = trials[retry.number]
+    assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] >= 1
+    assert "resumed after epoch" in r.stdout
+    assert not list(Path("checkpoints").rglob("*.pt"))  # finished trials leave no checkpoint behind
+    runs = mlflow_runs("sqlite:///mlruns/mlflow.db", "resume")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
