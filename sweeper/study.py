@@ -214,11 +214,17 @@ def display_url(url: str) -> str:
         return url.split("@")[-1]
 
 
-def counts(trials: list[FrozenTrial]) -> dict[str, int]:
-    """Trials by state; ``counted`` is what ``--trials N`` compares against."""
+def counts(trials: list[FrozenTrial], before: int | None = None) -> dict[str, int]:
+    """Trials by state; ``counted`` is what ``--trials N`` compares against.
+
+    Args:
+        before: count only trials numbered below this (a retry's link to its lost original is still seen).
+    """
     out = {"complete": 0, "pruned": 0, "fail": 0, "running": 0, "waiting": 0, "not_counted": 0}
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}  # re-queued lost trials
     for t in trials:
+        if before is not None and t.number >= before:
+            continue
         if t.state == TrialState.FAIL and (t.user_attrs.get(NOT_COUNTED) or t.number in retried):
             out["not_counted"] += 1
         else:
@@ -284,20 +290,22 @@ def run(
         _close_lost_runs(study, tracker)
         deadline = None if timeout is None else time.monotonic() + timeout
         streak = _Streak(SAME_ERROR_LIMIT)
-        callbacks = [streak, *([on_trial_end] if on_trial_end else [])]
+        ended = threading.Event()  # a trial ended here: a waiting worker looks again at once
+        callbacks = [streak, lambda st, t: ended.set(), *([on_trial_end] if on_trial_end else [])]
         halt = threading.Event()
         errors: list[BaseException] = []
         workers.INTERRUPTED.clear()
         done = [threading.Event() for _ in objectives]
 
-        def worker(i: int) -> None:
+        def serve(i: int) -> None:
             try:
-                _work(studies[i], trials, objectives[i], deadline, callbacks, halt, streak, errors)
+                _work(studies[i], trials, objectives[i], deadline, callbacks, halt, ended, streak, errors)
             finally:
                 done[i].set()
+                ended.set()
 
         for i in range(len(objectives)):
-            threading.Thread(target=worker, args=(i,), name=f"sweeper-worker-{i}", daemon=True).start()
+            threading.Thread(target=serve, args=(i,), name=f"sweeper-worker-{i}", daemon=True).start()
         # Waiting on events, not Thread.join: a join interrupted by Ctrl-C can mark a live thread stopped
         # (CPython 3.11), and the process would exit with its trials still RUNNING.
         try:
@@ -305,6 +313,7 @@ def run(
         except KeyboardInterrupt:
             workers.INTERRUPTED.set()  # each worker kills its trial process and closes its trial
             halt.set()
+            ended.set()
             _wait_all(done)
             raise
         finally:
@@ -327,6 +336,7 @@ def _work(
     deadline: float | None,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
     halt: threading.Event,
+    ended: threading.Event,
     streak: _Streak,
     errors: list[BaseException],
 ) -> None:
@@ -334,8 +344,7 @@ def _work(
 
     def guarded(trial: optuna.Trial) -> float:
         # Exactly N across workers: a trial numbered past the N-th countable one is surplus.
-        before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-        c = counts(before)
+        c = counts(study.get_trials(deepcopy=False), before=trial.number)
         if c["counted"] + c["running"] + c["waiting"] >= trials:
             trial.set_user_attr(NOT_COUNTED, "surplus: the study already had its trials")
             raise Surplus()
@@ -356,7 +365,8 @@ def _work(
             if c["counted"] >= trials:
                 return
             if not c["waiting"] and c["counted"] + c["running"] >= trials:
-                halt.wait(poll)  # the last trials run elsewhere; if their worker dies they come back here
+                ended.wait(poll)  # the last trials run elsewhere; if their worker dies they come back here
+                ended.clear()
                 continue
             study.optimize(guarded, n_trials=1, timeout=remaining, catch=(Exception,), callbacks=callbacks)
     except KeyboardInterrupt:
@@ -364,6 +374,7 @@ def _work(
     except BaseException as e:  # a store went away, a failure streak: stop the other workers too
         errors.append(e)
         halt.set()
+        ended.set()
 
 
 def _process_seed_offset() -> int:
@@ -390,6 +401,7 @@ class _Lost:
 
 
 def _fail_orphans(study: optuna.Study, lost: _Lost) -> None:
+    """Fail and re-queue RUNNING trials at once, where no other process can be running them."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         try:
             study.tell(t.number, state=TrialState.FAIL)

@@ -94,6 +94,33 @@ def test_storage_urls() -> None:
         study_lib.storage("postgresql://u:secret@127.0.0.1:1/db")
 
 
+def quick(trial: optuna.Trial) -> float:
+    """A real objective without training, for the run loop's bookkeeping."""
+    return trial.suggest_float("x", 0.0, 1.0)
+
+
+def test_workers_of_one_process_run_exactly_n_trials(tmp_path: Path, image_folder: Path) -> None:
+    spec = tiny_study(tmp_path, image_folder, "exact")
+    st = study_lib.run(spec, 7, [quick, quick, quick])
+    trials = st.get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 7 and study_lib.counts(trials)["counted"] == 7
+    assert all(t.user_attrs["not_counted"].startswith("surplus") for t in trials if t not in done)
+    assert study_lib.run(spec, 7, [quick, quick]).get_trials() == trials  # resuming a full study runs nothing
+
+
+def test_a_trial_left_running_by_a_dead_sweep_is_requeued_at_once(tmp_path: Path, image_folder: Path) -> None:
+    spec = tiny_study(tmp_path, image_folder, "orphan")
+    dead = optuna.create_study(study_name="orphan", storage=study_lib.storage(None)).ask()
+    x = dead.suggest_float("x", 0.0, 1.0)  # its process was SIGKILLed here: RUNNING, heartbeat fresh
+    st = study_lib.run(spec, 1, quick)
+    first, retry = st.get_trials()
+    assert first.state == TrialState.FAIL  # under the single-writer lock, no waiting for the grace period
+    assert retry.state == TrialState.COMPLETE and retry.params == {"x": x}
+    assert retry.system_attrs["failed_trial"] == first.number
+    assert study_lib.counts(st.get_trials())["counted"] == 1
+
+
 @pytest.mark.slow
 def test_workers_of_one_process_share_sqlite_without_lock_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
