@@ -144,6 +144,8 @@ def test_ctrl_c_closes_the_running_trial_and_rerun_finishes(tmp_path: Path, stud
     import sys
     import time
 
+    from sqlalchemy.exc import IntegrityError
+
     from tests.conftest import REPO
 
     study_file.write_text(study_file.read_text().replace("epochs: 3", "epochs: 40"))
@@ -156,7 +158,7 @@ def test_ctrl_c_closes_the_running_trial_and_rerun_finishes(tmp_path: Path, stud
         if Path("sweeper.db").exists():
             try:
                 trials = optuna.load_study(study_name="e2e", storage=optuna_url()).trials
-            except KeyError:
+            except (KeyError, IntegrityError):  # no study yet; both processes created the schema at once
                 continue
             if trials and trials[0].intermediate_values:
                 break

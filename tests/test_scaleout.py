@@ -46,6 +46,11 @@ def wait_for(check: Callable[[], object], timeout: float = 300, what: str = "") 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def stores() -> tuple[str, str]:
+    """Absolute URIs: MLflow caches stores by URI, and every test has its own working directory."""
+    return f"sqlite:///{Path.cwd()}/sweeper.db", f"sqlite:///{Path.cwd()}/mlruns/mlflow.db"
+
+
 def mlflow_runs(uri: str, experiment: str) -> list:
     client = MlflowClient(uri)
     return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -58,12 +63,13 @@ def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_f
     assert r.returncode == 0, out
     assert "2 workers on CPU" in r.stdout
     assert "locked" not in out.lower()
-    trials = optuna.load_study(study_name="local", storage="sqlite:///sweeper.db").get_trials()
+    optuna_url, mlflow_url = stores()
+    trials = optuna.load_study(study_name="local", storage=optuna_url).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 4 and len({t.number for t in done}) == 4
     assert study_lib.counts(trials)["counted"] == 4  # anything else was surplus, never trained
     assert {t.user_attrs["worker"].split("/")[1] for t in done} == {"0", "1"}  # both workers trained
-    runs = mlflow_runs("sqlite:///mlruns/mlflow.db", "local")
+    runs = mlflow_runs(mlflow_url, "local")
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
 
 
@@ -86,7 +92,8 @@ def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, im
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     wait_for(lambda: Path("sweeper.db").exists(), what="the study storage")
-    storage = study_lib.storage("sqlite:///sweeper.db")
+    optuna_url, mlflow_url = stores()
+    storage = study_lib.storage(optuna_url)
     wait_for(lambda: optuna.get_all_study_names(storage), what="the study")
     st = optuna.load_study(study_name="resume", storage=storage)
     wait_for(
@@ -102,7 +109,7 @@ def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, im
     assert first.state == TrialState.FAIL and first.user_attrs["not_counted"] == "interrupted"
     assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == first.number
     assert retry.params == first.params
-    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    client = MlflowClient(mlflow_url)
     assert client.get_run(first.user_attrs["mlflow_run_id"]).info.status == "FAILED"
     assert Path("checkpoints/resume/trial-0000.pt").exists()
 
@@ -114,5 +121,5 @@ def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, im
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] >= 1
     assert "resumed after epoch" in r.stdout
     assert not list(Path("checkpoints").rglob("*.pt"))  # finished trials leave no checkpoint behind
-    runs = mlflow_runs("sqlite:///mlruns/mlflow.db", "resume")
+    runs = mlflow_runs(mlflow_url, "resume")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
