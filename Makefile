@@ -30,4 +30,4 @@ lint: $(STAMP)
 	$(BIN)/mypy sweeper
 
 clean:
-	rm -rf out sweeper.db mlruns/mlflow.db mlruns/artifacts
+	rm -rf out sweeper.db sweeper.db.lock mlruns/mlflow.db mlruns/mlflow.db.lock mlruns/artifacts checkpoints

@@ -267,7 +267,7 @@ def run(
     """
     from sweeper import workers
 
-    objectives = list(objective) if isinstance(objective, (list, tuple)) else [objective]
+    objectives: list[Objective] = [objective] if callable(objective) else list(objective)
     url = resolve_storage(storage_url)
     local = workers.sqlite_path(url) is not None
     lost = _Lost(tracker)
@@ -291,7 +291,9 @@ def run(
         deadline = None if timeout is None else time.monotonic() + timeout
         streak = _Streak(SAME_ERROR_LIMIT)
         ended = threading.Event()  # a trial ended here: a waiting worker looks again at once
-        callbacks = [streak, lambda st, t: ended.set(), *([on_trial_end] if on_trial_end else [])]
+        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [streak, lambda st, t: ended.set()]
+        if on_trial_end is not None:
+            callbacks.append(on_trial_end)
         halt = threading.Event()
         errors: list[BaseException] = []
         workers.INTERRUPTED.clear()
