@@ -140,11 +140,21 @@ def _begin_immediate(engine: Any) -> None:
     engine.dispose()
 
 
-def build_sampler(spec: Study, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """The study's sampler. Each worker gets its own seed so parallel workers don't propose twins."""
+def sampler_seed(seed: int, worker: int, existing: int) -> int:
+    """The study's seed for a fresh single worker; a distinct, reproducible one for every other worker and
+    for every resumed run, so neither parallel workers nor a resumed sweep propose the same params again."""
+    if worker == 0 and existing == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, worker, existing]).generate_state(1)[0])
+
+
+def build_sampler(spec: Study, worker: int = 0, existing: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per worker and per resume (see :func:`sampler_seed`)."""
     args = {k: v for k, v in spec.sampler.items() if k != "name"}
     if "seed" in args and args["seed"] is not None:
-        args["seed"] = int(args["seed"]) + worker
+        args["seed"] = sampler_seed(int(args["seed"]), worker, existing)
     name = spec.sampler["name"]
     cls: Callable[..., optuna.samplers.BaseSampler] = {
         "tpe": optuna.samplers.TPESampler,
@@ -182,7 +192,7 @@ def open_study(
     spec: Study, storage_url: str | None, worker: int = 0, store: optuna.storages.BaseStorage | None = None
 ) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # sweeper prints one line per trial
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=spec.name,
         storage=store or storage(storage_url),
         sampler=build_sampler(spec, worker),
@@ -190,6 +200,10 @@ def open_study(
         direction=spec.direction,
         load_if_exists=True,
     )
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:  # a resumed study: don't replay the first run's random draws
+        study.sampler = build_sampler(spec, worker, existing)
+    return study
 
 
 def load_existing(name: str, storage_url: str | None) -> optuna.Study:

@@ -227,3 +227,25 @@ def test_a_broken_configuration_stops_the_sweep_after_three_identical_failures(
     assert sorted(r.info.status for r in runs) == ["FAILED"] * 3
     error = Path(client.download_artifacts(runs[0].info.run_id, "error.txt", str(Path.cwd())))
     assert "Traceback" in error.read_text()
+
+
+def test_a_resumed_study_does_not_repeat_its_params(tmp_path) -> None:
+    from sweeper import spec as spec_lib
+    from sweeper import study as study_lib
+
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        "name: s\ndata: {root: builtin:digits}\nsampler: {name: random, seed: 0}\n"
+        "space:\n  lr_head: {float: [1.0e-4, 1.0e-2], log: true}\n"
+    )
+    spec = spec_lib.load(str(p))
+    url = f"sqlite:///{tmp_path}/s.db"
+    drawn = []
+    for _ in range(2):  # two runs of the same command, one trial each
+        st = study_lib.open_study(spec, url)
+        t = st.ask()
+        drawn.append(t.suggest_float("lr_head", 1e-4, 1e-2, log=True))
+        st.tell(t, 0.5)
+    assert drawn[0] != drawn[1]
+    assert study_lib.sampler_seed(0, 0, 0) == 0
+    assert len({study_lib.sampler_seed(0, w, n) for w in range(3) for n in range(3)}) == 9
