@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -85,6 +86,15 @@ def isolated(
     for var in ("MLFLOW_TRACKING_URI", "SWEEPER_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     return work
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a CLI process the test will Ctrl-C (SIGINT).
+
+    A non-interactive shell starts background jobs with SIGINT ignored, and Python then never raises
+    KeyboardInterrupt; a user's terminal doesn't do that, so the process gets the default handling back.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def write_study(path: Path, text: str) -> Path:

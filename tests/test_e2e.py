@@ -146,12 +146,14 @@ def test_ctrl_c_closes_the_running_trial_and_rerun_finishes(tmp_path: Path, stud
 
     from sqlalchemy.exc import IntegrityError
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, interruptible
 
     study_file.write_text(study_file.read_text().replace("epochs: 3", "epochs: 40"))
     cmd = [sys.executable, "-m", "sweeper", "run-study", str(study_file), "--trials", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until a trial has reported an epoch
         time.sleep(0.5)

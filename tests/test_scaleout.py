@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from sweeper import study as study_lib
 from sweeper import workers
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, interruptible
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +90,7 @@ def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, im
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=interruptible,
     )
     wait_for(lambda: Path("sweeper.db").exists(), what="the study storage")
     optuna_url, mlflow_url = stores()
