@@ -168,17 +168,21 @@ def run_one(spec: spec_lib.Study, trials: int = 1) -> tuple[optuna.Study, tracki
 
 @pytest.mark.slow
 def test_out_of_memory_is_retried_once_at_half_the_micro_batch(
-    tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
+    cli, tmp_path: Path, image_folder: Path
 ) -> None:
-    monkeypatch.setenv("PYTHONPATH", f"{FAULT_MODELS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    # A CLI process: the fault models register through sitecustomize, which the trial processes' fork
+    # server picks up only from the environment it starts with.
     spec = tiny_study(tmp_path, image_folder, "oom", backbone="oom_resnet")  # holds 4 images per pass
-    st, tracker = run_one(spec)
+    env = {"PYTHONPATH": f"{FAULT_MODELS}{os.pathsep}{Path(__file__).parent.parent}"}
+    r = cli("run-study", str(spec.path), "--trials", "1", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = optuna.load_study(study_name="oom", storage=f"sqlite:///{Path.cwd()}/sweeper.db")
     (t,) = st.get_trials()
     assert t.state == TrialState.COMPLETE
     assert t.user_attrs[study_lib.OOM_RETRY] == (
         "out of memory at micro_batch 8; retried at 4 with gradient accumulation, batch_size 8 unchanged"
     )
-    run = MlflowClient(tracker.uri).get_run(t.user_attrs[study_lib.MLFLOW_RUN])
+    run = MlflowClient(f"sqlite:///{Path.cwd()}/mlruns/mlflow.db").get_run(t.user_attrs[study_lib.MLFLOW_RUN])
     assert run.info.status == "FINISHED" and run.data.tags["micro_batch_used"] == "4"
     assert run.data.params["micro_batch"] == "None"  # the searched config, as sampled
 
