@@ -212,14 +212,14 @@ def predict_logits(model: nn.Module, batches, device: torch.device, tta: bool = 
 
 def evaluate(model: nn.Module, batches, num_classes: int, device: torch.device, tta: bool = False):
     """Mean NLL and accuracy of the (TTA-averaged) probabilities, and the confusion matrix."""
-    loss_sum, n = 0.0, 0
+    loss_sum, n = torch.zeros((), device=device), 0  # summed on the device: no sync per batch
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     for p, y in predict_logits(model, batches, device, tta):
-        loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
+        loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum")
         n += len(y)
         confusion += torch.bincount(y * num_classes + p.argmax(1), minlength=num_classes**2)
     cm = confusion.view(num_classes, num_classes).cpu().numpy()
-    return loss_sum / max(n, 1), float(np.trace(cm) / max(n, 1)), cm
+    return loss_sum.item() / max(n, 1), float(np.trace(cm) / max(n, 1)), cm
 
 
 def _micro_slices(n: int, micro: int | None) -> list[slice]:
