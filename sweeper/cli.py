@@ -6,6 +6,7 @@ Every :class:`SweeperError` becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -124,48 +125,63 @@ def run_study(
         str | None,
         typer.Option("--gpus", help="GPU indexes, e.g. 0,1,2,3: one worker per GPU; its trials see only it."),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Store the study under this name instead of the file's `name:`: a new study, e.g. to try "
+            "other --set values without mixing them into the existing one.",
+        ),
+    ] = None,
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
     import signal
 
     from sweeper import data as data_lib
     from sweeper import progress as progress_lib
-    from sweeper import study as study_lib
-    from sweeper import tracking
+    from sweeper import record as record_lib
+    from sweeper import stores, sweep, tracking
+    from sweeper import trial as trial_lib
     from sweeper import workers as workers_lib
 
     spec = load_spec(study, data, set_, epochs)
+    if name is not None:
+        if not name.strip():
+            raise SweeperError("--name must not be empty")
+        spec = dataclasses.replace(spec, name=name.strip())
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
-    preflight(spec)
     ds = data_lib.scan(spec.data_root)
+    overrides = {"set": parse_sets(set_), "epochs": epochs, "data": str(data) if data else None, "name": name}
+    rec = record_lib.StudyRecord.of(spec, ds, overrides)
+    existing = _existing(spec.name, storage)
+    if existing is not None:  # refuse a changed definition before anything slow
+        record_lib.ensure(existing, rec)
+    preflight(spec)
     tracker = tracking.Tracker(tracking_uri, spec.name)
     t0 = time.monotonic()
     on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
     typer.echo(
         f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val images; "
         f"{len(slots)} worker{'s' if len(slots) > 1 else ''} on {on}; "
-        f"storage {study_lib.display_url(study_lib.resolve_storage(storage))}; "
-        f"MLflow {study_lib.display_url(tracker.uri)}"
+        f"storage {stores.display_url(stores.resolve_storage(storage))}; "
+        f"MLflow {stores.display_url(tracker.uri)}"
     )
     progress = progress_lib.create(trials, spec.epochs, spec.metric)
-    try:  # a resumed study: progress starts from what storage holds
-        existing = study_lib.load_existing(spec.name, storage)
-        progress.update(study_lib.counts(existing.get_trials(deepcopy=False)), _best_value(existing))
-    except SweeperError:
-        pass
+    if existing is not None:  # a resumed study: progress starts from what storage holds
+        progress.update(record_lib.counts(existing.get_trials(deepcopy=False)), _best_value(existing))
     threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
     objectives = [
-        study_lib.make_objective(spec, ds, tracker, progress, gpu=g, slot=i, threads=threads)
+        trial_lib.make_objective(spec, ds, tracker, progress, gpu=g, slot=i, threads=threads)
         for i, g in enumerate(slots)
     ]
 
     def on_trial_end(st: Any, t: Any) -> None:
-        keys = (study_lib.FAIL_REASON, study_lib.PRUNE_REASON, study_lib.INFEASIBLE, study_lib.OOM_RETRY)
+        keys = (record_lib.FAIL_REASON, record_lib.PRUNE_REASON, record_lib.INFEASIBLE, record_lib.OOM_RETRY)
         notes = [t.user_attrs.get(k) for k in keys]
-        if t.user_attrs.get(study_lib.RESUMED):
-            notes.append(f"resumed after epoch {t.user_attrs[study_lib.RESUMED]}")
+        if t.user_attrs.get(record_lib.RESUMED):
+            notes.append(f"resumed after epoch {t.user_attrs[record_lib.RESUMED]}")
         why = "; ".join(n for n in notes if n)
-        counts = study_lib.counts(st.get_trials(deepcopy=False))
+        counts = record_lib.counts(st.get_trials(deepcopy=False))
         progress.trial_finished(t.number, t.state.name, t.value, why, counts, _best_value(st))
 
     def terminate(signum: int, frame: Any) -> None:  # docker stop, a scheduler's preemption notice
@@ -174,8 +190,15 @@ def run_study(
     signal.signal(signal.SIGTERM, terminate)
     try:
         with progress:
-            st = study_lib.run(
-                spec, trials, objectives, storage, timeout, on_trial_end=on_trial_end, tracker=tracker
+            st = sweep.run(
+                spec,
+                trials,
+                objectives,
+                storage,
+                timeout,
+                on_trial_end=on_trial_end,
+                tracker=tracker,
+                record=rec,
             )
     except KeyboardInterrupt:
         typer.echo(
@@ -184,7 +207,7 @@ def run_study(
             err=True,
         )
         raise typer.Exit(130) from None
-    c = study_lib.counts(st.get_trials(deepcopy=False))
+    c = record_lib.counts(st.get_trials(deepcopy=False))
     typer.echo(
         f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
         f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)"
@@ -196,6 +219,18 @@ def run_study(
     )
 
 
+def _existing(name: str, storage: str | None) -> Any:
+    """The stored study of this name, or None when there is none yet."""
+    from sweeper import stores
+
+    try:
+        return stores.load_existing(name, storage)
+    except SweeperError as e:
+        if str(e).startswith("no study "):
+            return None
+        raise
+
+
 def _best_value(st: Any) -> float | None:
     try:
         return float(st.best_value)
@@ -204,16 +239,16 @@ def _best_value(st: Any) -> float | None:
 
 
 def _print_best(st: Any, metric: str) -> None:
-    from sweeper import study as study_lib
+    from sweeper import record as record_lib
 
     try:
-        best = study_lib.best_trial(st)
+        best = record_lib.best_trial(st)
     except SweeperError:
         typer.echo("no complete trial yet")
         return
     typer.echo(
         f"best trial {best.number}: {metric}={best.value:.4f} at epoch "
-        f"{best.user_attrs.get(study_lib.BEST_EPOCH, '?')}"
+        f"{best.user_attrs.get(record_lib.BEST_EPOCH, '?')}"
     )
     for k, v in sorted(best.params.items()):
         typer.echo(f"  {k} = {v}")
@@ -240,25 +275,40 @@ def refit_best(
 ) -> None:
     """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
     from sweeper import data as data_lib
+    from sweeper import record as record_lib
     from sweeper import refit, tracking
 
-    spec = load_spec(study, data, set_)
-    ds = data_lib.scan(spec.data_root)
-    tracker = tracking.Tracker(tracking_uri, spec.name)
-    if combine == "refit":
-        summary = refit.refit_best(spec, ds, out, storage, tracker)
+    if set_ and combine != "refit":
+        raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
+    src = record_lib.open_recorded(study, storage)
+    ds = data_lib.scan(str(data) if data else src.spec.data_root)
+    record_lib.check_classes(src.record, ds.classes, ds.root)
+    tracker = tracking.Tracker(tracking_uri, src.spec.name)
+    if combine != "refit":
+        _warn(src.notes)
+        summary = refit.combine(src, ds, out, tracker, combine, top)
+        val = f"; val_acc={summary['val_acc']:.4f}" if summary.get("val_acc") is not None else ""
         typer.echo(
-            f"refit trial {summary['trial']} ({spec.metric}={summary['value']:.4f}) for "
-            f"{summary['epochs']} epochs on train+val; "
-            f"wrote {', '.join(str(out / f) for f in summary['files'])}"
+            f"{combine} of trials {', '.join(map(str, summary['trials']))} ({summary['members']} models"
+            f"{val}); wrote {', '.join(str(out / f) for f in summary['files'])}"
         )
         return
-    summary = refit.combine(spec, ds, out, storage, tracker, combine, top)
-    val = f"; val_acc={summary['val_acc']:.4f}" if summary.get("val_acc") is not None else ""
+    p = refit.plan(src, parse_sets(set_))
+    _warn(p.notes)
     typer.echo(
-        f"{combine} of trials {', '.join(map(str, summary['trials']))} ({summary['members']} models{val}); "
-        f"wrote {', '.join(str(out / f) for f in summary['files'])}"
+        f"refitting trial {p.trial.number} ({src.spec.metric}={p.trial.value:.4f}, the best of "
+        f"{src.spec.name!r}) with its recorded config on train+val, {p.stop_epoch} of its {p.cfg.epochs} "
+        f"epochs (its best epoch, on its own LR schedule); data {ds.root}"
     )
+    for key, value in p.overrides.items():
+        typer.echo(f"  --set {key}={value} (the trial ran with {p.trial_value(key)!r})")
+    summary = refit.refit_best(p, ds, out, tracker, src.spec.name)
+    typer.echo(f"wrote {', '.join(str(out / f) for f in summary['files'])}")
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
 
 
 @app.command("studies")
@@ -266,12 +316,13 @@ def studies(storage: StorageOpt = None) -> None:
     """List study files with their trials (complete/pruned/failed) and best value."""
     import optuna
 
-    from sweeper import study as study_lib
+    from sweeper import record as record_lib
+    from sweeper import stores
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stored: dict[str, Any] = {}
     try:
-        st = study_lib.storage(storage)
+        st = stores.storage(storage)
         stored = {s.study_name: s for s in optuna.get_all_study_summaries(st)}
     except SweeperError:
         st = None
@@ -286,7 +337,7 @@ def studies(storage: StorageOpt = None) -> None:
         best = "-"
         if name in stored and st is not None:
             s = optuna.load_study(study_name=name, storage=st)
-            c = study_lib.counts(s.get_trials(deepcopy=False))
+            c = record_lib.counts(s.get_trials(deepcopy=False))
             row = [c["complete"], c["pruned"], c["fail"]]
             if c["complete"]:
                 best = f"{s.best_value:.4f}"
@@ -310,29 +361,20 @@ def show(
     """Show the best trial and a table of the top trials (or, with --ablation, the ablation table)."""
     from optuna.trial import TrialState
 
-    from sweeper import study as study_lib
+    from sweeper import record as record_lib
 
-    spec = spec_lib.load(study)
-    st = study_lib.load_existing(spec.name, storage)
-    c = study_lib.counts(st.get_trials(deepcopy=False))
+    src = record_lib.open_recorded(study, storage)
+    spec, st = src.spec, src.study
+    _warn(src.notes)
+    c = record_lib.counts(st.get_trials(deepcopy=False))
     typer.echo(
         f"study {spec.name}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
         f"{c['running']} running"
     )
+    _print_record(src.record)
     _print_best(st, spec.metric)
     if ablation:
-        from sweeper import ablation as ablation_lib
-
-        bools = [k for k, d in spec.space.items() if d.kind == "bool"]
-        if not bools:
-            raise SweeperError(
-                f"study {spec.name!r} searches no boolean dimension, so there is nothing "
-                "to ablate: the table compares trials with an on/off option on against off"
-            )
-        ab = ablation_lib.compute(st.get_trials(deepcopy=False), bools, spec.metric, spec.direction)
-        typer.echo("")
-        for line in ablation_lib.format_table(ab):
-            typer.echo(line)
+        _print_ablation(spec, st)
         return
     done = [t for t in st.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: t.value, reverse=spec.direction == "maximize")
@@ -340,9 +382,41 @@ def show(
     typer.echo("")
     typer.echo("  ".join([f"{'trial':>5}", f"{spec.metric:>8}", f"{'epoch':>5}", *keys]))
     for t in done[:top]:
-        cells = [f"{t.number:>5}", f"{t.value:>8.4f}", f"{t.user_attrs.get(study_lib.BEST_EPOCH, ''):>5}"]
+        cells = [f"{t.number:>5}", f"{t.value:>8.4f}", f"{t.user_attrs.get(record_lib.BEST_EPOCH, ''):>5}"]
         cells += [_fmt(t.params.get(k)).rjust(len(k)) for k in keys]
         typer.echo("  ".join(cells))
+
+
+def _print_record(rec: Any) -> None:
+    """What the study ran with: file, overrides, data and versions (from the study record)."""
+    if rec is None:
+        return
+    o = rec.overrides
+    sets = " ".join(f"--set {k}={v}" for k, v in (o.get("set") or {}).items())
+    flags = [sets] + [f"--{k} {o[k]}" for k in ("epochs", "data", "name") if o.get(k)]
+    given = " ".join(x for x in flags if x)
+    d = rec.data
+    typer.echo(f"  ran with: {rec.path} {given}".rstrip())
+    typer.echo(
+        f"  data: {d.get('root')} ({len(d.get('classes', []))} classes, "
+        f"{', '.join(f'{n} {k}' for k, n in d.get('images', {}).items())}; digest {d.get('digest')})"
+    )
+    typer.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in rec.versions.items()))
+
+
+def _print_ablation(spec: spec_lib.Study, st: Any) -> None:
+    from sweeper import ablation as ablation_lib
+
+    bools = [k for k, d in spec.space.items() if d.kind == "bool"]
+    if not bools:
+        raise SweeperError(
+            f"study {spec.name!r} searches no boolean dimension, so there is nothing "
+            "to ablate: the table compares trials with an on/off option on against off"
+        )
+    ab = ablation_lib.compute(st.get_trials(deepcopy=False), bools, spec.metric, spec.direction)
+    typer.echo("")
+    for line in ablation_lib.format_table(ab):
+        typer.echo(line)
 
 
 def _fmt(v: Any) -> str:
@@ -360,12 +434,13 @@ def report(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write one self-contained HTML report of a study (plots, ablation, trials) and log it to MLflow."""
+    from sweeper import record as record_lib
     from sweeper import report as report_lib
-    from sweeper import study as study_lib
     from sweeper import tracking
 
-    spec = spec_lib.load(study)
-    st = study_lib.load_existing(spec.name, storage)
+    src = record_lib.open_recorded(study, storage)
+    spec, st = src.spec, src.study
+    _warn(src.notes)
     tracker = tracking.Tracker(tracking_uri, spec.name)
     out = out or Path(f"{spec.name}-report.html")
     if out.is_dir():
@@ -405,11 +480,11 @@ def check(study: StudyArg, set_: SetOpt = None) -> None:
     """Validate a study file and print its search space; nothing runs."""
     from sweeper import model as model_lib
     from sweeper import space as space_lib
-    from sweeper import study as study_lib
+    from sweeper import sweep
 
     spec = load_spec(study, sets=set_)
-    study_lib.build_sampler(spec)
-    study_lib.build_pruner(spec)
+    sweep.build_sampler(spec)
+    sweep.build_pruner(spec)
     backbones = (
         set(spec.space["backbone"].choices) if "backbone" in spec.space else {spec.resolve({}).backbone}
     )

@@ -1,7 +1,8 @@
 """Refit the best trial on train+val and write the submission: model, config and prediction.csv.
 
-The best trial's params are replayed through ``space.suggest`` with Optuna's FixedTrial, so the refit
-config is exactly what was searched; it trains for the epoch count at which that trial peaked.
+The refit trains the winning trial's own recorded config (never the study file as it is now), with the
+trial's LR schedule, and stops at the epoch where that trial peaked. Trials from before configs were
+recorded replay their params through ``space.suggest`` with Optuna's FixedTrial.
 
 Instead of retraining, a submission can also combine the weights trials kept (fetched from MLflow): the
 best k-fold trial's fold models or the top trials' models as a probability-averaging ensemble, or a
@@ -11,6 +12,7 @@ greedy weight soup of the top trials that share one architecture.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,59 +20,88 @@ from typing import Any
 import optuna
 import torch
 import yaml
-from optuna.trial import TrialState
 
-from sweeper import artifacts, averaging, train
+from sweeper import artifacts, averaging, record, train
 from sweeper import space as space_lib
-from sweeper import study as study_lib
+from sweeper import spec as spec_lib
 from sweeper.data import ImageFolderData
 from sweeper.errors import SweeperError
 from sweeper.spec import Study, TrialConfig
 
 
-def best_config(spec: Study, best: optuna.trial.FrozenTrial) -> TrialConfig:
-    """Replay the best trial's params through the study's space; refit for its best epoch count."""
+@dataclass(frozen=True)
+class RefitPlan:
+    """What a refit trains: the trial's own config (``--set`` on top), and the epoch it stops after."""
+
+    trial: optuna.trial.FrozenTrial
+    cfg: TrialConfig
+    stop_epoch: int  # the trial's best epoch; the LR schedule still spans cfg.epochs, as in the trial
+    overrides: dict[str, Any]  # --set, applied on purpose
+    notes: list[str]  # what the user should know (an older study without a record)
+
+    def trial_value(self, key: str) -> Any:
+        """What the trial itself ran with for ``key`` (before ``--set``)."""
+        recorded = record.trial_config(self.trial)
+        return None if recorded is None else recorded.flat().get(key)
+
+
+def plan(src: record.Recorded, sets: dict[str, Any] | None = None) -> RefitPlan:
+    """Replay the best trial: its recorded config, else (older trials) its params through the space."""
+    best = record.best_trial(src.study)
+    notes = list(src.notes)
+    cfg = record.trial_config(best)
+    if cfg is None:
+        cfg = _replayed(src.spec, best)
+        notes.append(f"trial {best.number} has no recorded config: replayed its params through the study")
+    overrides = {}
+    for key, value in (sets or {}).items():
+        spec_lib.known_key(key, f"--set {key}")
+        try:
+            overrides[key] = spec_lib.coerce(key, value)
+        except ValueError as e:
+            raise SweeperError(f"--set {key}={value!r}: {e}") from None
+    if overrides:
+        cfg = spec_lib.config_from_flat({**cfg.flat(), **overrides})
+    stop = int(best.user_attrs.get(record.BEST_EPOCH, cfg.epochs))
+    return RefitPlan(best, cfg, max(1, min(stop, cfg.epochs)), overrides, notes)
+
+
+def _replayed(spec: Study, best: optuna.trial.FrozenTrial) -> TrialConfig:
     missing = [k for k in spec.space if k not in best.params]
     if missing:
         raise SweeperError(
             f"the best trial of {spec.name!r} has no value for {', '.join(missing)}; the study file's space "
             "changed since it ran: pin them with --set or refit with the original study file"
         )
-    params = space_lib.suggest(optuna.trial.FixedTrial(best.params), spec.space)
-    cfg = spec.resolve(params)
-    epochs = int(best.user_attrs.get(study_lib.BEST_EPOCH, cfg.epochs))
-    return dataclasses.replace(cfg, epochs=max(1, epochs))
+    return spec.resolve(space_lib.suggest(optuna.trial.FixedTrial(best.params), spec.space))
 
 
 def refit_best(
-    spec: Study, data: ImageFolderData, out: Path, storage_url: str | None, tracker: Any
+    p: RefitPlan, data: ImageFolderData, out: Path, tracker: Any, study_name: str
 ) -> dict[str, Any]:
-    """Train the best config on train+val, log it to MLflow and write ``out/``. Returns a summary."""
-    study = study_lib.load_existing(spec.name, storage_url)
-    best = study_lib.best_trial(study)
-    cfg = best_config(spec, best)
+    """Train the plan on train+val, log it to MLflow and write ``out/``. Returns a summary.
+
+    The refit run's params are the trial's config as it trained (plus any ``--set``); what refit changes
+    on purpose is tagged: the data (train+val) and the epoch it stops after.
+    """
     out.mkdir(parents=True, exist_ok=True)
     run = tracker.start(
-        run_name=f"refit-trial-{best.number:04d}",
-        params=cfg.flat(),
-        tags={"study": spec.name, "refit_of_trial": best.number, "state": "RUNNING"},
+        run_name=f"refit-trial-{p.trial.number:04d}",
+        params=p.cfg.flat(),
+        tags={
+            "study": study_name,
+            "refit_of_trial": p.trial.number,
+            "state": "RUNNING",
+            "sweeper.refit.data": "train+val",
+            "sweeper.refit.stop_epoch": p.stop_epoch,
+            "sweeper.refit.overrides": json.dumps(spec_lib._plain(p.overrides)) if p.overrides else "none",
+        },
     )
     try:
-        result = train.run_trial(cfg, data, lambda e, m: run.log_metrics(e, m), train_on_val=True)
-        artifacts.write_config(
-            out / "config.yaml",
-            cfg,
-            data.classes,
-            result.data_config,
-            {"refit_of_trial": best.number, "best_trial_value": best.value},
+        result = train.run_trial(
+            p.cfg, data, lambda e, m: run.log_metrics(e, m), train_on_val=True, stop_epoch=p.stop_epoch
         )
-        artifacts.save_weights(out / "model.safetensors", result.state_dict, {"backbone": cfg.backbone})
-        wrote = ["model.safetensors", "config.yaml"]
-        if data.test:
-            model = train.load_for_inference(cfg, len(data.classes), result.state_dict)
-            probs = train.predict_files(model, data.test, cfg, result.data_config)
-            artifacts.write_predictions(out / "prediction.csv", data.test, probs, data.classes)
-            wrote.append("prediction.csv")
+        wrote = _write_refit(p, data, out, result)
         for name in wrote:
             run.log_file(out / name, "model")
     except BaseException as e:
@@ -78,13 +109,31 @@ def refit_best(
         raise
     run.end("COMPLETE")
     return {
-        "trial": best.number,
-        "value": best.value,
-        "epochs": cfg.epochs,
+        "trial": p.trial.number,
+        "value": p.trial.value,
+        "epochs": p.stop_epoch,
         "out": out,
         "files": wrote,
         "run_id": run.run_id,
     }
+
+
+def _write_refit(p: RefitPlan, data: ImageFolderData, out: Path, result: Any) -> list[str]:
+    extra = {
+        "refit_of_trial": p.trial.number,
+        "best_trial_value": p.trial.value,
+        "stop_epoch": p.stop_epoch,
+        "overrides": spec_lib._plain(p.overrides),
+    }
+    artifacts.write_config(out / "config.yaml", p.cfg, data.classes, result.data_config, extra)
+    artifacts.save_weights(out / "model.safetensors", result.state_dict, {"backbone": p.cfg.backbone})
+    wrote = ["model.safetensors", "config.yaml"]
+    if data.test:
+        model = train.load_for_inference(p.cfg, len(data.classes), result.state_dict)
+        probs = train.predict_files(model, data.test, p.cfg, result.data_config)
+        artifacts.write_predictions(out / "prediction.csv", data.test, probs, data.classes)
+        wrote.append("prediction.csv")
+    return wrote
 
 
 # ---- ensembles and soups: the kept weights of trials, combined without retraining ---------------------
@@ -102,19 +151,6 @@ class Member:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return artifacts.load_weights(self.weights)
-
-
-def top_trials(spec: Study, study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The ``k`` best complete trials that satisfy the study's constraints, best first."""
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-        if all(c <= 0 for c in t.constraints.values()) and t.value is not None
-    ]
-    done.sort(key=lambda t: float(t.value), reverse=spec.direction == "maximize")  # type: ignore[arg-type]
-    if not done:
-        raise SweeperError(f"study {spec.name!r} has no complete trial yet; run more trials")
-    return done[:k]
 
 
 def fetch_members(
@@ -150,10 +186,9 @@ def accuracy(probs: torch.Tensor, labels: tuple[int, ...]) -> float:
 
 
 def combine(
-    spec: Study,
+    src: record.Recorded,
     data: ImageFolderData,
     out: Path,
-    storage_url: str | None,
     tracker: Any,
     how: str,
     top: int = 3,
@@ -164,8 +199,8 @@ def combine(
     models (each fold of a k-fold trial counts), probabilities averaged. ``soup``: a greedy soup of the
     ``top`` best trials that share the best one's architecture, a single model.
     """
-    study = study_lib.load_existing(spec.name, storage_url)
-    trials = top_trials(spec, study, 1 if how == "folds" else top)
+    spec = src.spec
+    trials = record.top_trials(src.study, 1 if how == "folds" else top, spec.direction)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     num_classes = len(data.classes)

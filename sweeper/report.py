@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import ablation as ablation_lib
-from sweeper import study as study_lib
+from sweeper import record as record_lib
 from sweeper.spec import Study
 
 REPORT_RUN = "study-report"  # the MLflow run that holds the study's report
@@ -271,7 +271,7 @@ def trial_rows(trials: list[FrozenTrial], spec: Study) -> tuple[list[str], list[
     ]
     rows, classes = [], []
     for t in sorted(trials, key=lambda t: t.number):
-        why = t.user_attrs.get(study_lib.FAIL_REASON) or t.user_attrs.get(study_lib.PRUNE_REASON) or ""
+        why = t.user_attrs.get(record_lib.FAIL_REASON) or t.user_attrs.get(record_lib.PRUNE_REASON) or ""
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration is not None else ""
         value = f"{t.value:.4f}" if t.value is not None and t.state == TrialState.COMPLETE else ""
         epochs = str(max(t.intermediate_values)) if t.intermediate_values else ""
@@ -280,7 +280,7 @@ def trial_rows(trials: list[FrozenTrial], spec: Study) -> tuple[list[str], list[
                 str(t.number),
                 t.state.name,
                 value,
-                _fmt(t.user_attrs.get(study_lib.BEST_EPOCH)),
+                _fmt(t.user_attrs.get(record_lib.BEST_EPOCH)),
                 epochs,
                 seconds,
                 str(why),
@@ -345,7 +345,7 @@ def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
     from plotly.offline import get_plotlyjs
 
     trials = study.get_trials(deepcopy=False)
-    c = study_lib.counts(trials)
+    c = record_lib.counts(trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     complete.sort(key=lambda t: float(t.value or 0.0), reverse=spec.direction == "maximize")
     best = complete[0] if complete else None
@@ -385,7 +385,7 @@ def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
         params = ", ".join(f"{k} = {_fmt(v)}" for k, v in sorted(best.params.items()))
         parts.append(
             f'<p id="best-params">Best trial <b>{best.number}</b> '
-            f"(epoch {_e(best.user_attrs.get(study_lib.BEST_EPOCH, '?'))}): {_e(params)}</p>"
+            f"(epoch {_e(best.user_attrs.get(record_lib.BEST_EPOCH, '?'))}): {_e(params)}</p>"
         )
 
     # ablation

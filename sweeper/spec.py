@@ -383,7 +383,7 @@ class Study:
         """Apply CLI overrides: ``--set`` pins a dimension or replaces a fixed value, ``--epochs`` caps."""
         fixed, space = dict(self.fixed), dict(self.space)
         for key, value in (sets or {}).items():
-            key = _known_key(key, f"--set {key}")
+            key = known_key(key, f"--set {key}")
             try:
                 fixed[key] = coerce(key, value)
             except ValueError as e:
@@ -419,7 +419,7 @@ def build_config(values: dict[str, Any]) -> TrialConfig:
     return TrialConfig(**top)
 
 
-def _known_key(key: str, where: str) -> str:
+def known_key(key: str, where: str) -> str:
     if key not in PARAM_TYPES:
         raise SweeperError(f"{where}: unknown parameter {key!r}{did_you_mean(key, PARAM_TYPES)}")
     return key
@@ -605,3 +605,64 @@ def _named_section(raw: Any, key: str, names: tuple[str, ...], fail: Any) -> dic
             f"unknown {key} {name!r}{did_you_mean(str(name), names)}; allowed: {', '.join(names)}",
         )
     return dict(section)
+
+
+def _plain(v: Any) -> Any:
+    """Tuples as lists, recursively: the form a study file (YAML/JSON) writes them in."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
+
+
+def dim_document(d: Dim) -> dict[str, Any]:
+    """A dimension in study-file syntax: the inverse of :func:`_parse_dim`."""
+    if d.kind == "bool":
+        return {"bool": True}
+    if d.kind == "choice":
+        return {"choice": _plain(d.choices)}
+    out: dict[str, Any] = {d.kind: [d.low, d.high]}
+    if d.log:
+        out["log"] = True
+    if d.step is not None:
+        out["step"] = d.step
+    return out
+
+
+def to_document(study: Study) -> dict[str, Any]:
+    """A study, overrides applied, in study-file syntax: ``parse(to_document(s), path)`` gives ``s`` back.
+
+    This is what a study's record keeps, so the exact study a sweep ran can be rebuilt from storage.
+    """
+    doc: dict[str, Any] = {
+        "name": study.name,
+        "description": study.description,
+        "data": {"root": study.data_root},
+        "objective": {"metric": study.metric, "direction": study.direction},
+        "epochs": study.epochs,
+        "sampler": _plain(study.sampler),
+        "pruner": _plain(study.pruner),
+        "fixed": _plain(study.fixed),
+        "space": {k: dim_document(d) for k, d in study.space.items()},
+    }
+    if study.max_params is not None:
+        doc["constraints"] = {"max_params": study.max_params}
+    return doc
+
+
+def config_from_flat(values: dict[str, Any]) -> TrialConfig:
+    """A :class:`TrialConfig` from its ``flat()`` form as stored (JSON/YAML lists instead of tuples)."""
+    unknown = [k for k in values if k not in PARAM_TYPES]
+    if unknown:
+        raise SweeperError(
+            f"a recorded trial config has parameters this sweeper does not know: {', '.join(unknown)}; "
+            "refit it with the sweeper version that ran it"
+        )
+    checked: dict[str, Any] = {}
+    for k, v in values.items():
+        try:
+            checked[k] = coerce(k, v)
+        except ValueError as e:
+            raise SweeperError(f"a recorded trial config has {k}={v!r}: {e}") from None
+    return build_config(checked)

@@ -237,6 +237,7 @@ def run_trial(
     train_on_val: bool = False,
     device: torch.device | None = None,
     checkpoint: Path | None = None,
+    stop_epoch: int | None = None,
 ) -> TrialResult:
     """Fine-tune ``cfg.backbone`` on ``data`` and return the kept epoch (``cfg.checkpoint``) and its metrics.
 
@@ -247,10 +248,12 @@ def run_trial(
     Args:
         report: called after every epoch with that epoch's metrics; may raise to stop the run.
         metric: the study's objective, ``val_acc`` (higher is better) or ``val_loss`` (lower is better).
-        train_on_val: refit mode: train on train+val for ``cfg.epochs`` epochs, no validation.
+        train_on_val: refit mode: train on train+val, no validation.
         checkpoint: an epoch checkpoint file, rewritten after every epoch; when it exists (the retry of a
-            trial whose worker died) training resumes after its epoch, and the restored epochs are
-            reported again first. Single-model training only: k-fold, merging and EMA start over.
+            trial whose worker died) training resumes after its epoch (the restored epochs are not
+            reported again). Single-model training only: k-fold, merging and EMA start over.
+        stop_epoch: stop after this epoch, with the LR schedule still laid over ``cfg.epochs`` (a refit
+            replays the trial's schedule up to the trial's best epoch); None = train all epochs.
     """
     device = device or pick_device()
     if train_on_val:
@@ -263,6 +266,7 @@ def run_trial(
             metric=metric,
             device=device,
             probe=data.val,
+            stop_epoch=stop_epoch,
         )
     if cfg.folds == 1:
         return fit(
@@ -365,12 +369,14 @@ def fit(
     device: torch.device | None = None,
     probe: data_lib.Split | None = None,
     checkpoint: Path | None = None,
+    stop_epoch: int | None = None,
 ) -> TrialResult:
     """Train one model on ``train_split``, validating on ``val_split`` (None: refit, keep the last epoch).
 
     Args:
         probe: labelled images for the sensitive-layer analysis when there is no ``val_split``.
         checkpoint: the epoch checkpoint to resume from and rewrite (see :func:`run_trial`).
+        stop_epoch: the last epoch to train; the LR schedule still spans ``cfg.epochs``.
     """
     device = device or pick_device()
     torch.manual_seed(cfg.seed)
@@ -431,13 +437,14 @@ def fit(
         checkpoint = None  # their state is more than one model and optimizer: these start over
     start = 1
     if checkpoint is not None:
-        start = _restore(checkpoint, cfg, model, trainers[0][1], trainers[0][2], result, report)
+        start = _restore(checkpoint, cfg, model, trainers[0][1], trainers[0][2], result)
         for metrics in result.history:  # early stopping's state, as it was
             if best_watched is None or better(metrics[watch], best_watched):
                 best_watched, since_best = metrics[watch], 0
             else:
                 since_best += 1
-    for epoch in range(start, cfg.epochs + 1):
+    last = cfg.epochs if stop_epoch is None else max(1, min(stop_epoch, cfg.epochs))
+    for epoch in range(start, last + 1):
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0.0, 0
         for i, (m, optimizer, scheduler, dl) in enumerate(trainers):
@@ -470,6 +477,8 @@ def fit(
         if val_dl is not None:
             val_loss, val_acc, cm = evaluate(evaluated, val_dl, num_classes, device, cfg.eval.tta)
             metrics.update(val_loss=val_loss, val_acc=val_acc)
+            if not math.isfinite(metrics[metric]):
+                raise DivergedError(f"{metric} is {metrics[metric]} after epoch {epoch}; lower the LR")
         metrics["epoch_seconds"] = time.perf_counter() - t0
         result.history.append(metrics)
         if val_dl is None or keep == "last" or not result.best or better(metrics[keep], result.best[keep]):
@@ -524,22 +533,26 @@ def _save(
     os.replace(tmp, path)
 
 
-def saved_epoch(path: Path, cfg: TrialConfig) -> int:
-    """The epoch a checkpoint can resume after; 0 when there is none or it belongs to another config."""
+def saved_state(path: Path, cfg: TrialConfig) -> tuple[int, list[dict[str, float]]]:
+    """The epoch a checkpoint can resume after, and the metrics of the epochs it holds; ``(0, [])`` when
+    there is none or it belongs to another config."""
     if not path.exists():
-        return 0
+        return 0, []
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # truncated or from an incompatible version: start over
-        return 0
-    return int(state["epoch"]) if state.get("key") == _resume_key(cfg) else 0
+        return 0, []
+    if state.get("key") != _resume_key(cfg):
+        return 0, []
+    return int(state["epoch"]), list(state["history"])
 
 
 def _restore(
-    path: Path, cfg: TrialConfig, model: nn.Module, optimizer, scheduler, result: TrialResult, report
+    path: Path, cfg: TrialConfig, model: nn.Module, optimizer, scheduler, result: TrialResult
 ) -> int:
-    """Load a matching checkpoint into the run and replay its epochs' reports; return the next epoch."""
-    if not saved_epoch(path, cfg):
+    """Load a matching checkpoint into the run; return the next epoch. Its epochs are not reported again:
+    the caller learns of them from :func:`saved_state`."""
+    if not saved_state(path, cfg)[0]:
         return 1
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
@@ -549,9 +562,6 @@ def _restore(
     result.history, result.best, result.best_epoch = state["history"], state["best"], state["best_epoch"]
     result.state_dict = state["best_state"]
     result.confusion = None if state["confusion"] is None else state["confusion"].numpy()
-    for epoch, metrics in enumerate(result.history, 1):
-        if report is not None:
-            report(epoch, metrics)
     return int(state["epoch"]) + 1
 
 

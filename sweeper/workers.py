@@ -1,4 +1,4 @@
-"""Workers on one machine: trial processes, GPU slots, and the single writer of local stores.
+"""Workers on one machine: trial processes and GPU slots.
 
 A worker is a thread of the ``run-study`` process that keeps the Optuna trial and the MLflow run; the
 training itself runs in a fresh child process per trial (:func:`train_in_process`). So a trial's GPU
@@ -7,17 +7,12 @@ the bookkeeping with it, and each child sees only its own GPU through ``CUDA_VIS
 
 Parent and child talk over a pipe::
 
-    child  -> ("resumed", epoch)            restored from an epoch checkpoint
+    child  -> ("resumed", epoch, history)   restored from an epoch checkpoint (its epochs' metrics)
     child  -> ("epoch", epoch, metrics)     parent answers True (go on) or False (stop: pruned)
-    child  -> ("done", Outcome) | ("error", kind, reason, traceback)
+    child  -> ("done", Trained) | ("error", kind, reason, traceback)
 
 The child writes its artifacts (config, best weights, curves) into a folder the parent logs, and an
-epoch checkpoint that a retry of the same parameters resumes from.
-
-Local SQLite stores get exactly one writer process: :func:`single_writer` takes an exclusive lock
-beside each database file, and all workers of that process share it (see ``study.storage`` and
-``tracking.Tracker``). A second ``run-study`` on the same files is refused up front.
-"""
+epoch checkpoint that a retry of the same parameters resumes from."""
 
 from __future__ import annotations
 
@@ -30,7 +25,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +34,7 @@ from sweeper.errors import SweeperError
 from sweeper.spec import TrialConfig
 
 Report = Callable[[int, dict[str, float]], None]
+Restored = Callable[[int, list[dict[str, float]]], None]
 
 INTERRUPTED = threading.Event()
 """Set by the main thread on Ctrl-C/SIGTERM: every worker kills its trial process and stops."""
@@ -104,7 +100,7 @@ class Job:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Trained:
     """What a finished trial process reports back; the weights and plots are in ``Job.out_dir``."""
 
     best_epoch: int
@@ -115,10 +111,11 @@ class Outcome:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train_in_process(job: Job, report: Report) -> Outcome:
+def train_in_process(job: Job, report: Report, restored: Restored | None = None) -> Trained:
     """Run ``train.run_trial`` for ``job`` in a fresh process; ``report`` runs here, in the caller.
 
     ``report`` may raise (a pruner's TrialPruned): the child is told to stop, and the exception goes on.
+    ``restored(epoch, history)`` hears once of the epochs a checkpoint restored; they are not reported.
 
     Raises:
         OutOfMemory, Diverged, Crashed: the child's error, with its traceback in ``details``.
@@ -131,7 +128,7 @@ def train_in_process(job: Job, report: Report) -> Outcome:
     proc.start()
     there.close()
     try:
-        return _serve(proc, here, report)
+        return _serve(proc, here, report, restored)
     finally:
         here.close()  # a child still waiting for an answer sees EOF and exits
         proc.join(timeout=30)
@@ -140,7 +137,7 @@ def train_in_process(job: Job, report: Report) -> Outcome:
             proc.join()
 
 
-def _serve(proc: Any, conn: Any, report: Report) -> Outcome:
+def _serve(proc: Any, conn: Any, report: Report, restored: Restored | None) -> Trained:
     resumed = 0
     while True:
         if INTERRUPTED.is_set():
@@ -157,6 +154,8 @@ def _serve(proc: Any, conn: Any, report: Report) -> Outcome:
             raise WorkerLost(_death(proc)) from None
         if msg[0] == "resumed":
             resumed = msg[1]
+            if restored is not None:
+                restored(msg[1], msg[2])
         elif msg[0] == "epoch":
             try:
                 report(msg[1], msg[2])
@@ -227,14 +226,16 @@ def _child_main(conn: Any, job: Job) -> None:
             raise _Stop
 
     try:
-        if job.checkpoint is not None and (restored := train.saved_epoch(job.checkpoint, job.cfg)):
-            conn.send(("resumed", restored))
+        if job.checkpoint is not None:
+            epoch, history = train.saved_state(job.checkpoint, job.cfg)
+            if epoch:
+                conn.send(("resumed", epoch, history))
         result = train.run_trial(job.cfg, job.data, report, metric=job.metric, checkpoint=job.checkpoint)
         artifacts.write_trial(job.out_dir, job.cfg, job.data.classes, result)
         conn.send(
             (
                 "done",
-                Outcome(
+                Trained(
                     result.best_epoch,
                     result.best,
                     result.num_params,
@@ -246,16 +247,23 @@ def _child_main(conn: Any, job: Job) -> None:
     except (_Stop, EOFError, BrokenPipeError):
         pass
     except BaseException as e:
-        kind = "error"
-        if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
-            kind = "oom"
-        elif isinstance(e, train.DivergedError):
-            kind = "diverged"
+        kind = "oom" if is_oom(e) else "diverged" if isinstance(e, train.DivergedError) else "error"
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
         with contextlib.suppress(OSError):
             conn.send(("error", kind, reason, traceback.format_exc()))
     finally:
         conn.close()
+
+
+def is_oom(e: BaseException) -> bool:
+    """Out of accelerator memory: by type (CUDA's allocator error is ``torch.OutOfMemoryError``); the
+    message only as a fallback, for backends that raise a plain RuntimeError (MPS, some XPU builds)."""
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
 
 
 def _exit_with_parent() -> None:
@@ -337,59 +345,3 @@ def cpu_threads(workers: int) -> int | None:
 def worker_name(slot: int, gpu: str | None) -> str:
     """``host:pid/slot[/gpuN]``: which machine, process and GPU ran a trial (kept on the trial)."""
     return f"{socket.gethostname()}:{os.getpid()}/{slot}" + (f"/gpu{gpu}" if gpu is not None else "")
-
-
-# ---- one writer per local SQLite file -------------------------------------------------------
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL; None for other stores and in-memory databases."""
-    if not url.startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    db = make_url(url).database
-    if not db or db == ":memory:":
-        return None
-    return Path(db).resolve()
-
-
-@contextlib.contextmanager
-def single_writer(urls: list[str]) -> Iterator[None]:
-    """Hold an exclusive lock beside every local SQLite store in ``urls`` for the whole sweep.
-
-    SQLite serves one writer at a time; several processes writing to it (Optuna heartbeats, trial
-    updates, MLflow metrics) end in "database is locked". So one process per database file writes,
-    with all its workers sharing one connection; a second process is refused here, up front.
-    The lock dies with its process, so a crashed sweep never blocks the next one.
-    """
-    import fcntl
-
-    held: list[Any] = []
-    dbs = dict.fromkeys(db for db in map(sqlite_path, urls) if db is not None)  # each file once
-    try:
-        for db in dbs:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            lock = db.with_name(db.name + ".lock")
-            f = open(lock, "a+")  # noqa: SIM115 - held open for the sweep's lifetime
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                f.close()
-                raise SweeperError(
-                    f"{db} is being written by another sweep ({holder}); SQLite allows one writer process. "
-                    "Run more trials at once with --workers K in that one command, or share the study "
-                    "between processes and machines with PostgreSQL (--storage postgresql://...) and an "
-                    "MLflow server (--tracking-uri http://...)"
-                ) from None
-            f.seek(0)
-            f.truncate()
-            f.write(f"run-study pid {os.getpid()} on {socket.gethostname()}\n")
-            f.flush()
-            held.append(f)
-        yield
-    finally:
-        for f in held:
-            f.close()

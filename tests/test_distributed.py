@@ -15,7 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeper import study as study_lib
+from sweeper import record as record_lib
+from sweeper import stores
 from tests.conftest import REPO, TINY
 from tests.servers import create_database
 from tests.test_scaleout import wait_for, write_tiny_study
@@ -56,10 +57,10 @@ def test_three_workers_on_postgres_run_exactly_n_trials(
     outputs = [finish(p) for p in procs]
     assert all("locked" not in o.lower() for o in outputs)
 
-    trials = optuna.load_study(study_name="dist-three", storage=study_lib.with_driver(storage)).get_trials()
+    trials = optuna.load_study(study_name="dist-three", storage=stores.with_driver(storage)).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 5 and len({t.number for t in done}) == 5
-    assert study_lib.counts(trials)["counted"] == 5
+    assert record_lib.counts(trials)["counted"] == 5
     assert all(t.user_attrs.get("not_counted", "").startswith("surplus") for t in trials if t not in done)
 
     client = MlflowClient(mlflow_url)
@@ -83,7 +84,7 @@ def test_a_worker_killed_mid_trial_is_recovered_by_another(
     fast = {"SWEEPER_HEARTBEAT": "1", "SWEEPER_GRACE": "4"}  # seconds; the defaults are 20 and 60
     victim = sweep(args, storage, mlflow_url, **fast)
     wait_for(lambda: _has_study(storage), what="the study")
-    st = optuna.load_study(study_name="dist-kill", storage=study_lib.with_driver(storage))
+    st = optuna.load_study(study_name="dist-kill", storage=stores.with_driver(storage))
     mine = f":{victim.pid}/"  # host:pid/slot of the worker that ran a trial
 
     def victims_trial_past_an_epoch() -> list[optuna.trial.FrozenTrial]:
@@ -112,7 +113,7 @@ def test_a_worker_killed_mid_trial_is_recovered_by_another(
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
     assert retry.state == TrialState.COMPLETE and retry.params == trial.params
     assert retry.user_attrs["resumed_from_epoch"] >= 1  # from the dead worker's epoch checkpoint
-    assert study_lib.counts(trials)["counted"] == 3
+    assert record_lib.counts(trials)["counted"] == 3
 
     client = MlflowClient(mlflow_url)
     runs = client.search_runs([client.get_experiment_by_name("dist-kill").experiment_id])
@@ -123,6 +124,6 @@ def test_a_worker_killed_mid_trial_is_recovered_by_another(
 
 def _has_study(storage: str) -> bool:
     try:
-        return "dist-kill" in optuna.get_all_study_names(study_lib.with_driver(storage))
+        return "dist-kill" in optuna.get_all_study_names(stores.with_driver(storage))
     except Exception:  # tables not created yet
         return False

@@ -16,8 +16,8 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeper import study as study_lib
-from sweeper import workers
+from sweeper import record as record_lib
+from sweeper import stores as stores_lib
 from tests.conftest import REPO, TINY, interruptible
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_f
     trials = optuna.load_study(study_name="local", storage=optuna_url).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 4 and len({t.number for t in done}) == 4
-    assert study_lib.counts(trials)["counted"] == 4  # anything else was surplus, never trained
+    assert record_lib.counts(trials)["counted"] == 4  # anything else was surplus, never trained
     assert {t.user_attrs["worker"].split("/")[1] for t in done} == {"0", "1"}  # both workers trained
     runs = mlflow_runs(mlflow_url, "local")
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
@@ -75,7 +75,7 @@ def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_f
 
 def test_a_second_sweep_on_the_same_sqlite_files_is_refused(cli, image_folder: Path) -> None:
     study = write_tiny_study("second", image_folder)
-    with workers.single_writer([f"sqlite:///{Path.cwd() / 'sweeper.db'}"]):  # as a running sweep holds it
+    with stores_lib.single_writer([f"sqlite:///{Path.cwd() / 'sweeper.db'}"]):  # as a running sweep holds it
         r = cli("run-study", study, "--trials", "1", *TINY)
     assert r.returncode == 2
     assert "SQLite allows one writer process. Run more trials at once with --workers K" in r.stderr
@@ -94,7 +94,7 @@ def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, im
     )
     wait_for(lambda: Path("sweeper.db").exists(), what="the study storage")
     optuna_url, mlflow_url = stores()
-    storage = study_lib.storage(optuna_url)
+    storage = stores_lib.storage(optuna_url)
     wait_for(lambda: optuna.get_all_study_names(storage), what="the study")
     st = optuna.load_study(study_name="resume", storage=storage)
     wait_for(
@@ -117,7 +117,7 @@ def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, im
     r = cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     trials = st.get_trials()
-    assert study_lib.counts(trials)["counted"] == 1 and len(trials) == 2
+    assert record_lib.counts(trials)["counted"] == 1 and len(trials) == 2
     resumed = trials[retry.number]
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] >= 1
     assert "resumed after epoch" in r.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sweeper import data as data_lib
-from sweeper import workers
+from sweeper import stores, workers
 from sweeper.errors import SweeperError
 from sweeper.spec import build_config
 
@@ -75,33 +75,33 @@ def test_halving_the_micro_batch_keeps_the_batch() -> None:
 
 
 def test_sqlite_path() -> None:
-    assert workers.sqlite_path("sqlite:///sweeper.db") == Path("sweeper.db").resolve()
-    assert workers.sqlite_path("sqlite:////tmp/x/y.db") == Path("/tmp/x/y.db")
-    assert workers.sqlite_path("sqlite://") is None
-    assert workers.sqlite_path("postgresql://u@h/db") is None
+    assert stores.sqlite_path("sqlite:///sweeper.db") == Path("sweeper.db").resolve()
+    assert stores.sqlite_path("sqlite:////tmp/x/y.db") == Path("/tmp/x/y.db")
+    assert stores.sqlite_path("sqlite://") is None
+    assert stores.sqlite_path("postgresql://u@h/db") is None
 
 
 def test_a_second_writer_of_the_same_sqlite_file_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sweeper.db'}"
     refused = r"sweeper\.db is being written by another sweep \(run-study pid \d+ on .*\); SQLite allows one"
     with (
-        workers.single_writer([url, "http://127.0.0.1:5000"]),
+        stores.single_writer([url, "http://127.0.0.1:5000"]),
         pytest.raises(SweeperError, match=refused),
-        workers.single_writer([url]),
+        stores.single_writer([url]),
     ):
         pass
-    with workers.single_writer([url, url]):  # released with the first; the same file listed twice is one
+    with stores.single_writer([url, url]):  # released with the first; the same file listed twice is one
         pass
 
 
 # ---- trials in fresh processes ----------------------------------------------------------------
 
 
-def run_job(tmp_path: Path, image_folder: Path, report=None, **cfg: object) -> workers.Outcome:
+def run_job(tmp_path: Path, image_folder: Path, report=None, restored=None, **cfg: object) -> workers.Trained:
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     job = workers.Job(tiny_cfg(**cfg), data_lib.scan(image_folder), "val_acc", out, tmp_path / "ckpt.pt")
-    return workers.train_in_process(job, report or (lambda e, m: None))
+    return workers.train_in_process(job, report or (lambda e, m: None), restored)
 
 
 @pytest.mark.slow
@@ -121,11 +121,18 @@ def test_a_lost_trial_process_is_reported_and_its_retry_resumes_from_the_checkpo
     assert [e for e, _ in seen] == [1, 2]
     assert (tmp_path / "ckpt.pt").exists()
 
-    replayed: list[tuple[int, dict[str, float]]] = []
-    outcome = run_job(tmp_path, image_folder, lambda e, m: replayed.append((e, m)), epochs=3)
+    reported: list[tuple[int, dict[str, float]]] = []
+    restored: list[tuple[int, list[dict[str, float]]]] = []
+    outcome = run_job(
+        tmp_path,
+        image_folder,
+        lambda e, m: reported.append((e, m)),
+        lambda e, h: restored.append((e, h)),
+        epochs=3,
+    )
     assert outcome.resumed_from == 2 and outcome.epochs == 3
-    assert [e for e, _ in replayed] == [1, 2, 3]
-    assert replayed[:2] == seen  # the restored epochs, reported again as they were
+    assert [e for e, _ in reported] == [3]  # restored epochs are not reported again...
+    assert restored == [(2, [m for _, m in seen])]  # ...but handed over once, as they were
     assert (tmp_path / "out" / "best.safetensors").exists() and (tmp_path / "out" / "config.yaml").exists()
 
 

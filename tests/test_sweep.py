@@ -1,4 +1,4 @@
-"""sweeper.study's run loop and objective: the trial count, the SQLite mechanism, the failure taxonomy."""
+"""The sweep loop and the trial lifecycle: the trial count, the SQLite mechanism, the failure taxonomy."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
 from sweeper import data as data_lib
+from sweeper import record as record_lib
 from sweeper import spec as spec_lib
-from sweeper import study as study_lib
-from sweeper import tracking
+from sweeper import stores, sweep, tracking
+from sweeper import trial as trial_lib
 from sweeper.errors import SweeperError
 from tests.conftest import TINY
 
@@ -57,7 +58,7 @@ def test_counts_leave_out_interrupted_surplus_and_retried_trials() -> None:
         retry,
         finished(5, TrialState.PRUNED),
     ]
-    c = study_lib.counts(trials)
+    c = record_lib.counts(trials)
     assert c == {
         "complete": 1,
         "pruned": 1,
@@ -70,7 +71,7 @@ def test_counts_leave_out_interrupted_surplus_and_retried_trials() -> None:
 
 
 def test_the_same_error_three_times_in_a_row_stops_the_sweep() -> None:
-    streak = study_lib._Streak(3)
+    streak = sweep._Streak(3)
     fail = [
         finished(i, TrialState.FAIL, fail_reason=f"RuntimeError: shapes (8x{i}) and (97x3)") for i in range(5)
     ]
@@ -87,11 +88,11 @@ def test_the_same_error_three_times_in_a_row_stops_the_sweep() -> None:
 
 
 def test_storage_urls() -> None:
-    assert study_lib.with_driver("postgresql://u:pw@h:5432/db") == "postgresql+psycopg://u:pw@h:5432/db"
-    assert study_lib.with_driver("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
-    assert "pw" not in study_lib.display_url("postgresql+psycopg://u:pw@h:5432/db")
+    assert stores.with_driver("postgresql://u:pw@h:5432/db") == "postgresql+psycopg://u:pw@h:5432/db"
+    assert stores.with_driver("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert "pw" not in stores.display_url("postgresql+psycopg://u:pw@h:5432/db")
     with pytest.raises(SweeperError, match=r"cannot open study storage 'postgresql\+psycopg://u:\*\*\*@"):
-        study_lib.storage("postgresql://u:secret@127.0.0.1:1/db")
+        stores.storage("postgresql://u:secret@127.0.0.1:1/db")
 
 
 def quick(trial: optuna.Trial) -> float:
@@ -101,24 +102,24 @@ def quick(trial: optuna.Trial) -> float:
 
 def test_workers_of_one_process_run_exactly_n_trials(tmp_path: Path, image_folder: Path) -> None:
     spec = tiny_study(tmp_path, image_folder, "exact")
-    st = study_lib.run(spec, 7, [quick, quick, quick])
+    st = sweep.run(spec, 7, [quick, quick, quick])
     trials = st.get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 7 and study_lib.counts(trials)["counted"] == 7
+    assert len(done) == 7 and record_lib.counts(trials)["counted"] == 7
     assert all(t.user_attrs["not_counted"].startswith("surplus") for t in trials if t not in done)
-    assert study_lib.run(spec, 7, [quick, quick]).get_trials() == trials  # resuming a full study runs nothing
+    assert sweep.run(spec, 7, [quick, quick]).get_trials() == trials  # resuming a full study runs nothing
 
 
 def test_a_trial_left_running_by_a_dead_sweep_is_requeued_at_once(tmp_path: Path, image_folder: Path) -> None:
     spec = tiny_study(tmp_path, image_folder, "orphan")
-    dead = optuna.create_study(study_name="orphan", storage=study_lib.storage(None)).ask()
+    dead = optuna.create_study(study_name="orphan", storage=stores.storage(None)).ask()
     x = dead.suggest_float("x", 0.0, 1.0)  # its process was SIGKILLed here: RUNNING, heartbeat fresh
-    st = study_lib.run(spec, 1, quick)
+    st = sweep.run(spec, 1, quick)
     first, retry = st.get_trials()
     assert first.state == TrialState.FAIL  # under the single-writer lock, no waiting for the grace period
     assert retry.state == TrialState.COMPLETE and retry.params == {"x": x}
     assert retry.system_attrs["failed_trial"] == first.number
-    assert study_lib.counts(st.get_trials())["counted"] == 1
+    assert record_lib.counts(st.get_trials())["counted"] == 1
 
 
 @pytest.mark.slow
@@ -128,7 +129,7 @@ def test_workers_of_one_process_share_sqlite_without_lock_errors(
     """The mechanism under the local workers: BEGIN IMMEDIATE transactions, heartbeats on, 4 threads."""
     monkeypatch.setenv("SWEEPER_HEARTBEAT", "1")
     url = f"sqlite:///{tmp_path / 'hammer.db'}"
-    store = study_lib.storage(url)
+    store = stores.storage(url)
     optuna.create_study(study_name="hammer", storage=store)
     errors: list[BaseException] = []
 
@@ -162,8 +163,8 @@ def test_workers_of_one_process_share_sqlite_without_lock_errors(
 
 def run_one(spec: spec_lib.Study, trials: int = 1) -> tuple[optuna.Study, tracking.Tracker]:
     tracker = tracking.Tracker(None, spec.name)
-    objective = study_lib.make_objective(spec, data_lib.scan(spec.data_root), tracker)
-    return study_lib.run(spec, trials, objective, tracker=tracker), tracker
+    objective = trial_lib.make_objective(spec, data_lib.scan(spec.data_root), tracker)
+    return sweep.run(spec, trials, objective, tracker=tracker), tracker
 
 
 @pytest.mark.slow
@@ -179,10 +180,12 @@ def test_out_of_memory_is_retried_once_at_half_the_micro_batch(
     st = optuna.load_study(study_name="oom", storage=f"sqlite:///{Path.cwd()}/sweeper.db")
     (t,) = st.get_trials()
     assert t.state == TrialState.COMPLETE
-    assert t.user_attrs[study_lib.OOM_RETRY] == (
+    assert t.user_attrs[record_lib.OOM_RETRY] == (
         "out of memory at micro_batch 8; retried at 4 with gradient accumulation, batch_size 8 unchanged"
     )
-    run = MlflowClient(f"sqlite:///{Path.cwd()}/mlruns/mlflow.db").get_run(t.user_attrs[study_lib.MLFLOW_RUN])
+    run = MlflowClient(f"sqlite:///{Path.cwd()}/mlruns/mlflow.db").get_run(
+        t.user_attrs[record_lib.MLFLOW_RUN]
+    )
     assert run.info.status == "FINISHED" and run.data.tags["micro_batch_used"] == "4"
     assert run.data.params["micro_batch"] == "None"  # the searched config, as sampled
 
@@ -194,11 +197,11 @@ def test_a_diverged_trial_is_recorded_infeasible(tmp_path: Path, image_folder: P
     (t,) = st.get_trials()
     assert t.state == TrialState.COMPLETE and t.value == 0.0
     assert t.constraints == {"diverged": 1.0}  # samplers that model constraints avoid the region
-    assert t.user_attrs[study_lib.INFEASIBLE].startswith("diverged: DivergedError: training loss is nan")
-    run = MlflowClient(tracker.uri).get_run(t.user_attrs[study_lib.MLFLOW_RUN])
+    assert t.user_attrs[record_lib.INFEASIBLE].startswith("diverged: DivergedError: training loss is nan")
+    run = MlflowClient(tracker.uri).get_run(t.user_attrs[record_lib.MLFLOW_RUN])
     assert run.info.status == "FAILED" and run.data.tags["state"] == "INFEASIBLE"
     with pytest.raises(SweeperError, match="no complete trial"):  # never the best trial
-        study_lib.best_trial(st)
+        record_lib.best_trial(st)
 
 
 @pytest.mark.slow
@@ -235,7 +238,6 @@ def test_a_broken_configuration_stops_the_sweep_after_three_identical_failures(
 
 def test_a_resumed_study_does_not_repeat_its_params(tmp_path) -> None:
     from sweeper import spec as spec_lib
-    from sweeper import study as study_lib
 
     p = tmp_path / "s.yaml"
     p.write_text(
@@ -246,10 +248,10 @@ def test_a_resumed_study_does_not_repeat_its_params(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     drawn = []
     for _ in range(2):  # two runs of the same command, one trial each
-        st = study_lib.open_study(spec, url)
+        st = sweep.open_study(spec, url)
         t = st.ask()
         drawn.append(t.suggest_float("lr_head", 1e-4, 1e-2, log=True))
         st.tell(t, 0.5)
     assert drawn[0] != drawn[1]
-    assert study_lib.sampler_seed(0, 0, 0) == 0
-    assert len({study_lib.sampler_seed(0, w, n) for w in range(3) for n in range(3)}) == 9
+    assert sweep.sampler_seed(0, 0, 0) == 0
+    assert len({sweep.sampler_seed(0, w, n) for w in range(3) for n in range(3)}) == 9

@@ -1,0 +1,327 @@
+"""The sweep loop: samplers, pruners, exactly N counted trials across workers, failure streaks, lost trials.
+
+``--trials N`` is the study's total: re-running the same command after an interruption finishes the
+study instead of adding N more. Trials that were interrupted, lost with their worker (and re-queued),
+or surplus from a race between workers do not count towards N.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper import record as record_lib
+from sweeper import space as space_lib
+from sweeper import stores
+from sweeper.errors import SweeperError
+from sweeper.record import FAIL_REASON, LOST, NOT_COUNTED, counts
+from sweeper.spec import Study
+
+warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats and retries are what we want
+
+SAME_ERROR_LIMIT = 3  # this many identical failures in a row stop the sweep
+
+Objective = Callable[[optuna.Trial], float]
+
+
+def sampler_seed(seed: int, worker: int, existing: int) -> int:
+    """The study's seed for a fresh single worker; a distinct, reproducible one for every other worker and
+    for every resumed run, so neither parallel workers nor a resumed sweep propose the same params again."""
+    if worker == 0 and existing == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, worker, existing]).generate_state(1)[0])
+
+
+def build_sampler(spec: Study, worker: int = 0, existing: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per worker and per resume (see :func:`sampler_seed`)."""
+    args = {k: v for k, v in spec.sampler.items() if k != "name"}
+    if "seed" in args and args["seed"] is not None:
+        args["seed"] = sampler_seed(int(args["seed"]), worker, existing)
+    name = spec.sampler["name"]
+    cls: Callable[..., optuna.samplers.BaseSampler] = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+        "grid": lambda **kw: optuna.samplers.GridSampler(space_lib.grid(spec.space), **kw),
+    }[name]
+    try:
+        return cls(**args)
+    except TypeError as e:
+        raise SweeperError(f"{spec.path}: sampler: bad arguments for {name}: {e}") from None
+
+
+def build_pruner(spec: Study) -> optuna.pruners.BasePruner:
+    args = {k: v for k, v in spec.pruner.items() if k != "name"}
+    name = spec.pruner["name"]
+    if name == "hyperband":  # k-fold trials report folds * epochs steps
+        args.setdefault("max_resource", spec.epochs * int(spec.fixed.get("folds", 1)))
+    cls: Callable[..., optuna.pruners.BasePruner] = {
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "wilcoxon": optuna.pruners.WilcoxonPruner,
+        "none": optuna.pruners.NopPruner,
+    }[name]
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as e:
+        raise SweeperError(f"{spec.path}: pruner: bad arguments for {name}: {e}") from None
+
+
+def open_study(
+    spec: Study, storage_url: str | None, worker: int = 0, store: optuna.storages.BaseStorage | None = None
+) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # sweeper prints one line per trial
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=store or stores.storage(storage_url),
+        sampler=build_sampler(spec, worker),
+        pruner=build_pruner(spec),
+        direction=spec.direction,
+        load_if_exists=True,
+    )
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:  # a resumed study: don't replay the first run's random draws
+        study.sampler = build_sampler(spec, worker, existing)
+    return study
+
+
+class Surplus(Exception):
+    """This trial would take the study past its total: another worker got there first."""
+
+
+def run(
+    spec: Study,
+    trials: int,
+    objective: Objective | Sequence[Objective],
+    storage_url: str | None = None,
+    timeout: float | None = None,
+    worker: int = 0,
+    on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    tracker: Any = None,
+    record: record_lib.StudyRecord | None = None,
+) -> optuna.Study:
+    """Run trials until the study holds ``trials`` counted trials, with one worker per objective.
+
+    Workers are threads of this process, each with its own sampler seed; the training runs in a child
+    process per trial (see :mod:`sweeper.workers`). Every process on every machine runs the same loop
+    against the same storage and agrees on the count: a worker stops when the study has its trials,
+    and waits while the last ones run elsewhere, so that a trial whose worker dies (its heartbeat goes
+    stale) is re-queued and finished here. The same error in several trials in a row stops the sweep.
+
+    Args:
+        objective: one per worker (each bound to its GPU); a single callable means one worker.
+        worker: index of the first worker's sampler seed offset.
+        tracker: the MLflow tracker: runs of trials whose worker died are closed through it.
+        record: what defines this study; kept with a new study, checked against an existing one's.
+
+    Raises:
+        KeyboardInterrupt: after Ctrl-C (or SIGTERM) every worker has closed its trial.
+        SweeperError: the run would change what the study's trials mean, a store cannot be opened,
+            another process writes the local SQLite files, or the same error failed several trials in a row.
+    """
+    from sweeper import workers
+
+    objectives: list[Objective] = [objective] if callable(objective) else list(objective)
+    url = stores.resolve_storage(storage_url)
+    local = stores.sqlite_path(url) is not None
+    lost = _Lost(tracker)
+    with stores.single_writer([url, getattr(tracker, "uri", "") or ""]):
+        store = stores.storage(url, on_stale=lost)
+        seed = worker if local else worker + _process_seed_offset()
+        studies = _open_workers(spec, store, seed, len(objectives), record)
+        study = studies[0]
+        if local:  # this process holds the only write lock: a RUNNING trial's worker is dead
+            _fail_orphans(study, lost)
+        _close_lost_runs(study, tracker)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        streak = _Streak(SAME_ERROR_LIMIT)
+        ended = threading.Event()  # a trial ended here: a waiting worker looks again at once
+        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [streak, lambda st, t: ended.set()]
+        if on_trial_end is not None:
+            callbacks.append(on_trial_end)
+        halt = threading.Event()
+        errors: list[BaseException] = []
+        workers.INTERRUPTED.clear()
+        done = [threading.Event() for _ in objectives]
+
+        def serve(i: int) -> None:
+            try:
+                _work(studies[i], trials, objectives[i], deadline, callbacks, halt, ended, streak, errors)
+            finally:
+                done[i].set()
+                ended.set()
+
+        for i in range(len(objectives)):
+            threading.Thread(target=serve, args=(i,), name=f"sweeper-worker-{i}", daemon=True).start()
+        # Waiting on events, not Thread.join: a join interrupted by Ctrl-C can mark a live thread stopped
+        # (CPython 3.11), and the process would exit with its trials still RUNNING.
+        try:
+            _wait_all(done)
+        except KeyboardInterrupt:
+            workers.INTERRUPTED.set()  # each worker kills its trial process and closes its trial
+            halt.set()
+            ended.set()
+            _wait_all(done)
+            raise
+        finally:
+            _close_lost_runs(study, tracker)
+        if errors:
+            raise errors[0]
+    return study
+
+
+def _open_workers(
+    spec: Study,
+    store: optuna.storages.BaseStorage,
+    seed: int,
+    n: int,
+    record: record_lib.StudyRecord | None,
+) -> list[optuna.Study]:
+    """One Study object per worker, each with its own sampler; seeds never repeat across runs or workers."""
+    first = open_study(spec, None, seed, store)
+    if record is not None:
+        record_lib.ensure(first, record)
+    existing = len(first.get_trials(deepcopy=False))
+    return [first] + [
+        optuna.load_study(
+            study_name=spec.name,
+            storage=store,
+            pruner=build_pruner(spec),
+            sampler=build_sampler(spec, seed + i, existing),
+        )
+        for i in range(1, n)
+    ]
+
+
+def _wait_all(events: list[threading.Event]) -> None:
+    for e in events:
+        while not e.wait(0.2):
+            pass
+
+
+def _work(
+    study: optuna.Study,
+    trials: int,
+    objective: Objective,
+    deadline: float | None,
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
+    halt: threading.Event,
+    ended: threading.Event,
+    streak: _Streak,
+    errors: list[BaseException],
+) -> None:
+    """One worker: run trials until the study has its total (or time is up, or another worker failed)."""
+
+    def guarded(trial: optuna.Trial) -> float:
+        # Exactly N across workers: a trial numbered past the N-th countable one is surplus.
+        c = counts(study.get_trials(deepcopy=False), before=trial.number)
+        if c["counted"] + c["running"] + c["waiting"] >= trials:
+            trial.set_user_attr(NOT_COUNTED, "surplus: the study already had its trials")
+            raise Surplus()
+        return objective(trial)
+
+    poll = max(1.0, stores.heartbeat_interval() / 2)
+    try:
+        while not halt.is_set():
+            if streak.error:
+                raise SweeperError(streak.error)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            with warnings.catch_warnings():  # experimental in Optuna, and exactly what is needed here
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, params re-queued
+            c = counts(study.get_trials(deepcopy=False))
+            if c["counted"] >= trials:
+                return
+            if not c["waiting"] and c["counted"] + c["running"] >= trials:
+                ended.wait(poll)  # the last trials run elsewhere; if their worker dies they come back here
+                ended.clear()
+                continue
+            study.optimize(guarded, n_trials=1, timeout=remaining, catch=(Exception,), callbacks=callbacks)
+    except KeyboardInterrupt:
+        return
+    except BaseException as e:  # a store went away, a failure streak: stop the other workers too
+        errors.append(e)
+        halt.set()
+        ended.set()
+
+
+def _process_seed_offset() -> int:
+    """Processes sharing a server storage must not share sampler seeds, or they propose twins."""
+    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000
+
+
+class _Lost:
+    """A trial whose worker died: Optuna re-queues its params; its MLflow run is closed as failed."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        stores.RETRY(study, trial)
+        run_id = trial.user_attrs.get(record_lib.MLFLOW_RUN)
+        if run_id and self.tracker is not None:
+            self.tracker.close_run(
+                run_id,
+                "FAIL",
+                f"worker lost ({trial.user_attrs.get(record_lib.WORKER, '?')}): "
+                "its heartbeat stopped; the params were re-queued",
+            )
+
+
+def _fail_orphans(study: optuna.Study, lost: _Lost) -> None:
+    """Fail and re-queue RUNNING trials at once, where no other process can be running them."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):  # finished meanwhile
+            continue
+        lost(study, t)
+
+
+def _close_lost_runs(study: optuna.Study, tracker: Any) -> None:
+    """Safety net: any MLflow run still RUNNING whose trial has ended takes the trial's final state."""
+    if tracker is None:
+        return
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    tracker.close_stale_runs(states)
+
+
+class _Streak:
+    """The same error in ``limit`` trials in a row is a broken configuration, not bad luck: stop."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.keys: list[str | None] = []
+        self.error: str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(NOT_COUNTED) or trial.user_attrs.get(LOST):
+            return  # surplus, interrupted, lost and re-queued: says nothing about the configuration
+        reason = trial.user_attrs.get(FAIL_REASON) if trial.state == TrialState.FAIL else None
+        with self._lock:
+            self.keys = [*self.keys, re.sub(r"\d+", "#", reason) if reason else None][-self.limit :]
+            if len(self.keys) == self.limit and self.keys[0] is not None and len(set(self.keys)) == 1:
+                self.error = (
+                    f"stopped after {self.limit} trials in a row failed with the same error (last: trial "
+                    f"{trial.number}): {reason}. That is a bug in the study's configuration, not bad luck; "
+                    "the full traceback is error.txt in the trial's MLflow run. Fix it and re-run the command"
+                )
