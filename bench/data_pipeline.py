@@ -88,10 +88,10 @@ def main() -> None:
     import torchvision
     from torchvision.transforms import v2 as T
 
-    from sweeper import augment, cache, data, spec, train
+    from sweeper import augment, cache, data, loaders, spec
 
     torch.set_num_threads(1)  # the main process only collates; decoding work is in the workers
-    workers = train.cores() if args.workers is None else args.workers
+    workers = loaders.cores() if args.workers is None else args.workers
     dcfg = timm.data.resolve_model_data_config(timm.create_model(args.model, pretrained=False))
     aug = spec.AugConfig()  # the default: RandomResizedCrop + horizontal flip
     train_tf = augment.train_transform(aug, dcfg)
@@ -110,9 +110,11 @@ def main() -> None:
         cache_mb = sum(f.stat().st_size for f in images.folder.iterdir()) / 1e6
         jpeg_mb = sum(f.stat().st_size for f in files) / 1e6
         cpu = torch.device("cpu")
-        sweeper_dl = train.loader(data.ImageDataset(files, labels, train_tf, images), cfg, True, cpu)
+        sweeper_dl = loaders.loader(data.ImageDataset(files, labels, train_tf, images), cfg, True, cpu)
         host_tf, tail = augment.split_for_device(train_tf)  # device_aug: float math after the transfer
-        uint8_dl = train.loader(data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu, tail=tail)
+        uint8_dl = loaders.loader(
+            data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu, tail=tail
+        )
         size = dcfg["input_size"][-1]
         interp = augment._interp(dcfg.get("interpolation", "bilinear"))
         pil_ops = [
@@ -134,7 +136,7 @@ def main() -> None:
                 persistent_workers=workers > 0,
             )
 
-        host_only = train.loader(data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu)
+        host_only = loaders.loader(data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu)
         plain_host = torchvision.datasets.ImageFolder(
             str(root), transform=T.Compose([T.ToImage(), *host_tf.transforms])
         )

@@ -2,7 +2,7 @@
 
 For each model, at the same batch size and precision (bf16 autocast, channels_last as sweeper decides):
 
-* ``synthetic``: sweeper's model setup (``train.setup_model``), optimizer and autocast, stepping on one
+* ``synthetic``: sweeper's model setup (``loaders.setup_model``), optimizer and autocast, stepping on one
   batch that stays on the GPU: the step's ceiling;
 * ``real``: the same step fed by sweeper's loader (decoded-image cache, workers from the cores,
   pinned non-blocking copies, ``device_aug``) over generated JPEGs: ``real / synthetic`` is
@@ -40,11 +40,11 @@ def step_fn(model, optimizer, device):
     import torch
     import torch.nn.functional as F
 
-    from sweeper import train
+    from sweeper import loaders
 
     def step(x, y) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with train._autocast(device):
+        with loaders.autocast(device):
             loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
         optimizer.step()
@@ -123,7 +123,7 @@ def main() -> None:
     import torch
     from data_pipeline import make_jpegs
 
-    from sweeper import augment, cache, data, spec, train
+    from sweeper import augment, cache, data, loaders, spec
     from sweeper import model as model_lib
 
     device = torch.device(args.device)
@@ -137,13 +137,15 @@ def main() -> None:
             torch.manual_seed(0)
             model = model_lib.create(cfg, num_classes=100)
             dcfg = model_lib.data_config(model, None)
-            train.setup_model(model, cfg, device)
+            loaders.setup_model(model, cfg, device)
             model.train()
             step, sync = step_fn(model, model_lib.create_optimizer(model, cfg), device)
             host, tail = augment.split_for_device(augment.train_transform(cfg.aug, dcfg))
             resize = augment.eval_transform(dcfg).transforms[0]
-            images = cache.open_cache(files, resize, workers=train.workers(cfg))
-            real = train.loader(data.ImageDataset(files, labels, host, images), cfg, True, device, tail=tail)
+            images = cache.open_cache(files, resize, workers=loaders.workers(cfg))
+            real = loaders.loader(
+                data.ImageDataset(files, labels, host, images), cfg, True, device, tail=tail
+            )
             x, y = next(iter(real))
             synthetic = [(x, y)] * (args.steps + 10)
             rates: dict[str, list[float]] = {"synthetic": [], "real": [], "timm": []}
@@ -156,7 +158,7 @@ def main() -> None:
                     )
             med = {k: statistics.median(v) for k, v in rates.items() if v}
             line = (
-                f"{name}: batch {args.batch}, channels_last {train.use_channels_last(cfg, device)}, "
+                f"{name}: batch {args.batch}, channels_last {loaders.use_channels_last(cfg, device)}, "
                 f"synthetic {med['synthetic']:.0f} img/s, real {med['real']:.0f} img/s "
                 f"-> real/synthetic {med['real'] / med['synthetic']:.3f} (goal >= 0.9)"
             )
@@ -167,7 +169,7 @@ def main() -> None:
             del model, real
     print(
         f"device {torch.cuda.get_device_name() if device.type == 'cuda' else device}, "
-        f"{train.cores()} cores, torch {torch.__version__}"
+        f"{loaders.cores()} cores, torch {torch.__version__}"
     )
 
 

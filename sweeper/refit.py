@@ -21,7 +21,7 @@ import optuna
 import torch
 import yaml
 
-from sweeper import artifacts, averaging, record, train
+from sweeper import artifacts, averaging, evaluation, record, train
 from sweeper import space as space_lib
 from sweeper import spec as spec_lib
 from sweeper.data import ImageFolderData
@@ -129,8 +129,8 @@ def _write_refit(p: RefitPlan, data: ImageFolderData, out: Path, result: Any) ->
     artifacts.save_weights(out / "model.safetensors", result.state_dict, {"backbone": p.cfg.backbone})
     wrote = ["model.safetensors", "config.yaml"]
     if data.test:
-        model = train.load_for_inference(p.cfg, len(data.classes), result.state_dict)
-        probs = train.predict_files(model, data.test, p.cfg, result.data_config)
+        model = evaluation.load_for_inference(p.cfg, len(data.classes), result.state_dict)
+        probs = evaluation.predict_files(model, data.test, p.cfg, result.data_config)
         artifacts.write_predictions(out / "prediction.csv", data.test, probs, data.classes)
         wrote.append("prediction.csv")
     return wrote
@@ -176,8 +176,8 @@ def ensemble_probs(members: list[Member], files: tuple[Path, ...], num_classes: 
     """The mean of the members' class probabilities; each member sees images through its own eval config."""
     total = torch.zeros(len(files), num_classes)
     for m in members:
-        model = train.load_for_inference(m.cfg, num_classes, m.state_dict())
-        total += train.predict_files(model, files, m.cfg, m.data_config)
+        model = evaluation.load_for_inference(m.cfg, num_classes, m.state_dict())
+        total += evaluation.predict_files(model, files, m.cfg, m.data_config)
     return total / len(members)
 
 
@@ -299,11 +299,11 @@ def soup(members: list[Member], data: ImageFolderData) -> tuple[list[Member], di
             candidates.append(m)
             states.append(s)
     num_classes = len(data.classes)
-    model = train.load_for_inference(best.cfg, num_classes, ref)
+    model = evaluation.load_for_inference(best.cfg, num_classes, ref)
 
     def score(state: dict[str, torch.Tensor]) -> float:
         model.load_state_dict(state)
-        probs = train.predict_files(model, data.val.files, best.cfg, best.data_config)
+        probs = evaluation.predict_files(model, data.val.files, best.cfg, best.data_config)
         return accuracy(probs, data.val.labels)
 
     kept, state, val_acc = averaging.greedy_soup(states, score)

@@ -215,7 +215,7 @@ def _child_main(conn: Any, job: Job) -> None:
     _exit_with_parent()
     import torch
 
-    from sweeper import artifacts, train
+    from sweeper import artifacts, checkpoints, train
 
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -227,7 +227,7 @@ def _child_main(conn: Any, job: Job) -> None:
 
     try:
         if job.checkpoint is not None:
-            epoch, history = train.saved_state(job.checkpoint, job.cfg)
+            epoch, history = checkpoints.saved_state(job.checkpoint, job.cfg)
             if epoch:
                 conn.send(("resumed", epoch, history))
         result = train.run_trial(job.cfg, job.data, report, metric=job.metric, checkpoint=job.checkpoint)

@@ -106,7 +106,8 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
     assert {row["pred_label"] for row in rows} <= {"bird", "insect", "plant"}
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["classes"] == ["bird", "insect", "plant"] and saved["refit_of_trial"] == best.number
-    assert saved["trial"]["epochs"] == best.user_attrs["best_epoch"]
+    assert saved["trial"]["epochs"] == 3  # the trial's own schedule...
+    assert saved["stop_epoch"] == best.user_attrs["best_epoch"]  # ...trained up to the epoch it peaked at
     assert artifacts.load_weights(out / "model.safetensors")
     refit_runs = client.search_runs([exp.experiment_id], "tags.refit_of_trial != ''")
     assert len(refit_runs) == 1 and refit_runs[0].info.status == "FINISHED"

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchvision.transforms import v2 as T
 
-from sweeper import augment, spec, train
+from sweeper import augment, evaluation, spec, train
 from sweeper import model as model_lib
 from sweeper.errors import SweeperError
 
@@ -221,11 +221,11 @@ def test_center_crop_ratio(pct, resize) -> None:
 def test_tta_is_the_mean_of_the_image_and_its_mirror() -> None:
     model = model_lib.create(cfg(), 3).eval()
     x, y = torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)
-    ((p_tta, _),) = train.predict_logits(model, [(x, y)], torch.device("cpu"), tta=True)
+    ((p_tta, _),) = evaluation.predict_logits(model, [(x, y)], torch.device("cpu"), tta=True)
     with torch.no_grad():
         expected = 0.5 * (model(x).softmax(1) + model(x.flip(3)).softmax(1))
     torch.testing.assert_close(p_tta, expected)
-    ((p_plain, _),) = train.predict_logits(model, [(x, y)], torch.device("cpu"), tta=False)
+    ((p_plain, _),) = evaluation.predict_logits(model, [(x, y)], torch.device("cpu"), tta=False)
     assert not torch.allclose(p_plain, p_tta)
 
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from sweeper import artifacts, averaging, cli, spec, train
+from sweeper import artifacts, averaging, cli, evaluation, spec
 from tests.conftest import REPO
 
 STUDIES = sorted(p.stem for p in (REPO / "studies").glob("*.yaml"))
@@ -180,8 +180,8 @@ def test_kfold_trial_then_fold_ensemble_and_refit(image_folder: Path, shared_sto
     test_files = tuple(sorted((image_folder / "test").iterdir()))
     probs = (
         sum(
-            train.predict_files(
-                train.load_for_inference(cfg, 3, artifacts.load_weights(Path("ens") / m["weights"])),
+            evaluation.predict_files(
+                evaluation.load_for_inference(cfg, 3, artifacts.load_weights(Path("ens") / m["weights"])),
                 test_files,
                 cfg,
                 dcfg,

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from sweeper import data as data_lib
+from sweeper import loaders, sensitivity, spec, train
 from sweeper import model as model_lib
-from sweeper import sensitivity, spec, train
 
 
 def cfg(**kw) -> spec.TrialConfig:
@@ -112,4 +112,4 @@ def _probe(data: data_lib.ImageFolderData, c: spec.TrialConfig):
     model = model_lib.create(c, 3)
     dcfg = model_lib.data_config(model, c.img_size)
     ds = data_lib.ImageDataset(data.val.files, data.val.labels, augment.eval_transform(dcfg, c.eval.crop_pct))
-    return train.loader(ds, c, train=False, device=torch.device("cpu"))
+    return loaders.loader(ds, c, train=False, device=torch.device("cpu"))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import data, train
+from sweeper import data, evaluation, train
 from sweeper.spec import build_config
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def test_reports_every_epoch_and_keeps_the_best(image_folder: Path) -> None:
     accs = [m["val_acc"] for _, m in seen]
     assert r.best["val_acc"] == max(accs) and r.best_epoch == accs.index(max(accs)) + 1
     assert r.confusion is not None and r.confusion.sum() == len(d.val)
-    assert set(r.state_dict) == set(train.load_for_inference(tiny(), 3, r.state_dict).state_dict())
+    assert set(r.state_dict) == set(evaluation.load_for_inference(tiny(), 3, r.state_dict).state_dict())
 
 
 def test_report_can_stop_the_run(image_folder: Path) -> None:

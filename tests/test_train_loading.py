@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import augment, data, spec, train
+from sweeper import augment, data, loaders, spec, train
 from tests.conftest import REPO
 
 CPU = torch.device("cpu")
@@ -34,11 +34,11 @@ def _dcfg() -> dict:
 
 def test_channels_last_auto_is_on_for_cuda_but_not_for_slow_models() -> None:
     cuda = torch.device("cuda")
-    assert train.use_channels_last(_cfg(), cuda)
-    assert not train.use_channels_last(_cfg(backbone="resnest50d"), cuda)
-    assert not train.use_channels_last(_cfg(), CPU)
-    assert train.use_channels_last(_cfg(channels_last=True), CPU)
-    assert not train.use_channels_last(_cfg(channels_last=False), cuda)
+    assert loaders.use_channels_last(_cfg(), cuda)
+    assert not loaders.use_channels_last(_cfg(backbone="resnest50d"), cuda)
+    assert not loaders.use_channels_last(_cfg(), CPU)
+    assert loaders.use_channels_last(_cfg(channels_last=True), CPU)
+    assert not loaders.use_channels_last(_cfg(channels_last=False), cuda)
 
 
 def test_channels_last_option_is_checked_in_study_files() -> None:
@@ -51,8 +51,10 @@ def test_device_tail_gives_the_tensors_of_the_per_image_pipeline(image_folder: P
     ds = data.scan(image_folder)
     tf = augment.eval_transform(_dcfg())
     host, tail = augment.split_for_device(tf)
-    plain = train.loader(data.ImageDataset(ds.val.files, ds.val.labels, tf), _cfg(), False, CPU)
-    split = train.loader(data.ImageDataset(ds.val.files, ds.val.labels, host), _cfg(), False, CPU, tail=tail)
+    plain = loaders.loader(data.ImageDataset(ds.val.files, ds.val.labels, tf), _cfg(), False, CPU)
+    split = loaders.loader(
+        data.ImageDataset(ds.val.files, ds.val.labels, host), _cfg(), False, CPU, tail=tail
+    )
     for (a, ya), (b, yb) in zip(plain, split, strict=True):
         assert b.dtype == torch.float32 and torch.equal(a, b) and torch.equal(ya, yb)
 
@@ -69,7 +71,7 @@ def test_loader_sends_batches_in_the_chosen_memory_format(image_folder: Path) ->
     ds = data.scan(image_folder)
     tf = augment.eval_transform(_dcfg())
     ds_ = data.ImageDataset(ds.val.files, ds.val.labels, tf)
-    dl = train.loader(ds_, _cfg(channels_last=True), False, CPU)
+    dl = loaders.loader(ds_, _cfg(channels_last=True), False, CPU)
     x, _ = next(iter(dl))
     assert x.is_contiguous(memory_format=torch.channels_last) and len(dl) == 2
 
