@@ -1,7 +1,8 @@
 """The ``sweeper`` command line. Commands are thin: parse options, call the library, print.
 
 Heavy libraries (torch, timm, optuna, mlflow) are imported inside commands so ``--help`` is instant.
-Every :class:`SweeperError` becomes one line on stderr and exit code 2.
+Exit codes: 0 done; 2 a usage error (Click's usage message) or a :class:`SweeperError` (one line on
+stderr); 130 interrupted; 1 a bug (with its traceback).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import typer
 import yaml
@@ -19,14 +20,74 @@ import yaml
 from sweeper import spec as spec_lib
 from sweeper.errors import SweeperError
 
+ENVIRONMENT = {  # every variable sweeper reads; the top-level --help and the README list them
+    "SWEEPER_STORAGE": "Optuna storage URL, as --storage (default sqlite:///sweeper.db)",
+    "MLFLOW_TRACKING_URI": "MLflow tracking URI, as --tracking-uri (default sqlite:///mlruns/mlflow.db)",
+    "SWEEPER_STUDIES_DIR": "where study names are looked up (default ./studies, else the shipped ones)",
+    "SWEEPER_DATA_DIR": "generated datasets and decoded-image caches (default ~/.cache/sweeper)",
+    "SWEEPER_CACHE_GB": "decoded-image cache budget in GB; 0 turns it off (default half the free space)",
+    "SWEEPER_CHECKPOINTS": "trial checkpoints that interrupted trials resume from (default ./checkpoints)",
+    "SWEEPER_HEARTBEAT": "seconds between a running trial's heartbeats (default 20)",
+    "SWEEPER_GRACE": "seconds without a heartbeat before a trial counts as lost and is redone (default 60)",
+}
+
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Hyperparameter sweeps for fine-tuning timm image classifiers (Optuna + MLflow).",
+    epilog="Environment variables:\n\n" + "\n\n".join(f"{k}: {v}." for k, v in ENVIRONMENT.items()),
 )
 
-StudyArg = Annotated[str, typer.Argument(help="A study name in studies/ or a path to a study file.")]
+
+def complete_study(incomplete: str) -> list[str]:
+    """Shell completion for STUDY: the names of the study files in the studies directory."""
+    return [p.stem for p in spec_lib.available_studies() if p.stem.startswith(incomplete)]
+
+
+def installed_version() -> str:
+    """The installed distribution's version, else the package's own (a source checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("sweeper")
+    except PackageNotFoundError:
+        from sweeper import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sweeper {installed_version()}")
+        raise typer.Exit()
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be > 0, got {value:g}")
+    return value
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """The options before the command; --version acts (eagerly) in its callback."""
+
+
+StudyArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="STUDY",
+        help="A study name in studies/ or a path to a study file.",
+        autocompletion=complete_study,
+    ),
+]
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Dataset root (overrides the study's data.root).")
 ]
@@ -42,7 +103,8 @@ StorageOpt = Annotated[
     str | None,
     typer.Option(
         "--storage",
-        help="Optuna storage URL (SQLAlchemy). Default: $SWEEPER_STORAGE, else sqlite:///sweeper.db.",
+        envvar="SWEEPER_STORAGE",
+        help="Optuna storage URL (SQLAlchemy). Default: sqlite:///sweeper.db.",
     ),
 ]
 Combine = Literal["refit", "folds", "top", "soup"]
@@ -50,7 +112,8 @@ TrackingOpt = Annotated[
     str | None,
     typer.Option(
         "--tracking-uri",
-        help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI. Default: sqlite:///mlruns/mlflow.db.",
     ),
 ]
 
@@ -78,7 +141,7 @@ def preflight(spec: spec_lib.Study) -> None:
     """Fail before any trial on what every trial would fail on: unknown models, bad pretrained weights."""
     from sweeper import model as model_lib
 
-    backbones = set()
+    backbones: set[str] = set()
     if "backbone" in spec.space:
         backbones.update(spec.space["backbone"].choices)
     backbones.add(spec.resolve({}).backbone)
@@ -110,7 +173,8 @@ def run_study(
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Stop starting new trials after S seconds.")
+        float | None,
+        typer.Option("--timeout", callback=_positive, help="Stop starting new trials after S seconds."),
     ] = None,
     workers: Annotated[
         int | None,
@@ -347,7 +411,7 @@ def studies(storage: StorageOpt = None) -> None:
 @app.command("show")
 def show(
     study: StudyArg,
-    top: Annotated[int, typer.Option("--top", help="Rows in the table of best trials.")] = 10,
+    top: Annotated[int, typer.Option("--top", min=1, help="Rows in the table of best trials.")] = 10,
     ablation: Annotated[
         bool,
         typer.Option(
@@ -377,7 +441,7 @@ def show(
         _print_ablation(spec, st)
         return
     done = [t for t in st.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    done.sort(key=lambda t: t.value, reverse=spec.direction == "maximize")
+    done.sort(key=lambda t: cast(float, t.value), reverse=spec.direction == "maximize")
     keys = sorted(spec.space)
     typer.echo("")
     typer.echo("  ".join([f"{'trial':>5}", f"{spec.metric:>8}", f"{'epoch':>5}", *keys]))
@@ -508,6 +572,24 @@ def check(study: StudyArg, set_: SetOpt = None) -> None:
         typer.echo(f"    {k}: {space_lib.describe(d)}")
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The exception classes of Click's usage errors, whichever Click raises them.
+
+    Typer >= 0.2x bundles its own copy of Click (``typer._click``), whose ``ClickException`` derives from
+    the public ``typer.TyperException``, not from the ``click`` package's; older Typer raises ``click``'s.
+    """
+    classes: list[type[Exception]] = []
+    if isinstance(getattr(typer, "TyperException", None), type):
+        classes.append(typer.TyperException)
+    try:
+        import click
+
+        classes.append(click.ClickException)
+    except ImportError:  # pragma: no cover - Typer without the click package
+        pass
+    return tuple(classes)
+
+
 def main() -> None:
     """Console entry point: one-line errors for user mistakes, a traceback only for bugs."""
     try:
@@ -524,13 +606,13 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except _usage_errors() as e:  # usage: ..., Try 'sweeper CMD --help' for help., Error: ...
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"Error: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
 
 
 if __name__ == "__main__":
