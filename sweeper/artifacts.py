@@ -153,8 +153,8 @@ def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], resul
         write_confusion(out_dir, result.confusion, classes)
     write_curves(out_dir, result.history)
     if result.sensitive:
-        with open(out_dir / "sensitive_layers.csv", "w", newline="") as f:
-            w = csv.writer(f)
+        with open(out_dir / "sensitive_layers.csv", "w", newline="") as out:
+            w = csv.writer(out)
             w.writerow(["rank", "tensor", "grad_norm", "action"])
             for i, (name, score) in enumerate(result.sensitive, 1):
                 w.writerow([i, name, f"{score:.6g}", cfg.sensitivity.action])

@@ -100,7 +100,8 @@ def loader(
         ds,
         batch_size=cfg.batch_size,
         shuffle=train,
-        drop_last=train and len(ds) > cfg.batch_size,  # a tiny last batch adds noise to BatchNorm
+        # a tiny last batch adds noise to BatchNorm
+        drop_last=train and len(ds) > cfg.batch_size,  # type: ignore[arg-type]
         num_workers=n,
         persistent_workers=n > 0,
         prefetch_factor=max(2, 8 // n) if n else None,  # ~8 batches in flight whatever the worker count

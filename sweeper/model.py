@@ -52,6 +52,7 @@ def cached_weights(backbone: str) -> str | None:
     repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
     if not repo:
         return None
+    assert pcfg is not None
     names = [pcfg.hf_hub_filename] if pcfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
     cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at huggingface_hub's import
     for name in names:
@@ -112,7 +113,7 @@ class HeadedModel(nn.Module):
         return self.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(x))
+        return self.head(self.backbone.forward_features(x))  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
 
 
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +122,7 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     An auxiliary loss on the features (supervised contrastive) needs them without a second pass.
     """
     if isinstance(model, HeadedModel):
-        pooled = model.head.pool(model.backbone.forward_features(x))
+        pooled = model.head.pool(model.backbone.forward_features(x))  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
         return pooled, model.head.fc(model.head.drop(pooled))
     pooled = model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
     return pooled, model.get_classifier()(pooled)  # type: ignore[operator]
@@ -167,7 +168,7 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
             "or set pretrained: false"
         ) from None
     if cfg.head in ("se", "attention"):
-        model = HeadedModel(model, FeatureHead(cfg.head, model.num_features, num_classes, cfg.head_dropout))
+        model = HeadedModel(model, FeatureHead(cfg.head, model.num_features, num_classes, cfg.head_dropout))  # type: ignore[arg-type]  # nn.Module attributes type as Tensor | Module
     if cfg.freeze_depth:
         freeze(model, cfg.freeze_depth)
     return model
@@ -238,7 +239,7 @@ def train_mode(model: nn.Module) -> None:
 
 
 def classifier_param_ids(model: nn.Module) -> set[int]:
-    return {id(p) for p in model.get_classifier().parameters()}
+    return {id(p) for p in model.get_classifier().parameters()}  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
 
 
 def param_groups(
@@ -261,10 +262,10 @@ def param_groups(
 
         headed = isinstance(model, HeadedModel)
         target = model.backbone if headed else model  # timm's grouping needs timm's group_matcher
-        base = param_groups_layer_decay(target, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+        base = param_groups_layer_decay(target, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)  # type: ignore[arg-type]  # nn.Module attributes type as Tensor | Module
         if headed:
             base.append(
-                {"params": list(model.get_classifier().parameters()), "weight_decay": cfg.weight_decay}
+                {"params": list(model.get_classifier().parameters()), "weight_decay": cfg.weight_decay}  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
             )
     else:
         decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
@@ -315,7 +316,7 @@ def create_optimizer(model: nn.Module, cfg: TrialConfig, groups: list[dict[str, 
         "radam": "radam",
         "ranger": "lookahead_radam",
     }[cfg.optimizer]
-    extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
+    extra: dict[str, Any] = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
     return create_optimizer_v2(
         groups if groups is not None else param_groups(model, cfg),
         opt=opt,

@@ -20,10 +20,12 @@ def suggest(trial: Any, space: dict[str, Dim]) -> dict[str, Any]:
         elif dim.kind == "choice":
             params[key] = trial.suggest_categorical(key, list(dim.choices))
         elif dim.kind == "int":
+            assert dim.low is not None and dim.high is not None  # a range dimension always has both
             params[key] = trial.suggest_int(
                 key, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log
             )
         else:
+            assert dim.low is not None and dim.high is not None
             params[key] = trial.suggest_float(
                 key, float(dim.low), float(dim.high), step=dim.step, log=dim.log
             )

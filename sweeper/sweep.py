@@ -51,13 +51,14 @@ def build_sampler(spec: Study, worker: int = 0, existing: int = 0) -> optuna.sam
     if "seed" in args and args["seed"] is not None:
         args["seed"] = sampler_seed(int(args["seed"]), worker, existing)
     name = spec.sampler["name"]
-    cls: Callable[..., optuna.samplers.BaseSampler] = {
+    factories: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
         "gp": optuna.samplers.GPSampler,
         "grid": lambda **kw: optuna.samplers.GridSampler(space_lib.grid(spec.space), **kw),
-    }[name]
+    }
+    cls = factories[name]
     try:
         return cls(**args)
     except TypeError as e:
