@@ -13,12 +13,9 @@ experiment as the artifact ``report.html`` of one run named ``study-report``.
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as dt
 import html
-import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,211 +24,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import ablation as ablation_lib
 from sweeper import record as record_lib
+from sweeper.report_figures import best_artifacts, figures, learning_curves, run_id_of
 from sweeper.spec import Study
 
 REPORT_RUN = "study-report"  # the MLflow run that holds the study's report
 REPORT_TAG = "sweeper.kind"  # tag = "report" marks it, so it is found again and never taken for a trial
 WORST_CLASSES = 10  # rows of the worst-classes table
-
-
-@dataclass
-class Curves:
-    """Per-epoch values of one trial: ``{metric name: [(epoch, value), ...]}`` and where they came from."""
-
-    number: int
-    value: float
-    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    source: str = "MLflow"
-
-
-@dataclass
-class BestArtifacts:
-    """What the best trial's MLflow run left that a person wants to see."""
-
-    confusion_png: bytes | None = None
-    per_class: list[dict[str, str]] = field(default_factory=list)
-    note: str = ""
-
-
-# ---- reading MLflow --------------------------------------------------------------------------
-
-
-def _run_id(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("mlflow_run_id") or "")
-
-
-def learning_curves(client: Any, trials: list[FrozenTrial], metric: str) -> list[Curves]:
-    """The objective metric and its train counterpart per epoch, from each trial's MLflow run.
-
-    A trial whose run is not in this store falls back to Optuna's intermediate values (the objective
-    metric only), so a report still has curves when MLflow lived elsewhere.
-    """
-    keys = [metric, metric.replace("val_", "train_", 1)]
-    out = []
-    for t in trials:
-        c = Curves(t.number, float(t.value) if t.value is not None else float("nan"))
-        try:
-            for key in keys:
-                history = sorted(client.get_metric_history(_run_id(t), key), key=lambda m: m.step)
-                if history:
-                    c.series[key] = [(int(m.step), float(m.value)) for m in history]
-        except Exception:  # no run id, or the run is in another store
-            c.series = {}
-        if not c.series.get(metric):
-            c.series = {metric: sorted((int(s), float(v)) for s, v in t.intermediate_values.items())}
-            c.source = "Optuna"
-        out.append(c)
-    return out
-
-
-def best_artifacts(client: Any, trial: FrozenTrial) -> BestArtifacts:
-    """``confusion_matrix.png`` and ``per_class_accuracy.csv`` of the trial's MLflow run."""
-    run_id = _run_id(trial)
-    if not run_id:
-        return BestArtifacts(note=f"trial {trial.number} has no MLflow run id")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file is noise here
-    found = BestArtifacts()
-    with tempfile.TemporaryDirectory(prefix="sweeper-report-") as d:
-        for name in ("confusion_matrix.png", "per_class_accuracy.csv"):
-            try:
-                path = Path(client.download_artifacts(run_id, name, d))
-            except Exception as e:
-                found.note = (
-                    f"{name} of trial {trial.number} (MLflow run {run_id}) could not be read: "
-                    f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
-                )
-                continue
-            if name.endswith(".png"):
-                found.confusion_png = path.read_bytes()
-            else:
-                with open(path, newline="") as f:
-                    found.per_class = list(csv.DictReader(f))
-    return found
-
-
-# ---- figures ---------------------------------------------------------------------------------
-
-
-def _curves_figure(curves: list[Curves], metric: str) -> Any:
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-
-    fig = go.Figure()
-    palette = qualitative.Plotly
-    for i, c in enumerate(curves):
-        color = palette[i % len(palette)]
-        for key, points in c.series.items():
-            fig.add_trace(
-                go.Scatter(
-                    x=[p[0] for p in points],
-                    y=[p[1] for p in points],
-                    mode="lines+markers",
-                    name=f"#{c.number} {key}",
-                    line={"color": color, "dash": "solid" if key == metric else "dot"},
-                    meta={"trial": c.number, "key": key, "source": c.source},
-                )
-            )
-    fig.update_layout(
-        title="Learning curves of the top trials (solid: validation, dotted: train)",
-        xaxis={"title": "epoch", "dtick": 1},
-        yaxis_title=metric.replace("val_", ""),
-        height=460,
-    )
-    return fig
-
-
-def _ablation_figure(ab: ablation_lib.Ablation) -> Any:
-    import plotly.graph_objects as go
-
-    spans: list[tuple[str, float, float, float]] = []  # (option, effect, low, high), best option last:
-    for r in reversed(ab.rows):  # plotly draws the first category at the bottom
-        if r.effect is not None and r.low is not None and r.high is not None:
-            spans.append((r.param, r.effect, r.low, r.high))
-    fig = go.Figure(
-        go.Scatter(
-            x=[e for _, e, _, _ in spans],
-            y=[p for p, _, _, _ in spans],
-            mode="markers",
-            error_x={
-                "type": "data",
-                "symmetric": False,
-                "array": [hi - e for _, e, _, hi in spans],
-                "arrayminus": [e - lo for _, e, lo, _ in spans],
-            },
-            marker={"size": 10},
-            name="effect",
-        )
-    )
-    fig.add_vline(x=0, line_dash="dash", line_color="#888")
-    fig.update_layout(
-        title=f"Effect of turning each option on ({ab.metric} at epoch {ab.epoch}, "
-        f"{ablation_lib.LEVEL:.0%} bootstrap interval)",
-        xaxis_title=f"mean(on) - mean(off) of {ab.metric}",
-        height=120 + 40 * max(len(spans), 1),
-    )
-    return fig
-
-
-def figures(
-    study: optuna.Study, spec: Study, curves: list[Curves], ab: ablation_lib.Ablation | None
-) -> list[tuple[str, str, Any]]:
-    """``(div id, heading, figure or a note saying why there is none)`` in report order."""
-    from optuna import visualization as vis
-
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    name = spec.metric
-    optuna_plots: list[tuple[str, str, Any]] = [
-        (
-            "plot-history",
-            "Optimization history",
-            lambda: vis.plot_optimization_history(study, target_name=name),
-        ),
-        (
-            "plot-intermediate",
-            f"{name} per epoch of every trial (where pruning cut them)",
-            lambda: vis.plot_intermediate_values(study),
-        ),
-        (
-            "plot-parallel",
-            "Parallel coordinates",
-            lambda: vis.plot_parallel_coordinate(study, target_name=name),
-        ),
-        (
-            "plot-importance",
-            "Parameter importances",
-            lambda: vis.plot_param_importances(study, target_name=name),
-        ),
-        (
-            "plot-slice",
-            "Slices: the objective against each parameter",
-            lambda: vis.plot_slice(study, target_name=name),
-        ),
-    ]
-    reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
-    out: list[tuple[str, str, Any]] = []
-    if ab is not None and any(r.low is not None for r in ab.rows):
-        out.append(("plot-ablation", "Ablation: effect of each on/off option", _ablation_figure(ab)))
-    for div, title, make in optuna_plots:
-        if div == "plot-intermediate":
-            fig = make().update_layout(xaxis={"title": "epoch", "dtick": 1}) if reported else None
-            out.append((div, title, fig or "no trial has reported an epoch yet"))
-        elif len(complete) < (2 if div == "plot-importance" else 1):
-            need = "two complete trials" if div == "plot-importance" else "one complete trial"
-            out.append((div, title, f"needs at least {need}"))
-        else:
-            try:
-                out.append((div, title, make()))
-            except Exception as e:  # optuna refuses some studies (e.g. one distinct value per param)
-                why = str(e).splitlines()[0] if str(e) else type(e).__name__
-                out.append((div, title, f"not available: {why}"))
-        if div == "plot-history":
-            curves_fig = _curves_figure(curves, name) if curves else "needs at least one complete trial"
-            top = f"top {len(curves)} " if curves else "top "
-            out.append(("plot-curves", f"Learning curves of the {top}trials", curves_fig))
-    return out
-
-
-# ---- html ------------------------------------------------------------------------------------
 
 
 def _e(x: Any) -> str:
@@ -285,7 +83,7 @@ def trial_rows(trials: list[FrozenTrial], spec: Study) -> tuple[list[str], list[
                 seconds,
                 str(why),
                 *(_fmt(t.params.get(k)) for k in keys),
-                _run_id(t),
+                run_id_of(t),
             ]
         )
         classes.append(f"state-{t.state.name}")
@@ -345,19 +143,37 @@ def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
     from plotly.offline import get_plotlyjs
 
     trials = study.get_trials(deepcopy=False)
-    c = record_lib.counts(trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     complete.sort(key=lambda t: float(t.value or 0.0), reverse=spec.direction == "maximize")
     best = complete[0] if complete else None
-
     bools = [k for k, d in spec.space.items() if d.kind == "bool"]
     ab = ablation_lib.compute(trials, bools, spec.metric, spec.direction) if bools else None
-    curves = learning_curves(client, complete[:top], spec.metric)
-    parts: list[str] = []
+    parts = _header(spec, trials, best) + _ablation_section(ab)
+    for div, title, fig in figures(study, spec, learning_curves(client, complete[:top], spec.metric), ab):
+        if div != "plot-ablation":
+            parts.append(f"<h2>{_e(title)}</h2>")
+        parts.append(_plot(div, "" if div == "plot-ablation" else title, fig))
+    parts += _best_section(client, best)
+    head, rows, classes = trial_rows(trials, spec)
+    parts.append(f"<h2>All {len(trials)} trials</h2>")
+    parts.append(_table("trials", head, rows, classes))
+    parts.append(
+        f'<p class="meta">made by sweeper report from the Optuna study {_e(spec.name)} and its '
+        "MLflow runs</p>"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>sweeper report: {_e(spec.name)}</title><style>{CSS}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head>\n<body>\n'
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
-    # header
+
+def _header(spec: Study, trials: list[FrozenTrial], best: FrozenTrial | None) -> list[str]:
+    c = record_lib.counts(trials)
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    parts.append(f"<h1>Study {_e(spec.name)}</h1>")
+    parts = [f"<h1>Study {_e(spec.name)}</h1>"]
     if spec.description:
         parts.append(f'<p class="meta">{_e(spec.description.strip())}</p>')
     ran = max((max(t.intermediate_values) for t in trials if t.intermediate_values), default=0)
@@ -387,80 +203,50 @@ def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
             f'<p id="best-params">Best trial <b>{best.number}</b> '
             f"(epoch {_e(best.user_attrs.get(record_lib.BEST_EPOCH, '?'))}): {_e(params)}</p>"
         )
+    return parts
 
-    # ablation
-    parts.append("<h2>Ablation: which on/off option helps?</h2>")
+
+def _ablation_section(ab: ablation_lib.Ablation | None) -> list[str]:
+    parts = ["<h2>Ablation: which on/off option helps?</h2>"]
     if ab is None:
-        parts.append('<p class="note">this study searches no boolean dimension</p>')
-    else:
-        parts.append(
-            f'<p class="meta" id="ablation-summary">{_e(ablation_lib.summary(ab))}. Trials are read at '
-            "one common epoch so pruned and complete trials compare fairly; the sampler is adaptive "
-            "and the other options vary too, so treat this as a screen, not a controlled test.</p>"
-        )
-        head, rows = ablation_rows(ab)
-        table = _table("ablation", head, rows)
-        for verdict in ("helps", "hurts"):
-            table = table.replace(f"<td>{verdict}</td>", f'<td class="verdict-{verdict}">{verdict}</td>')
-        parts.append(table)
-
-    # plots
-    for div, title, fig in figures(study, spec, curves, ab):
-        if div == "plot-ablation":
-            parts.append(_plot(div, "", fig))
-            continue
-        parts.append(f"<h2>{_e(title)}</h2>")
-        parts.append(_plot(div, title, fig))
-
-    # best trial
-    parts.append("<h2>Best trial: confusion matrix and worst classes</h2>")
-    if best is None:
-        parts.append('<p class="note">no complete trial yet</p>')
-    else:
-        art = best_artifacts(client, best)
-        if art.note:
-            parts.append(f'<p class="note">{_e(art.note)}</p>')
-        parts.append('<div class="best">')
-        if art.confusion_png:
-            data = base64.b64encode(art.confusion_png).decode()
-            parts.append(
-                f'<img id="confusion" alt="confusion matrix of trial {best.number}" '
-                f'src="data:image/png;base64,{data}">'
-            )
-        if art.per_class:
-            rows = [
-                [
-                    r.get("class", ""),
-                    r.get("accuracy", ""),
-                    r.get("support", ""),
-                    r.get("most_confused_with", ""),
-                ]
-                for r in art.per_class[:WORST_CLASSES]
-            ]
-            parts.append(
-                f"<div><p>The {len(rows)} worst classes of {len(art.per_class)} (validation, "
-                f"best epoch)</p>"
-                + _table("worst-classes", ["class", "accuracy", "support", "most confused with"], rows)
-                + "</div>"
-            )
-        parts.append("</div>")
-
-    # every trial
-    head, rows, classes = trial_rows(trials, spec)
-    parts.append(f"<h2>All {len(trials)} trials</h2>")
-    parts.append(_table("trials", head, rows, classes))
+        return [*parts, '<p class="note">this study searches no boolean dimension</p>']
     parts.append(
-        f'<p class="meta">made by sweeper report from the Optuna study {_e(spec.name)} and its '
-        "MLflow runs</p>"
+        f'<p class="meta" id="ablation-summary">{_e(ablation_lib.summary(ab))}. Trials are read at '
+        "one common epoch so pruned and complete trials compare fairly; the sampler is adaptive "
+        "and the other options vary too, so treat this as a screen, not a controlled test.</p>"
     )
+    head, rows = ablation_rows(ab)
+    table = _table("ablation", head, rows)
+    for verdict in ("helps", "hurts"):
+        table = table.replace(f"<td>{verdict}</td>", f'<td class="verdict-{verdict}">{verdict}</td>')
+    return [*parts, table]
 
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>sweeper report: {_e(spec.name)}</title><style>{CSS}</style>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head>\n<body>\n'
-        + "\n".join(parts)
-        + "\n</body></html>\n"
-    )
+
+def _best_section(client: Any, best: FrozenTrial | None) -> list[str]:
+    parts = ["<h2>Best trial: confusion matrix and worst classes</h2>"]
+    if best is None:
+        return [*parts, '<p class="note">no complete trial yet</p>']
+    art = best_artifacts(client, best)
+    if art.note:
+        parts.append(f'<p class="note">{_e(art.note)}</p>')
+    parts.append('<div class="best">')
+    if art.confusion_png:
+        data = base64.b64encode(art.confusion_png).decode()
+        parts.append(
+            f'<img id="confusion" alt="confusion matrix of trial {best.number}" '
+            f'src="data:image/png;base64,{data}">'
+        )
+    if art.per_class:
+        keys = ("class", "accuracy", "support", "most_confused_with")
+        rows = [[r.get(k, "") for k in keys] for r in art.per_class[:WORST_CLASSES]]
+        parts.append(
+            f"<div><p>The {len(rows)} worst classes of {len(art.per_class)} (validation, "
+            f"best epoch)</p>"
+            + _table("worst-classes", ["class", "accuracy", "support", "most confused with"], rows)
+            + "</div>"
+        )
+    parts.append("</div>")
+    return parts
 
 
 def _plot(div: str, title: str, fig: Any) -> str:
