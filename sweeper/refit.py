@@ -203,7 +203,6 @@ def combine(
     trials = record.top_trials(src.study, 1 if how == "folds" else top, spec.direction)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    num_classes = len(data.classes)
     run = tracker.start(
         run_name=f"{how}-trial-{trials[0].number:04d}",
         params={"combine": how, "top": top},
@@ -222,48 +221,12 @@ def combine(
                 "set folds >= 2 in the study, or use --combine refit/top/soup"
             )
         summary: dict[str, Any] = {"how": how, "trials": [t.number for t in trials], "out": out}
-        if how == "soup":
-            members, state, val_acc = soup(members, data)
-            artifacts.save_weights(out / "model.safetensors", state, {"backbone": members[0].cfg.backbone})
-            wrote = ["model.safetensors", "config.yaml"]
-            extra = {"soup_of_trials": [m.trial for m in members], "soup_val_acc": val_acc}
-            artifacts.write_config(
-                out / "config.yaml", members[0].cfg, data.classes, members[0].data_config, extra
-            )
-            summary["val_acc"] = val_acc
-            probs = (
-                ensemble_probs(
-                    [dataclasses.replace(members[0], weights=out / "model.safetensors")],
-                    data.test,
-                    num_classes,
-                )
-                if data.test
-                else None
-            )
-        else:
-            in_val = any(m.name.startswith("fold-") for m in members)  # fold models have trained on val
-            if not in_val:
-                val_probs = ensemble_probs(members, data.val.files, num_classes)
-                summary["val_acc"] = accuracy(val_probs, data.val.labels)
-            listed = [
-                {
-                    "trial": m.trial,
-                    "weights": str(m.weights.relative_to(out)),
-                    "trial_config": m.cfg.flat(),
-                    "data_config": m.data_config,
-                }
-                for m in members
-            ]
-            doc = {"ensemble": listed, "classes": list(data.classes), "val_acc": summary.get("val_acc")}
-            (out / "config.yaml").write_text(yaml.safe_dump(artifacts._plain(doc), sort_keys=False))
-            wrote = ["config.yaml", "members"]
-            probs = ensemble_probs(members, data.test, num_classes) if data.test else None
-        if probs is not None:
-            artifacts.write_predictions(out / "prediction.csv", data.test, probs, data.classes)
-            wrote.append("prediction.csv")
+        write = _write_soup if how == "soup" else _write_ensemble
+        members, wrote, val_acc = write(members, data, out)
         summary.update(files=wrote, members=len(members))
-        if "val_acc" in summary:
-            run.log_metrics(0, {f"{how}_val_acc": summary["val_acc"]})
+        if val_acc is not None:
+            summary["val_acc"] = val_acc
+            run.log_metrics(0, {f"{how}_val_acc": val_acc})
         for name in wrote:
             if (out / name).is_dir():
                 run.log_dir(out / name, f"model/{name}")
@@ -275,6 +238,51 @@ def combine(
     run.end("COMPLETE")
     summary["run_id"] = run.run_id
     return summary
+
+
+def _write_soup(
+    members: list[Member], data: ImageFolderData, out: Path
+) -> tuple[list[Member], list[str], float | None]:
+    """A greedy soup as one model: its weights, config and predictions."""
+    members, state, val_acc = soup(members, data)
+    artifacts.save_weights(out / "model.safetensors", state, {"backbone": members[0].cfg.backbone})
+    extra = {"soup_of_trials": [m.trial for m in members], "soup_val_acc": val_acc}
+    artifacts.write_config(out / "config.yaml", members[0].cfg, data.classes, members[0].data_config, extra)
+    wrote = ["model.safetensors", "config.yaml"]
+    if data.test:
+        souped = dataclasses.replace(members[0], weights=out / "model.safetensors")
+        probs = ensemble_probs([souped], data.test, len(data.classes))
+        artifacts.write_predictions(out / "prediction.csv", data.test, probs, data.classes)
+        wrote.append("prediction.csv")
+    return members, wrote, val_acc
+
+
+def _write_ensemble(
+    members: list[Member], data: ImageFolderData, out: Path
+) -> tuple[list[Member], list[str], float | None]:
+    """A probability-averaging ensemble: its members' weights, a config listing them, and predictions.
+    Its validation accuracy only when no member trained on the validation split (fold models did)."""
+    num_classes = len(data.classes)
+    val_acc = None
+    if not any(m.name.startswith("fold-") for m in members):
+        val_acc = accuracy(ensemble_probs(members, data.val.files, num_classes), data.val.labels)
+    listed = [
+        {
+            "trial": m.trial,
+            "weights": str(m.weights.relative_to(out)),
+            "trial_config": m.cfg.flat(),
+            "data_config": m.data_config,
+        }
+        for m in members
+    ]
+    doc = {"ensemble": listed, "classes": list(data.classes), "val_acc": val_acc}
+    (out / "config.yaml").write_text(yaml.safe_dump(artifacts._plain(doc), sort_keys=False))
+    wrote = ["config.yaml", "members"]
+    if data.test:
+        probs = ensemble_probs(members, data.test, num_classes)
+        artifacts.write_predictions(out / "prediction.csv", data.test, probs, data.classes)
+        wrote.append("prediction.csv")
+    return members, wrote, val_acc
 
 
 def soup(members: list[Member], data: ImageFolderData) -> tuple[list[Member], dict[str, torch.Tensor], float]:
