@@ -136,8 +136,6 @@ def run(
         SweeperError: the run would change what the study's trials mean, a store cannot be opened,
             another process writes the local SQLite files, or the same error failed several trials in a row.
     """
-    from sweeper import workers
-
     objectives: list[Objective] = [objective] if callable(objective) else list(objective)
     url = stores.resolve_storage(storage_url)
     local = stores.sqlite_path(url) is not None
@@ -151,22 +149,48 @@ def run(
             _fail_orphans(study, lost)
         _close_lost_runs(study, tracker)
         deadline = None if timeout is None else time.monotonic() + timeout
-        streak = _Streak(SAME_ERROR_LIMIT)
-        ended = threading.Event()  # a trial ended here: a waiting worker looks again at once
-        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [streak, lambda st, t: ended.set()]
+        crew = _Crew(trials, deadline, on_trial_end)
+        try:
+            crew.run(studies, objectives)
+        finally:
+            _close_lost_runs(study, tracker)
+    return study
+
+
+class _Crew:
+    """The workers of this process: threads that share the count, the failure streak and the stop signals."""
+
+    def __init__(
+        self,
+        trials: int,
+        deadline: float | None,
+        on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None,
+    ) -> None:
+        self.trials, self.deadline = trials, deadline
+        self.streak = _Streak(SAME_ERROR_LIMIT)
+        self.ended = threading.Event()  # a trial ended here: a waiting worker looks again at once
+        self.halt = threading.Event()
+        self.errors: list[BaseException] = []
+        self.callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
+            self.streak,
+            lambda st, t: self.ended.set(),
+        ]
         if on_trial_end is not None:
-            callbacks.append(on_trial_end)
-        halt = threading.Event()
-        errors: list[BaseException] = []
+            self.callbacks.append(on_trial_end)
+
+    def run(self, studies: list[optuna.Study], objectives: list[Objective]) -> None:
+        """One thread per worker until the study has its trials; Ctrl-C stops every worker's trial first."""
+        from sweeper import workers
+
         workers.INTERRUPTED.clear()
         done = [threading.Event() for _ in objectives]
 
         def serve(i: int) -> None:
             try:
-                _work(studies[i], trials, objectives[i], deadline, callbacks, halt, ended, streak, errors)
+                _work(studies[i], objectives[i], self)
             finally:
                 done[i].set()
-                ended.set()
+                self.ended.set()
 
         for i in range(len(objectives)):
             threading.Thread(target=serve, args=(i,), name=f"sweeper-worker-{i}", daemon=True).start()
@@ -176,15 +200,18 @@ def run(
             _wait_all(done)
         except KeyboardInterrupt:
             workers.INTERRUPTED.set()  # each worker kills its trial process and closes its trial
-            halt.set()
-            ended.set()
+            self.halt.set()
+            self.ended.set()
             _wait_all(done)
             raise
-        finally:
-            _close_lost_runs(study, tracker)
-        if errors:
-            raise errors[0]
-    return study
+        if self.errors:
+            raise self.errors[0]
+
+    def stop(self, error: BaseException) -> None:
+        """A store went away, a failure streak: stop the other workers too."""
+        self.errors.append(error)
+        self.halt.set()
+        self.ended.set()
 
 
 def _open_workers(
@@ -216,52 +243,44 @@ def _wait_all(events: list[threading.Event]) -> None:
             pass
 
 
-def _work(
-    study: optuna.Study,
-    trials: int,
-    objective: Objective,
-    deadline: float | None,
-    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
-    halt: threading.Event,
-    ended: threading.Event,
-    streak: _Streak,
-    errors: list[BaseException],
-) -> None:
+def _work(study: optuna.Study, objective: Objective, crew: _Crew) -> None:
     """One worker: run trials until the study has its total (or time is up, or another worker failed)."""
 
     def guarded(trial: optuna.Trial) -> float:
         # Exactly N across workers: a trial numbered past the N-th countable one is surplus.
         c = counts(study.get_trials(deepcopy=False), before=trial.number)
-        if c["counted"] + c["running"] + c["waiting"] >= trials:
+        if c["counted"] + c["running"] + c["waiting"] >= crew.trials:
             trial.set_user_attr(NOT_COUNTED, "surplus: the study already had its trials")
             raise Surplus()
         return objective(trial)
 
     poll = max(1.0, stores.heartbeat_interval() / 2)
     try:
-        while not halt.is_set():
-            if streak.error:
-                raise SweeperError(streak.error)
-            remaining = None if deadline is None else deadline - time.monotonic()
+        while not crew.halt.is_set():
+            if crew.streak.error:
+                raise SweeperError(crew.streak.error)
+            remaining = None if crew.deadline is None else crew.deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
             with warnings.catch_warnings():  # experimental in Optuna, and exactly what is needed here
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, params re-queued
             c = counts(study.get_trials(deepcopy=False))
-            if c["counted"] >= trials:
+            if c["counted"] >= crew.trials:
                 return
-            if not c["waiting"] and c["counted"] + c["running"] >= trials:
-                ended.wait(poll)  # the last trials run elsewhere; if their worker dies they come back here
-                ended.clear()
+            if not c["waiting"] and c["counted"] + c["running"] >= crew.trials:
+                crew.ended.wait(
+                    poll
+                )  # the last trials run elsewhere; if their worker dies they come back here
+                crew.ended.clear()
                 continue
-            study.optimize(guarded, n_trials=1, timeout=remaining, catch=(Exception,), callbacks=callbacks)
+            study.optimize(
+                guarded, n_trials=1, timeout=remaining, catch=(Exception,), callbacks=crew.callbacks
+            )
     except KeyboardInterrupt:
         return
-    except BaseException as e:  # a store went away, a failure streak: stop the other workers too
-        errors.append(e)
-        halt.set()
-        ended.set()
+    except BaseException as e:
+        crew.stop(e)
 
 
 def _process_seed_offset() -> int:
