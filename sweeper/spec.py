@@ -23,6 +23,9 @@ import yaml
 
 from sweeper.errors import SweeperError, did_you_mean
 
+DEFAULT_MAX_PIXELS = 89_478_485
+"""The default of ``data.max_pixels``: PIL's decompression-bomb limit (about 9459 x 9459)."""
+
 Optimizer = Literal["sgd", "adam", "adamw", "radam", "ranger"]
 Checkpoint = Literal["objective", "val_acc", "val_loss", "last"]
 
