@@ -17,6 +17,10 @@ versions; a changed file makes a new key (the old cache is deleted). Builds take
 second worker waits and then maps the first one's cache, and write to a temporary folder renamed
 into place, so no reader ever sees half a cache. A dataset over the disk budget
 (``$SWEEPER_CACHE_GB``, default half the free space) is decoded per epoch instead, with a message.
+
+The build is also the check that every image decodes: a truncated or corrupt file stops it with a
+one-line error naming the file, before the trial trains. Without a cache (over the budget, or turned
+off) the files are fully decoded once instead (:func:`sweeper.data.check_decodes`), for the same reason.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sweeper.data import data_dir, load_image
+from sweeper.data import check_decodes, data_dir, load_image
+from sweeper.errors import SweeperError
 
 log = logging.getLogger("sweeper")
-VERSION = 2  # bump when the file layout changes
+VERSION = 3  # bump when the file layout or the decoded pixels change (3: EXIF orientation, 16-bit)
 _over_budget: set[str] = set()  # keys already found too big in this process: say so once
 
 
@@ -127,9 +132,13 @@ class _Decode(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        try:
+            img = load_image(self.files[i])
+        except SweeperError as e:  # raised by the builder: a worker's exception comes back with its traceback
+            return str(e)
         # stored height x width x 3, the layout decoders produce and torchvision's uint8 resize is fastest on
-        return self.resize(load_image(self.files[i])).permute(1, 2, 0).contiguous()
+        return self.resize(img).permute(1, 2, 0).contiguous()
 
 
 def _build(files: Sequence[Path], resize: Any, target: Path, workers: int) -> None:
@@ -143,6 +152,8 @@ def _build(files: Sequence[Path], resize: Any, target: Path, workers: int) -> No
         )
         with open(tmp / "pixels.u8", "wb") as out:
             for i, img in enumerate(decoded):
+                if isinstance(img, str):
+                    raise SweeperError(img)
                 index[i] = (offset, img.shape[0], img.shape[1])
                 out.write(memoryview(img.numpy()).cast("B"))
                 offset += img.numel()
@@ -210,16 +221,15 @@ def open_cache(
             for leftover in root.glob(f".{key}-*"):  # a build killed half-way
                 shutil.rmtree(leftover, ignore_errors=True)
             budget = budget_bytes(root)
-            if budget == 0:  # turned off on purpose: no message
-                _over_budget.add(key)
-                return None
-            need = estimate_bytes(files, resize)
-            if need > budget:
-                log.warning(
-                    f"sweeper: caching {len(files)} decoded images at {resize_key(resize)} needs "
-                    f"{need / 1e9:.1f} GB, over the budget of {budget / 1e9:.1f} GB ($SWEEPER_CACHE_GB); "
-                    "decoding every image in every epoch instead"
-                )
+            need = estimate_bytes(files, resize) if budget else 0
+            if need > budget or budget == 0:  # budget 0: turned off on purpose, no message
+                if budget:
+                    log.warning(
+                        f"sweeper: caching {len(files)} decoded images at {resize_key(resize)} needs "
+                        f"{need / 1e9:.1f} GB, over the budget of {budget / 1e9:.1f} GB ($SWEEPER_CACHE_GB); "
+                        "decoding every image in every epoch instead"
+                    )
+                check_decodes(files)  # no build to find a bad file before training: decode each once now
                 _over_budget.add(key)
                 return None
             t0 = time.perf_counter()

@@ -214,7 +214,7 @@ def run_study(
             raise SweeperError("--name must not be empty")
         spec = dataclasses.replace(spec, name=name.strip())
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
-    ds = data_lib.scan(spec.data_root)
+    ds = data_lib.scan(spec.data_root, max_pixels=spec.max_pixels)
     overrides = {"set": parse_sets(set_), "epochs": epochs, "data": str(data) if data else None, "name": name}
     rec = record_lib.StudyRecord.of(spec, ds, overrides)
     existing = _existing(spec.name, storage)
@@ -225,7 +225,8 @@ def run_study(
     t0 = time.monotonic()
     on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
     typer.echo(
-        f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val images; "
+        f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val / "
+        f"{len(ds.test)} test images{_skipped(ds)}; "
         f"{len(slots)} worker{'s' if len(slots) > 1 else ''} on {on}; "
         f"storage {stores.display_url(stores.resolve_storage(storage))}; "
         f"MLflow {stores.display_url(tracker.uri)}"
@@ -281,6 +282,12 @@ def run_study(
         f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  "
         f"(experiment {spec.name!r})"
     )
+
+
+def _skipped(ds: Any) -> str:
+    """The files of the data folder that are not images, counted in the start-up line (never fatal)."""
+    n = len(ds.skipped)
+    return f" ({n} non-image file{'s' if n != 1 else ''} skipped, e.g. {ds.skipped[0]})" if n else ""
 
 
 def _existing(name: str, storage: str | None) -> Any:
@@ -345,7 +352,7 @@ def refit_best(
     if set_ and combine != "refit":
         raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
     src = record_lib.open_recorded(study, storage)
-    ds = data_lib.scan(str(data) if data else src.spec.data_root)
+    ds = data_lib.scan(str(data) if data else src.spec.data_root, max_pixels=src.spec.max_pixels)
     record_lib.check_classes(src.record, ds.classes, ds.root)
     tracker = tracking.Tracker(tracking_uri, src.spec.name)
     if combine != "refit":

@@ -1,26 +1,54 @@
 """Image folders in the reference layout, checked up front, and the built-in digits dataset.
 
-Layout: ``ROOT/train/<class>/*``, ``ROOT/val/<class>/*`` and optionally ``ROOT/test/*`` (unlabelled;
-file names are the submission ids). Classes are the sorted folder names. Any image PIL can read is
-accepted and converted to RGB, so grayscale and RGBA images just work.
+Layout rules, enforced by :func:`scan`:
+
+- ``ROOT/train/<class>/`` and ``ROOT/val/<class>/`` with the same class folders. Classes are the sorted
+  folder names after unicode NFC normalization (a folder named "café" in NFD on one disk and NFC on
+  another is one class, named in NFC).
+- Images in folders nested inside a class folder belong to that class (recursively, as torchvision's
+  ``ImageFolder`` does). Hidden files and folders (``.DS_Store``, ``._x.jpg``, ``.ipynb_checkpoints``)
+  are ignored.
+- Only files with an image extension (:data:`IMG_EXTENSIONS`, any case) are images; any other file
+  (``notes.txt``, ``Thumbs.db``) is skipped and counted in :attr:`ImageFolderData.skipped`, never fatal.
+- ``ROOT/test/`` is optional. Unlabelled: every image under it, at any depth, is predicted, and the
+  file name without extension is its submission id, so two files with the same id (``a.jpg`` and
+  ``a.png``, or ``a.jpg`` in two subfolders) are an error. Labelled: when ``test/`` holds only folders
+  named after classes, its images carry those labels (:attr:`ImageFolderData.test_labels`) and are still
+  all predicted.
+
+Every image is decoded the same way (:func:`load_image`): EXIF orientation applied, 16-bit and float
+images scaled to 8 bits, anything else converted to RGB. :func:`scan` reads every header (a file that is
+not an image, or one over the ``data.max_pixels`` limit, is named before anything trains) and fully
+decodes the test images, which nothing else decodes before a refit ends; train and val images are fully
+decoded by the first trial's cache build (:mod:`sweeper.cache`) before it trains.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sweeper.errors import SweeperError
+from sweeper.spec import DEFAULT_MAX_PIXELS
 
 BUILTIN = "builtin:digits"
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""torchvision's ``IMG_EXTENSIONS``, compared in lower case."""
+
+# scan() checks every file's pixel count against the study's data.max_pixels and names the file; PIL's
+# own process-wide limit would otherwise refuse, at decode time, a file the study allowed.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +74,8 @@ class ImageFolderData:
     train: Split
     val: Split
     test: tuple[Path, ...]
+    test_labels: tuple[int, ...] | None = None  # a labelled test/<class>/ layout; None = unlabelled
+    skipped: tuple[Path, ...] = ()  # files without an image extension, or outside any class folder
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -53,46 +83,133 @@ class ImageFolderData:
         return self.train.files + self.val.files + self.test
 
 
-def _is_hidden(p: Path) -> bool:
-    return p.name.startswith(".")
+def is_image_name(name: str) -> bool:
+    """An image file by name: an image extension (any case) and not hidden (AppleDouble ``._x.jpg``)."""
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not _is_hidden(p))
+def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under ``folder`` at any depth (sorted), and the other non-hidden files (skipped)."""
+    images: list[Path] = []
+    skipped: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if is_image_name(name):
+                images.append(Path(dirpath, name))
+            elif not name.startswith("."):
+                skipped.append(Path(dirpath, name))
+    return sorted(images), sorted(skipped)
 
 
-def _check_readable(path: Path) -> None:
-    """Open the header: cheap, and enough to name a file that is not an image at all."""
-    try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - forces the header parse
-    except (UnidentifiedImageError, OSError) as e:
-        raise SweeperError(
-            f"unreadable image {path}: {e.__class__.__name__}; remove or replace the file"
-        ) from None
-
-
-def _scan_labelled(split_dir: Path) -> dict[str, list[Path]]:
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not _is_hidden(p))
-    if not classes:
-        raise SweeperError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image files>")
-    out: dict[str, list[Path]] = {}
-    for c in classes:
-        files = _image_files(split_dir / c)
-        if not files:
-            raise SweeperError(f"class folder {split_dir / c} is empty; add images or remove the folder")
-        out[c] = files
+def _class_dirs(split_dir: Path) -> dict[str, Path]:
+    """Class folders by their NFC name; two folders with one NFC name are an error."""
+    out: dict[str, Path] = {}
+    for p in sorted(split_dir.iterdir()):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        name = unicodedata.normalize("NFC", p.name)
+        if name in out:
+            raise SweeperError(
+                f"class folders {out[name]} and {p} have the same name in unicode NFC form; merge them"
+            )
+        out[name] = p
     return out
 
 
-def scan(root: str | Path, check_images: bool = True) -> ImageFolderData:
-    """Scan and check ROOT; every problem is a one-line SweeperError naming the path.
+def _loose_files(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith("."))
 
-    Args:
-        root: the dataset root, or ``builtin:digits``.
-        check_images: open every file's header so an unreadable file is named before training.
+
+def _scan_labelled(split_dir: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Images by class name, and the skipped files (non-images, and files outside class folders)."""
+    dirs = _class_dirs(split_dir)
+    if not dirs:
+        raise SweeperError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image files>")
+    out: dict[str, list[Path]] = {}
+    skipped = _loose_files(split_dir)
+    for c, d in dirs.items():
+        files, other = _walk(d)
+        if not files:
+            raise SweeperError(
+                f"class folder {d} is empty: it holds no image files ({', '.join(IMG_EXTENSIONS)}); add "
+                "images or remove the folder"
+            )
+        out[c] = files
+        skipped += other
+    return out, skipped
+
+
+def _scan_test(test_dir: Path, classes: tuple[str, ...]) -> tuple[list[Path], list[int] | None, list[Path]]:
+    """Test files, their labels when ``test/`` holds only class folders, and the skipped files."""
+    if not test_dir.is_dir():
+        return [], None, []
+    dirs = _class_dirs(test_dir)
+    loose = _loose_files(test_dir)
+    if dirs and not any(is_image_name(p.name) for p in loose) and set(dirs) <= set(classes):
+        files, labels, skipped = [], [], loose
+        for i, c in enumerate(classes):
+            found, other = _walk(dirs[c]) if c in dirs else ([], [])
+            files += found
+            labels += [i] * len(found)
+            skipped += other
+        return files, labels, skipped
+    files, skipped = _walk(test_dir)
+    return files, None, skipped
+
+
+def _check_unique_ids(files: Sequence[Path]) -> None:
+    """The file name without extension is a test image's submission id: two files must not share one."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise SweeperError(
+                f"test images {seen[f.stem]} and {f} have the same submission id {f.stem!r} (the file "
+                "name without extension); rename or remove one"
+            )
+        seen[f.stem] = f
+
+
+def _unreadable(path: Path, e: BaseException) -> SweeperError:
+    return SweeperError(f"unreadable image {path}: {e}; remove or replace the file")
+
+
+def check_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Open the header: cheap, and enough to name a file that is not an image, or one over the limit."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise _unreadable(path, e) from None
+    if w * h > max_pixels:
+        raise SweeperError(
+            f"image {path} has {w}x{h} = {w * h} pixels, over the limit of {max_pixels} that guards against "
+            "decompression bombs; if it is genuine, raise data: {max_pixels: N} in the study file"
+        )
+
+
+def check_decodes(files: Sequence[Path]) -> None:
+    """Decode every file fully (truncated or corrupt data shows only then), once per version of the files.
+
+    A stamp under the data dir, keyed by every file's path, size, mtime and inode, remembers a set of
+    files that decoded, so a re-run does not decode them again.
     """
-    root_path = materialize_builtin() if str(root) == BUILTIN else Path(root)
+    if not files:
+        return
+    h = hashlib.sha256(f"PIL {PIL.__version__}".encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    stamp = data_dir() / "decoded" / h.hexdigest()[:24]
+    if stamp.exists():
+        return
+    for f in files:
+        load_image(f)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+
+
+def _check_root(root_path: Path) -> None:
     if not root_path.is_dir():
         raise SweeperError(
             f"data root {root_path} does not exist; pass --data ROOT with ROOT/train/<class>/ and "
@@ -103,7 +220,22 @@ def scan(root: str | Path, check_images: bool = True) -> ImageFolderData:
             raise SweeperError(
                 f"{root_path / split} is missing; expected {root_path}/{split}/<class>/<images>"
             )
-    train, val = _scan_labelled(root_path / "train"), _scan_labelled(root_path / "val")
+
+
+def scan(
+    root: str | Path, check_images: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageFolderData:
+    """Scan and check ROOT; every problem is a one-line SweeperError naming the path.
+
+    Args:
+        root: the dataset root, or ``builtin:digits``.
+        check_images: open every file's header (and fully decode the test images) so a bad file is named
+            before training.
+        max_pixels: the largest width x height accepted (the study's ``data.max_pixels``).
+    """
+    root_path = materialize_builtin() if str(root) == BUILTIN else Path(root)
+    _check_root(root_path)
+    (train, skip_t), (val, skip_v) = _scan_labelled(root_path / "train"), _scan_labelled(root_path / "val")
     if set(train) != set(val):
         only_t, only_v = sorted(set(train) - set(val)), sorted(set(val) - set(train))
         raise SweeperError(
@@ -111,18 +243,27 @@ def scan(root: str | Path, check_images: bool = True) -> ImageFolderData:
             f"only in val: {only_v or 'none'}; both splits need the same class folders"
         )
     classes = tuple(sorted(train))
-    test_dir = root_path / "test"
-    test = tuple(_image_files(test_dir)) if test_dir.is_dir() else ()
+    test, test_labels, skip_test = _scan_test(root_path / "test", classes)
+    _check_unique_ids(test)
     if check_images:
         for files in (*train.values(), *val.values(), test):
             for f in files:
-                _check_readable(f)
+                check_header(f, max_pixels)
+        check_decodes(test)
 
     def split(d: dict[str, list[Path]]) -> Split:
         pairs = [(f, i) for i, c in enumerate(classes) for f in d[c]]
         return Split(tuple(f for f, _ in pairs), tuple(y for _, y in pairs))
 
-    return ImageFolderData(root_path, classes, split(train), split(val), test)
+    return ImageFolderData(
+        root_path,
+        classes,
+        split(train),
+        split(val),
+        tuple(test),
+        None if test_labels is None else tuple(test_labels),
+        tuple(skip_t + skip_v + skip_test),
+    )
 
 
 def kfold(split: Split, k: int, seed: int) -> list[tuple[Split, Split]]:
@@ -151,13 +292,33 @@ def kfold(split: Split, k: int, seed: int) -> list[tuple[Split, Split]]:
 
 
 def load_image(path: Path) -> torch.Tensor:
-    """Decode one file to a uint8 ``[3, H, W]`` RGB tensor."""
+    """Decode one file to a uint8 ``[3, H, W]`` RGB tensor, upright (EXIF orientation applied)."""
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise SweeperError(f"unreadable image {path}: {e}; remove or replace the file") from None
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+            ImageOps.exif_transpose(im, in_place=True)  # phone photos: pixels as the camera held them
+            rgb = to_rgb8(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise _unreadable(path, e) from None
+    return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """``H x W x 3`` uint8 pixels; 16-bit and float images scaled to 8 bits (``convert`` would clip them).
+
+    ``I;16*`` modes span 0..65535. ``I`` (32-bit int) and ``F`` (float) carry no depth, so the scale is
+    the first of 255 (or 1 for float) and 65535 that holds the image's maximum, else its maximum.
+    """
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return np.array(im.convert("RGB"))  # 48/64-bit PNGs already open as 8-bit RGB(A)
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+    peak = float(a.max(initial=0.0))
+    if im.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        tops = (1.0, 255.0, 65535.0) if im.mode == "F" else (255.0, 65535.0)
+        top = next((t for t in tops if peak <= t), peak)
+    gray = np.rint(a * (255.0 / top)).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from sweeper.errors import SweeperError, did_you_mean
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""The default of ``data.max_pixels``: PIL's decompression-bomb limit (about 9459 x 9459)."""
 
 Optimizer = Literal["sgd", "adam", "adamw", "radam", "ranger"]
 Checkpoint = Literal["objective", "val_acc", "val_loss", "last"]
@@ -180,26 +184,104 @@ def type_name(t: Any) -> str:
     return "null" if t is type(None) else getattr(t, "__name__", str(t))
 
 
-LIMITS: dict[str, tuple[float, float]] = {
-    "folds": (1, math.inf),
-    "merge_models": (1, math.inf),
-    "patience": (1, math.inf),
-    "ema_decay": (0.0, 0.999999),
-    "supcon_weight": (0.0, math.inf),
-    "supcon_temperature": (1e-6, math.inf),
-    "sensitivity.top_k": (1, math.inf),
-    "sensitivity.batches": (1, math.inf),
-    "sensitivity.lr": (0.0, math.inf),
-    "sensitivity.weight_decay": (0.0, math.inf),
-    "head_dropout": (0.0, 0.99),
-    "label_smoothing": (0.0, 0.99),
-    "aug.mix_prob": (0.0, 1.0),
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number: ``low``..``high``, each end open or closed."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+_ONE_UP = Range(1)  # counts: batch sizes, epochs, folds
+_NON_NEG = Range(0)
+_POSITIVE = Range(0, low_open=True)  # learning rates, temperatures
+_PROB = Range(0, 1)  # probabilities
+_FRACTION = Range(0, 1, low_open=True)  # crop_pct, layer_decay, rrc_scale
+
+LIMITS: dict[str, Range] = {
+    "img_size": Range(8),
+    "epochs": _ONE_UP,
+    "batch_size": _ONE_UP,
+    "micro_batch": _ONE_UP,
+    "momentum": Range(0, 1, high_open=True),
+    "lr_backbone": _POSITIVE,
+    "lr_head": _POSITIVE,
+    "layer_decay": _FRACTION,
+    "weight_decay": _NON_NEG,
+    "warmup_epochs": _NON_NEG,
+    "freeze_depth": _NON_NEG,
+    "label_smoothing": Range(0, 0.99),
+    "supcon_weight": _NON_NEG,
+    "supcon_temperature": _POSITIVE,
+    "patience": _ONE_UP,
+    "folds": _ONE_UP,
+    "merge_models": _ONE_UP,
+    "ema_decay": Range(0, 1, high_open=True),
+    "head_dropout": Range(0, 0.99),
+    "seed": Range(0, 2**32 - 1),  # numpy's seeds are 32-bit
+    "num_workers": _NON_NEG,
+    "aug.rrc_scale": _FRACTION,
+    "aug.rrc_ratio": _POSITIVE,
+    "aug.hflip_p": _PROB,
+    "aug.vflip_p": _PROB,
+    "aug.rotation_deg": Range(0, 180),
+    "aug.translate_frac": _PROB,
+    "aug.brightness": _NON_NEG,
+    "aug.contrast": _NON_NEG,
+    "aug.saturation": _NON_NEG,
+    "aug.hue": Range(0, 0.5),  # torchvision's ColorJitter
+    "aug.grayscale_p": _PROB,
+    "aug.blur_p": _PROB,
+    "aug.blur_kernel": _ONE_UP,
+    "aug.sharpness_factor": _NON_NEG,
+    "aug.sharpness_p": _PROB,
+    "aug.randaugment_n": _NON_NEG,
+    "aug.randaugment_m": Range(0, 30),  # torchvision's 31 magnitude bins
+    "aug.augmix_severity": Range(1, 10),  # torchvision's AugMix
+    "aug.erasing_p": _PROB,
+    "aug.mixup_alpha": _NON_NEG,
+    "aug.cutmix_alpha": _NON_NEG,
+    "aug.mix_prob": _PROB,
+    "eval.crop_pct": _FRACTION,
+    "sensitivity.top_k": _ONE_UP,
+    "sensitivity.lr": _POSITIVE,
+    "sensitivity.weight_decay": _NON_NEG,
+    "sensitivity.batches": _ONE_UP,
 }
-"""Inclusive ranges of numeric parameters whose type alone does not rule out nonsense."""
+"""The range of every numeric parameter (of each item, for pairs and per-rank lists)."""
+
+
+def _odd(v: int) -> str | None:
+    return None if v % 2 == 1 else f"must be odd, got {v}"
+
+
+def _ordered(v: tuple[float, float]) -> str | None:
+    return None if v[0] <= v[1] else f"needs low <= high, got [{_num(v[0])}, {_num(v[1])}]"
+
+
+RULES: dict[str, Any] = {"aug.blur_kernel": _odd, "aug.rrc_scale": _ordered, "aug.rrc_ratio": _ordered}
+"""Checks beyond a range: ``rule(value)`` returns what is wrong, or None."""
 
 
 def coerce(key: str, value: Any) -> Any:
-    """Check ``value`` against the type (and range) of parameter ``key``; return it in canonical form.
+    """Check ``value`` against the type, range and rule of parameter ``key``; return it in canonical form.
 
     Raises:
         ValueError: with a message naming what is allowed.
@@ -208,12 +290,28 @@ def coerce(key: str, value: Any) -> Any:
     ok, v = _coerce(t, value)
     if not ok:
         raise ValueError(f"expected {type_name(t)}, got {value!r}")
-    if key in LIMITS and v is not None:
-        low, high = LIMITS[key]
-        for x in v if isinstance(v, tuple) else (v,):
-            if not low <= x <= high:
-                raise ValueError(f"must lie in [{low}, {high}], got {x!r}")
+    if v is None:
+        return v
+    rng = LIMITS.get(key)
+    for x in v if isinstance(v, tuple) else (v,):
+        if rng is not None and x not in rng:
+            raise ValueError(f"must be {rng}, got {x!r}")
+    problem = RULES[key](v) if key in RULES else None
+    if problem:
+        raise ValueError(problem)
     return v
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a number, or from a numeric-looking string (YAML 1.1 reads ``3e-3`` as one)."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _coerce(t: Any, value: Any) -> tuple[bool, Any]:
@@ -243,8 +341,8 @@ def _coerce(t: Any, value: Any) -> tuple[bool, Any]:
     if t is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if t is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return ok, float(value) if ok else value
+        x = _number(value)
+        return x is not None, value if x is None else x
     if t is str:
         return isinstance(value, str), value
     return False, value
@@ -327,6 +425,8 @@ def _parse_dim(key: str, raw: Any) -> Dim:
     if step is not None and log:
         raise ValueError("step and log cannot be combined")
     _check_values(key, [int(b) if kind == "int" else float(b) for b in (low, high)])
+    if kind == "int" and key in RULES:  # "odd" must hold for every value sampled, not only the ends
+        _check_values(key, list(range(low, high + 1, 1 if log or step is None else int(step))))
     return Dim(kind, low=low, high=high, log=log, step=step)  # type: ignore[arg-type]
 
 
@@ -358,6 +458,25 @@ TOP_KEYS = (
     "space",
 )
 CONSTRAINTS = ("max_params",)
+SECTION_ARGS: dict[str, tuple[type, Range, str | None]] = {
+    "seed": (int, Range(0, 2**32 - 1), None),  # or null
+    "n_startup_trials": (int, _NON_NEG, None),
+    "n_ei_candidates": (int, _ONE_UP, None),
+    "sigma0": (float, _POSITIVE, None),
+    "n_warmup_steps": (int, _NON_NEG, None),
+    "interval_steps": (int, _ONE_UP, None),
+    "n_min_trials": (int, _ONE_UP, None),
+    "percentile": (float, Range(0, 100, low_open=True, high_open=True), None),
+    "min_resource": (int, _ONE_UP, "auto"),
+    "max_resource": (int, _ONE_UP, "auto"),
+    "reduction_factor": (int, Range(2), None),
+    "min_early_stopping_rate": (int, _NON_NEG, None),
+    "bootstrap_count": (int, _NON_NEG, None),
+    "p_threshold": (float, _PROB, None),
+    "n_startup_steps": (int, _NON_NEG, None),
+}
+"""Numeric arguments of Optuna's samplers and pruners, checked when a study loads (others pass through)."""
+DATA_KEYS = ("root", "max_pixels")
 
 
 @dataclass(frozen=True)
@@ -376,6 +495,7 @@ class Study:
     space: dict[str, Dim] = field(default_factory=dict)
     description: str = ""
     max_params: int | None = None  # parameter budget: a config over it is recorded, never trained
+    max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: the largest image (width x height) accepted
 
     def with_overrides(
         self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None
@@ -467,11 +587,41 @@ def find(name_or_path: str) -> Path:
     )
 
 
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class StudyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with two fixes for hand-written study files.
+
+    ``3e-3`` is a float, as in YAML 1.2 (YAML 1.1 wants ``3.0e-3`` and reads ``3e-3`` as a string); and a
+    key written twice in one mapping is an error naming the line, where PyYAML keeps the last silently.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                mark = first.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base constructor says so
+                continue
+            if mark is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {mark.line + 1})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
+StudyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+
+
 def load(name_or_path: str) -> Study:
     """Load and validate a study file; every problem is a SweeperError naming file and key path."""
     path = find(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=StudyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -494,17 +644,7 @@ def parse(raw: Any, path: Path) -> Study:
     if not isinstance(name, str) or not name:
         raise fail("name", f"must be a non-empty string, got {name!r}")
 
-    data = raw.get("data")
-    if isinstance(data, str):
-        data = {"root": data}
-    if not isinstance(data, dict) or not isinstance(data.get("root"), str):
-        raise fail("data", "needs {root: PATH} (or root: builtin:digits for the built-in dataset)")
-    for k in data:
-        if k != "root":
-            raise fail(f"data.{k}", f"unknown key{did_you_mean(str(k), ['root'])}; allowed: root")
-    root = data["root"]
-    if not root.startswith("builtin:") and not Path(root).is_absolute():
-        root = str((path.parent / root).resolve()) if (path.parent / root).exists() else root
+    root, max_pixels = _parse_data(raw.get("data"), path, fail)
 
     objective = raw.get("objective", {}) or {}
     if not isinstance(objective, dict):
@@ -522,8 +662,8 @@ def parse(raw: Any, path: Path) -> Study:
         raise fail("objective.direction", f"must be maximize or minimize, got {direction!r}")
 
     epochs = raw.get("epochs", 10)
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise fail("epochs", f"must be a positive integer, got {epochs!r}")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs not in _ONE_UP:
+        raise fail("epochs", f"must be an integer {_ONE_UP}, got {epochs!r}")
 
     sampler = _named_section(raw.get("sampler", "tpe"), "sampler", SAMPLERS, fail)
     pruner = _named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail)
@@ -590,7 +730,29 @@ def parse(raw: Any, path: Path) -> Study:
         space=space,
         description=str(raw.get("description", "")),
         max_params=int(max_params) if max_params is not None else None,
+        max_pixels=max_pixels,
     )
+
+
+def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int]:
+    """``data: PATH`` or ``{root: PATH, max_pixels: N}``; a relative root is relative to the study file."""
+    if isinstance(data, str):
+        data = {"root": data}
+    if not isinstance(data, dict) or not isinstance(data.get("root"), str):
+        raise fail("data", "needs {root: PATH} (or root: builtin:digits for the built-in dataset)")
+    for k in data:
+        if k not in DATA_KEYS:
+            raise fail(
+                f"data.{k}", f"unknown key{did_you_mean(str(k), DATA_KEYS)}; allowed: {', '.join(DATA_KEYS)}"
+            )
+    max_pixels = data.get("max_pixels", DEFAULT_MAX_PIXELS)
+    n = _number(max_pixels) if not isinstance(max_pixels, str) else None
+    if n is None or not n.is_integer() or n not in _ONE_UP:
+        raise fail("data.max_pixels", f"must be an integer {_ONE_UP} (width x height), got {max_pixels!r}")
+    root = data["root"]
+    if not root.startswith("builtin:") and not Path(root).is_absolute():
+        root = str((path.parent / root).resolve()) if (path.parent / root).exists() else root
+    return root, int(n)
 
 
 def _named_section(raw: Any, key: str, names: tuple[str, ...], fail: Any) -> dict[str, Any]:
@@ -604,7 +766,20 @@ def _named_section(raw: Any, key: str, names: tuple[str, ...], fail: Any) -> dic
             f"{key}.name",
             f"unknown {key} {name!r}{did_you_mean(str(name), names)}; allowed: {', '.join(names)}",
         )
+    for arg, value in section.items():
+        if arg in SECTION_ARGS:
+            _check_arg(f"{key}.{arg}", value, *SECTION_ARGS[arg], fail)
     return dict(section)
+
+
+def _check_arg(key: str, value: Any, kind: type, rng: Range, alt: str | None, fail: Any) -> None:
+    """One numeric sampler or pruner argument: its type, its range, or its one word (``auto``)."""
+    if value is None and key.endswith(".seed") or (alt is not None and value == alt):
+        return
+    ok = isinstance(value, int) if kind is int else _number(value) is not None
+    if isinstance(value, (bool, str)) or not ok or float(value) not in rng:
+        what = f"an integer {rng}" if kind is int else f"a number {rng}"
+        raise fail(key, f"must be {what}{f' or {alt!r}' if alt else ''}, got {value!r}")
 
 
 def _plain(v: Any) -> Any:
@@ -638,7 +813,7 @@ def to_document(study: Study) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": study.name,
         "description": study.description,
-        "data": {"root": study.data_root},
+        "data": {"root": study.data_root, "max_pixels": study.max_pixels},
         "objective": {"metric": study.metric, "direction": study.direction},
         "epochs": study.epochs,
         "sampler": _plain(study.sampler),

@@ -276,7 +276,7 @@ space:
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ("fixed: {folds: 0}", "fixed.folds: must lie in [1"),
+        ("fixed: {folds: 0}", "fixed.folds: must be >= 1, got 0"),
         (
             "fixed: {sensitivity: {action: melt}}",
             "fixed.sensitivity.action: expected 'none' | 'freeze' | 'boost'",
