@@ -101,7 +101,7 @@ def trial_config(t: FrozenTrial) -> spec_lib.TrialConfig | None:
 
 
 def config_json(cfg: spec_lib.TrialConfig) -> str:
-    return json.dumps(spec_lib._plain(cfg.flat()), sort_keys=True)
+    return json.dumps(spec_lib.plain(cfg.flat()), sort_keys=True)
 
 
 # ---- the data fingerprint -------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class StudyRecord:
             document=json.loads(json.dumps(spec_lib.to_document(spec))),
             study_file=text,
             path=str(spec.path),
-            overrides=json.loads(json.dumps(spec_lib._plain(overrides))),
+            overrides=json.loads(json.dumps(spec_lib.plain(overrides))),
             data={"root": str(data.root), **fingerprint(data)},
             versions=versions(),
         )

@@ -94,7 +94,7 @@ def refit_best(
             "state": "RUNNING",
             "sweeper.refit.data": "train+val",
             "sweeper.refit.stop_epoch": p.stop_epoch,
-            "sweeper.refit.overrides": json.dumps(spec_lib._plain(p.overrides)) if p.overrides else "none",
+            "sweeper.refit.overrides": json.dumps(spec_lib.plain(p.overrides)) if p.overrides else "none",
         },
     )
     try:
@@ -123,7 +123,7 @@ def _write_refit(p: RefitPlan, data: ImageFolderData, out: Path, result: Any) ->
         "refit_of_trial": p.trial.number,
         "best_trial_value": p.trial.value,
         "stop_epoch": p.stop_epoch,
-        "overrides": spec_lib._plain(p.overrides),
+        "overrides": spec_lib.plain(p.overrides),
     }
     artifacts.write_config(out / "config.yaml", p.cfg, data.classes, result.data_config, extra)
     artifacts.save_weights(out / "model.safetensors", result.state_dict, {"backbone": p.cfg.backbone})

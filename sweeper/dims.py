@@ -1,0 +1,114 @@
+"""Searched dimensions: their study-file syntax (``{float: [lo, hi], log: true}``, ``{int: ...}``,
+``{choice: [...]}``, ``{bool: true}``), checked against the parameter each one searches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sweeper.checks import RULES, coerce
+from sweeper.config import plain
+from sweeper.errors import did_you_mean
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched dimension. ``kind`` picks the Optuna suggest call."""
+
+    kind: Literal["float", "int", "choice", "bool"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def grid(self) -> list[Any]:
+        """The values a grid search visits; only discrete dims have one."""
+        if self.kind == "bool":
+            return [False, True]
+        if self.kind == "choice":
+            return list(self.choices)
+        step = self.step if self.step is not None else (1 if self.kind == "int" and not self.log else None)
+        if step is None or self.log:
+            raise ValueError("a grid needs discrete values: give this dim a `step` (and no `log`)")
+        assert self.low is not None and self.high is not None
+        n = int(round((self.high - self.low) / step))
+        vals = [self.low + i * step for i in range(n + 1)]
+        return [int(v) for v in vals] if self.kind == "int" else vals
+
+
+def _parse_dim(key: str, raw: Any) -> Dim:
+    """Parse ``{float: [lo, hi], log: true}``, ``{int: [lo, hi]}``, ``{choice: [...]}``, ``{bool: true}``."""
+    if not isinstance(raw, dict):
+        raise ValueError(
+            "a dimension is a mapping such as {float: [1e-4, 1e-2], log: true}, {int: [0, 3]}, "
+            f"{{choice: [a, b]}} or {{bool: true}}; got {raw!r}"
+        )
+    kinds = [k for k in ("float", "int", "choice", "bool") if k in raw]
+    extra = set(raw) - {"float", "int", "choice", "bool", "log", "step"}
+    if extra:
+        bad = sorted(extra)[0]
+        raise ValueError(f"unknown dimension option {bad!r}{did_you_mean(bad, ['log', 'step'])}")
+    if len(kinds) != 1:
+        raise ValueError("a dimension needs exactly one of float, int, choice, bool")
+    kind = kinds[0]
+    if kind == "bool":
+        if raw["bool"] is not True:
+            raise ValueError("write a boolean dimension as {bool: true}")
+        _check_values(key, [False, True])
+        return Dim("bool")
+    if kind == "choice":
+        choices = raw["choice"]
+        if not isinstance(choices, list) or len(choices) < 1:
+            raise ValueError(f"choice needs a non-empty list, got {choices!r}")
+        return Dim("choice", choices=tuple(_check_values(key, choices)))
+    bounds = raw[kind]
+    if (
+        not isinstance(bounds, list)
+        or len(bounds) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+    ):
+        raise ValueError(f"{kind} needs [low, high], got {bounds!r}")
+    low, high = bounds
+    if kind == "int" and not all(isinstance(b, int) for b in bounds):
+        raise ValueError(f"int bounds must be integers, got {bounds!r}")
+    if not low < high:
+        raise ValueError(f"`low < high` must hold, but got (low={low}, high={high})")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise ValueError(f"log must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise ValueError(f"a log-scaled range needs low > 0, got low={low}")
+    step = raw.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise ValueError(f"step must be a positive number, got {step!r}")
+    if step is not None and log:
+        raise ValueError("step and log cannot be combined")
+    _check_values(key, [int(b) if kind == "int" else float(b) for b in (low, high)])
+    if kind == "int" and key in RULES:  # "odd" must hold for every value sampled, not only the ends
+        _check_values(key, list(range(low, high + 1, 1 if log or step is None else int(step))))
+    return Dim(kind, low=low, high=high, log=log, step=step)  # type: ignore[arg-type]
+
+
+def _check_values(key: str, values: list[Any]) -> list[Any]:
+    out = []
+    for v in values:
+        try:
+            out.append(coerce(key, v))
+        except ValueError as e:
+            raise ValueError(f"value {v!r} does not fit this parameter: {e}") from None
+    return out
+
+
+def dim_document(d: Dim) -> dict[str, Any]:
+    """A dimension in study-file syntax: the inverse of :func:`_parse_dim`."""
+    if d.kind == "bool":
+        return {"bool": True}
+    if d.kind == "choice":
+        return {"choice": plain(d.choices)}
+    out: dict[str, Any] = {d.kind: [d.low, d.high]}
+    if d.log:
+        out["log"] = True
+    if d.step is not None:
+        out["step"] = d.step
+    return out
