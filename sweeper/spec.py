@@ -250,6 +250,8 @@ def load(name_or_path: str) -> Study:
 
 
 def parse(raw: Any, path: Path) -> Study:
+    """Validate a study file's parsed YAML; every problem is a SweeperError naming the file and key path."""
+
     def fail(key: str, msg: str) -> SweeperError:
         return SweeperError(f"{path}: {key}: {msg}")
 
@@ -258,14 +260,36 @@ def parse(raw: Any, path: Path) -> Study:
     for k in raw:
         if k not in TOP_KEYS:
             raise fail(str(k), f"unknown key{did_you_mean(str(k), TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}")
-
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise fail("name", f"must be a non-empty string, got {name!r}")
-
     root, max_pixels = _parse_data(raw.get("data"), path, fail)
+    metric, direction = _parse_objective(raw.get("objective", {}) or {}, fail)
+    epochs = raw.get("epochs", 10)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs not in _ONE_UP:
+        raise fail("epochs", f"must be an integer {_ONE_UP}, got {epochs!r}")
+    sampler = _named_section(raw.get("sampler", "tpe"), "sampler", SAMPLERS, fail)
+    fixed = _parse_fixed(raw.get("fixed", {}) or {}, fail)
+    space = _parse_space(raw.get("space", {}) or {}, fixed, sampler["name"] == "grid", fail)
+    max_params = _parse_constraints(raw.get("constraints", {}) or {}, fail)
+    return Study(
+        name=name,
+        path=path,
+        data_root=root,
+        metric=metric,
+        direction=direction,
+        epochs=epochs,
+        sampler=sampler,
+        pruner=_named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail),
+        fixed=fixed,
+        space=space,
+        description=str(raw.get("description", "")),
+        max_params=max_params,
+        max_pixels=max_pixels,
+    )
 
-    objective = raw.get("objective", {}) or {}
+
+def _parse_objective(objective: Any, fail: Any) -> tuple[Any, Any]:
     if not isinstance(objective, dict):
         raise fail(
             "objective", f"must be a mapping {{metric: val_acc, direction: maximize}}, got {objective!r}"
@@ -279,15 +303,10 @@ def parse(raw: Any, path: Path) -> Study:
     direction = objective.get("direction", "maximize" if metric == "val_acc" else "minimize")
     if direction not in ("maximize", "minimize"):
         raise fail("objective.direction", f"must be maximize or minimize, got {direction!r}")
+    return metric, direction
 
-    epochs = raw.get("epochs", 10)
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs not in _ONE_UP:
-        raise fail("epochs", f"must be an integer {_ONE_UP}, got {epochs!r}")
 
-    sampler = _named_section(raw.get("sampler", "tpe"), "sampler", SAMPLERS, fail)
-    pruner = _named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail)
-
-    constraints = raw.get("constraints", {}) or {}
+def _parse_constraints(constraints: Any, fail: Any) -> int | None:
     if not isinstance(constraints, dict):
         raise fail("constraints", f"must be a mapping such as {{max_params: 100000000}}, got {constraints!r}")
     for k in constraints:
@@ -301,8 +320,10 @@ def parse(raw: Any, path: Path) -> Study:
         isinstance(max_params, bool) or not isinstance(max_params, (int, float)) or max_params < 1
     ):
         raise fail("constraints.max_params", f"must be a positive number of parameters, got {max_params!r}")
+    return int(max_params) if max_params is not None else None
 
-    fixed_raw = raw.get("fixed", {}) or {}
+
+def _parse_fixed(fixed_raw: Any, fail: Any) -> dict[str, Any]:
     if not isinstance(fixed_raw, dict):
         raise fail("fixed", f"must be a mapping of parameter: value, got {fixed_raw!r}")
     fixed: dict[str, Any] = {}
@@ -313,8 +334,10 @@ def parse(raw: Any, path: Path) -> Study:
             fixed[key] = coerce(key, value)
         except ValueError as e:
             raise fail(f"fixed.{key}", str(e)) from None
+    return fixed
 
-    space_raw = raw.get("space", {}) or {}
+
+def _parse_space(space_raw: Any, fixed: dict[str, Any], grid: bool, fail: Any) -> dict[str, Dim]:
     if not isinstance(space_raw, dict):
         raise fail("space", f"must be a mapping of parameter: dimension, got {space_raw!r}")
     space: dict[str, Dim] = {}
@@ -326,31 +349,11 @@ def parse(raw: Any, path: Path) -> Study:
             raise fail(f"space.{key}", "is also in fixed; a parameter is either fixed or searched")
         try:
             space[key] = _parse_dim(key, dim)
+            if grid:
+                space[key].grid()
         except ValueError as e:
-            raise fail(f"space.{key}", str(e)) from None
-
-    if sampler["name"] == "grid":
-        for key, dim in space.items():
-            try:
-                dim.grid()
-            except ValueError as e:
-                raise fail(f"space.{key}", f"sampler grid: {e}") from None
-
-    return Study(
-        name=name,
-        path=path,
-        data_root=root,
-        metric=metric,
-        direction=direction,
-        epochs=epochs,
-        sampler=sampler,
-        pruner=pruner,
-        fixed=fixed,
-        space=space,
-        description=str(raw.get("description", "")),
-        max_params=int(max_params) if max_params is not None else None,
-        max_pixels=max_pixels,
-    )
+            raise fail(f"space.{key}", f"sampler grid: {e}" if key in space else str(e)) from None
+    return space
 
 
 def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int]:
