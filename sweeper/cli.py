@@ -199,8 +199,6 @@ def run_study(
     ] = None,
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
-    import signal
-
     from sweeper import data as data_lib
     from sweeper import progress as progress_lib
     from sweeper import record as record_lib
@@ -241,37 +239,13 @@ def run_study(
     ]
 
     def on_trial_end(st: Any, t: Any) -> None:
-        keys = (record_lib.FAIL_REASON, record_lib.PRUNE_REASON, record_lib.INFEASIBLE, record_lib.OOM_RETRY)
-        notes = [t.user_attrs.get(k) for k in keys]
-        if t.user_attrs.get(record_lib.RESUMED):
-            notes.append(f"resumed after epoch {t.user_attrs[record_lib.RESUMED]}")
-        why = "; ".join(n for n in notes if n)
         counts = record_lib.counts(st.get_trials(deepcopy=False))
-        progress.trial_finished(t.number, t.state.name, t.value, why, counts, _best_value(st))
+        progress.trial_finished(t.number, t.state.name, t.value, record_lib.why(t), counts, _best_value(st))
 
-    def terminate(signum: int, frame: Any) -> None:  # docker stop, a scheduler's preemption notice
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        with progress:
-            st = sweep.run(
-                spec,
-                trials,
-                objectives,
-                storage,
-                timeout,
-                on_trial_end=on_trial_end,
-                tracker=tracker,
-                record=rec,
-            )
-    except KeyboardInterrupt:
-        typer.echo(
-            "\ninterrupted: running trials were closed as failed and their params re-queued; "
-            "re-run the same command to finish the study (they resume from their last epoch)",
-            err=True,
+    with progress:
+        st = _sweep(
+            lambda: sweep.run(spec, trials, objectives, storage, timeout, 0, on_trial_end, tracker, rec)
         )
-        raise typer.Exit(130) from None
     c = record_lib.counts(st.get_trials(deepcopy=False))
     typer.echo(
         f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
@@ -279,9 +253,29 @@ def run_study(
     )
     _print_best(st, spec.metric)
     typer.echo(
-        f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {tracker.uri}  "
+        f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {stores.display_url(tracker.uri)}  "
         f"(experiment {spec.name!r})"
     )
+
+
+def _sweep(progress: Any, run: Any) -> Any:
+    """Run the sweep under the live progress; SIGTERM (docker stop, a scheduler's preemption) acts as Ctrl-C."""
+    import signal
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        with progress:
+            return run()
+    except KeyboardInterrupt:
+        typer.echo(
+            "\ninterrupted: running trials were closed as failed and their params re-queued; "
+            "re-run the same command to finish the study (they resume from their last epoch)",
+            err=True,
+        )
+        raise typer.Exit(130) from None
 
 
 def _skipped(ds: Any) -> str:

@@ -70,6 +70,14 @@ def counts(trials: list[FrozenTrial], before: int | None = None) -> dict[str, in
     return out
 
 
+def why(t: FrozenTrial) -> str:
+    """How a finished trial ended, in words: its failure, prune or divergence reason, retries, resume."""
+    notes = [t.user_attrs.get(k) for k in (FAIL_REASON, PRUNE_REASON, INFEASIBLE, OOM_RETRY)]
+    if t.user_attrs.get(RESUMED):
+        notes.append(f"resumed after epoch {t.user_attrs[RESUMED]}")
+    return "; ".join(str(n) for n in notes if n)
+
+
 def feasible(t: FrozenTrial) -> bool:
     return all(c <= 0 for c in t.constraints.values())
 
