@@ -242,10 +242,9 @@ def run_study(
         counts = record_lib.counts(st.get_trials(deepcopy=False))
         progress.trial_finished(t.number, t.state.name, t.value, record_lib.why(t), counts, _best_value(st))
 
-    with progress:
-        st = _sweep(
-            lambda: sweep.run(spec, trials, objectives, storage, timeout, 0, on_trial_end, tracker, rec)
-        )
+    st = _sweep(
+        progress, lambda: sweep.run(spec, trials, objectives, storage, timeout, 0, on_trial_end, tracker, rec)
+    )
     c = record_lib.counts(st.get_trials(deepcopy=False))
     typer.echo(
         f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
@@ -259,7 +258,7 @@ def run_study(
 
 
 def _sweep(progress: Any, run: Any) -> Any:
-    """Run the sweep under the live progress; SIGTERM (docker stop, a scheduler's preemption) acts as Ctrl-C."""
+    """Run the sweep under the live progress; SIGTERM (docker stop, preemption) acts as Ctrl-C."""
     import signal
 
     def terminate(signum: int, frame: Any) -> None:
