@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import typer
 import yaml
@@ -108,6 +108,9 @@ StorageOpt = Annotated[
     ),
 ]
 Combine = Literal["refit", "folds", "top", "soup"]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document instead of text, for scripts.")
+]
 TrackingOpt = Annotated[
     str | None,
     typer.Option(
@@ -376,36 +379,19 @@ def _warn(notes: list[str]) -> None:
 
 
 @app.command("studies")
-def studies(storage: StorageOpt = None) -> None:
-    """List study files with their trials (complete/pruned/failed) and best value."""
+def studies(storage: StorageOpt = None, json_: JsonOpt = False) -> None:
+    """List the study files and the stored studies: trials (complete/pruned/failed) and best value."""
     import optuna
 
-    from sweeper import record as record_lib
-    from sweeper import stores
+    from sweeper import stores, views
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    stored: dict[str, Any] = {}
-    try:
-        st = stores.storage(storage)
-        stored = {s.study_name: s for s in optuna.get_all_study_summaries(st)}
-    except SweeperError:
-        st = None
-    typer.echo(f"{'study':<20} {'complete':>8} {'pruned':>7} {'failed':>7} {'best':>8}  file")
-    for path in spec_lib.available_studies():
-        try:
-            name = spec_lib.load(str(path)).name
-        except SweeperError as e:
-            typer.echo(f"{path.stem:<20} invalid: {e}")
-            continue
-        row = [0, 0, 0]
-        best = "-"
-        if name in stored and st is not None:
-            s = optuna.load_study(study_name=name, storage=st)
-            c = record_lib.counts(s.get_trials(deepcopy=False))
-            row = [c["complete"], c["pruned"], c["fail"]]
-            if c["complete"]:
-                best = f"{s.best_value:.4f}"
-        typer.echo(f"{name:<20} {row[0]:>8} {row[1]:>7} {row[2]:>7} {best:>8}  {path}")
+    rows = views.studies_view(stores.storage(storage))
+    if json_:
+        _print_json(rows)
+        return
+    for line in views.studies_lines(rows):
+        typer.echo(line)
 
 
 @app.command("show")
@@ -421,55 +407,30 @@ def show(
         ),
     ] = False,
     storage: StorageOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
-    """Show the best trial and a table of the top trials (or, with --ablation, the ablation table)."""
-    from optuna.trial import TrialState
-
+    """Show what a study ran with, its best trial and the top trials (or, with --ablation, the ablation)."""
     from sweeper import record as record_lib
+    from sweeper import views
 
     src = record_lib.open_recorded(study, storage)
-    spec, st = src.spec, src.study
     _warn(src.notes)
-    c = record_lib.counts(st.get_trials(deepcopy=False))
-    typer.echo(
-        f"study {spec.name}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
-        f"{c['running']} running"
-    )
-    _print_record(src.record)
-    _print_best(st, spec.metric)
+    view = views.study_view(src, top)
+    table: list[str] = []
     if ablation:
-        _print_ablation(spec, st)
+        view["ablation"], table = _ablation(src.spec, src.study)
+        view.pop("top")
+    if json_:
+        _print_json(view)
         return
-    done = [t for t in st.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    done.sort(key=lambda t: cast(float, t.value), reverse=spec.direction == "maximize")
-    keys = sorted(spec.space)
-    typer.echo("")
-    typer.echo("  ".join([f"{'trial':>5}", f"{spec.metric:>8}", f"{'epoch':>5}", *keys]))
-    for t in done[:top]:
-        cells = [f"{t.number:>5}", f"{t.value:>8.4f}", f"{t.user_attrs.get(record_lib.BEST_EPOCH, ''):>5}"]
-        cells += [_fmt(t.params.get(k)).rjust(len(k)) for k in keys]
-        typer.echo("  ".join(cells))
+    for line in views.show_lines(view) + table:
+        typer.echo(line)
 
 
-def _print_record(rec: Any) -> None:
-    """What the study ran with: file, overrides, data and versions (from the study record)."""
-    if rec is None:
-        return
-    o = rec.overrides
-    sets = " ".join(f"--set {k}={v}" for k, v in (o.get("set") or {}).items())
-    flags = [sets] + [f"--{k} {o[k]}" for k in ("epochs", "data", "name") if o.get(k)]
-    given = " ".join(x for x in flags if x)
-    d = rec.data
-    typer.echo(f"  ran with: {rec.path} {given}".rstrip())
-    typer.echo(
-        f"  data: {d.get('root')} ({len(d.get('classes', []))} classes, "
-        f"{', '.join(f'{n} {k}' for k, n in d.get('images', {}).items())}; digest {d.get('digest')})"
-    )
-    typer.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in rec.versions.items()))
-
-
-def _print_ablation(spec: spec_lib.Study, st: Any) -> None:
+def _ablation(spec: spec_lib.Study, st: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ablation table of a study's on/off dimensions: its rows, and the lines ``show`` prints."""
     from sweeper import ablation as ablation_lib
+    from sweeper import report as report_lib
 
     bools = [k for k, d in spec.space.items() if d.kind == "bool"]
     if not bools:
@@ -478,13 +439,8 @@ def _print_ablation(spec: spec_lib.Study, st: Any) -> None:
             "to ablate: the table compares trials with an on/off option on against off"
         )
     ab = ablation_lib.compute(st.get_trials(deepcopy=False), bools, spec.metric, spec.direction)
-    typer.echo("")
-    for line in ablation_lib.format_table(ab):
-        typer.echo(line)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    head, rows = report_lib.ablation_rows(ab)
+    return [dict(zip(head, r, strict=True)) for r in rows], ["", *ablation_lib.format_table(ab)]
 
 
 @app.command("report")
@@ -540,8 +496,8 @@ def ui(
 
 
 @app.command("check")
-def check(study: StudyArg, set_: SetOpt = None) -> None:
-    """Validate a study file and print its search space; nothing runs."""
+def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
+    """Validate a study file (merged over its bases) and print it with its search space; nothing runs."""
     from sweeper import model as model_lib
     from sweeper import space as space_lib
     from sweeper import sweep
@@ -554,7 +510,19 @@ def check(study: StudyArg, set_: SetOpt = None) -> None:
     )
     for b in backbones:
         model_lib.check_backbone(b)
+    if json_:
+        _print_json(
+            {
+                "valid": True,
+                "path": str(spec.path),
+                "bases": list(spec.bases),
+                "study": spec_lib.to_document(spec),
+            }
+        )
+        return
     typer.echo(f"study {spec.name} ({spec.path}) is valid")
+    if spec.bases:
+        typer.echo(f"  base: {' <- '.join(spec.bases)} (merged below; this file's keys win)")
     if spec.description:
         typer.echo(f"  {spec.description.strip()}")
     typer.echo(f"  data: {spec.data_root}")
@@ -570,6 +538,13 @@ def check(study: StudyArg, set_: SetOpt = None) -> None:
     typer.echo("  space:")
     for k, d in spec.space.items():
         typer.echo(f"    {k}: {space_lib.describe(d)}")
+
+
+def _print_json(doc: Any) -> None:
+    """Machine-readable output: one JSON document on stdout (tuples as lists, paths as strings)."""
+    import json
+
+    typer.echo(json.dumps(spec_lib.plain(doc), indent=2, default=str))
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:

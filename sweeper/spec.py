@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from sweeper import bases
 from sweeper.checks import (
     _NON_NEG,
     _ONE_UP,
@@ -137,6 +138,7 @@ class Study:
     description: str = ""
     max_params: int | None = None  # parameter budget: a config over it is recorded, never trained
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: the largest image (width x height) accepted
+    bases: tuple[str, ...] = ()  # the base files merged under this one, nearest first
 
     def with_overrides(
         self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None
@@ -164,45 +166,48 @@ class Study:
         return build_config(values)
 
 
-def _flatten_fixed(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key in GROUPS:
-            out.update(_flatten_fixed(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
+SHIPPED = Path(__file__).resolve().parent.parent / "studies"
+
+
+def study_dirs() -> list[Path]:
+    """Where study names are looked up, first match wins: ``$SWEEPER_STUDIES_DIR`` alone when set, else
+    ``./studies`` (your own studies) and then the shipped ones, so a local folder adds, never hides."""
+    if os.environ.get("SWEEPER_STUDIES_DIR"):
+        return [Path(os.environ["SWEEPER_STUDIES_DIR"])]
+    local = Path.cwd() / "studies"
+    dirs = [local] if local.is_dir() and local.resolve() != SHIPPED else []
+    return [*dirs, SHIPPED]
 
 
 def studies_dir() -> Path:
-    """Where study names are looked up: ``$SWEEPER_STUDIES_DIR``, ``./studies``, else the shipped ones."""
-    if os.environ.get("SWEEPER_STUDIES_DIR"):
-        return Path(os.environ["SWEEPER_STUDIES_DIR"])
-    local = Path.cwd() / "studies"
-    if local.is_dir():
-        return local
-    return Path(__file__).resolve().parent.parent / "studies"
+    """The first folder study names are looked up in (see :func:`study_dirs`)."""
+    return study_dirs()[0]
 
 
 def available_studies() -> list[Path]:
-    return sorted(studies_dir().glob("*.yaml"))
+    """Every study file by name (first folder wins); files named ``_*.yaml`` are bases, not listed."""
+    found: dict[str, Path] = {}
+    for d in study_dirs():
+        for p in sorted(d.glob("*.yaml")):
+            if not p.name.startswith("_"):
+                found.setdefault(p.stem, p)
+    return sorted(found.values(), key=lambda p: p.stem)
 
 
 def find(name_or_path: str) -> Path:
-    """Resolve a study name (``studies/NAME.yaml``) or a path to a study file."""
+    """Resolve a study name (``NAME`` in the study folders) or a path to a study file."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise SweeperError(f"study file {p} does not exist")
         return p
-    candidate = studies_dir() / f"{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
+    for d in study_dirs():
+        if (d / f"{name_or_path}.yaml").is_file():
+            return d / f"{name_or_path}.yaml"
     names = [s.stem for s in available_studies()]
     raise SweeperError(
         f"unknown study {name_or_path!r}{did_you_mean(name_or_path, names)}; "
-        f"available in {studies_dir()}: {', '.join(names) or 'none'}"
+        f"available in {', '.join(map(str, study_dirs()))}: {', '.join(names) or 'none'}"
     )
 
 
@@ -237,16 +242,56 @@ StudyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list
 
 
 def load(name_or_path: str) -> Study:
-    """Load and validate a study file; every problem is a SweeperError naming file and key path."""
+    """Load and validate a study file (merged over its ``base:`` chain); every problem is a SweeperError
+    naming the file and key path."""
     path = find(name_or_path)
+    raw, chain = _load_chain(path, [])
+    return dataclasses.replace(parse(raw, path), bases=tuple(str(p) for p in chain))
+
+
+def _read(path: Path) -> Any:
     try:
-        raw = yaml.load(path.read_text(), Loader=StudyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(path.read_text(), Loader=StudyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SweeperError(f"{path}:{where}: not valid YAML: {problem}") from None
-    return parse(raw, path)
+
+
+def _load_chain(path: Path, seen: list[Path]) -> tuple[Any, list[Path]]:
+    """The file's document merged over its bases', and the chain of base files (nearest first)."""
+    raw = _read(path)
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw, []
+    ref = raw["base"]
+    if not isinstance(ref, str) or not ref:
+        raise SweeperError(f"{path}: base: must be a study name or a path to a study file, got {ref!r}")
+    base_path = _find_base(ref, path)
+    if base_path.resolve() in [p.resolve() for p in [*seen, path]]:
+        raise bases.chain_error([*seen, path], base_path)
+    base_raw, chain = _load_chain(base_path, [*seen, path])
+    if not isinstance(base_raw, dict):
+        raise SweeperError(f"{base_path}: a study file is a YAML mapping (it is the base of {path})")
+    merged = bases.merge(bases.absolute_root(base_raw, base_path), raw, GROUPS)
+    return merged, [base_path, *chain]
+
+
+def _find_base(ref: str, child: Path) -> Path:
+    """A base named by path (relative to the child's folder) or by study name (the child's folder first)."""
+    p = Path(ref)
+    if p.suffix in (".yaml", ".yml") or "/" in ref:
+        p = p if p.is_absolute() else child.parent / p
+        if not p.is_file():
+            raise SweeperError(f"{child}: base: study file {p} does not exist")
+        return p
+    sibling = child.parent / f"{ref}.yaml"
+    if sibling.is_file():
+        return sibling
+    try:
+        return find(ref)
+    except SweeperError as e:
+        raise SweeperError(f"{child}: base: {e}") from None
 
 
 def parse(raw: Any, path: Path) -> Study:
@@ -327,7 +372,7 @@ def _parse_fixed(fixed_raw: Any, fail: Any) -> dict[str, Any]:
     if not isinstance(fixed_raw, dict):
         raise fail("fixed", f"must be a mapping of parameter: value, got {fixed_raw!r}")
     fixed: dict[str, Any] = {}
-    for key, value in _flatten_fixed(fixed_raw).items():
+    for key, value in bases.flatten(fixed_raw, GROUPS).items():
         if key not in PARAM_TYPES:
             raise fail(f"fixed.{key}", f"unknown parameter{did_you_mean(key, PARAM_TYPES)}")
         try:

@@ -149,7 +149,7 @@ def test_ctrl_c_closes_the_running_trial_and_rerun_finishes(tmp_path: Path, stud
 
     from tests.conftest import REPO, interruptible
 
-    study_file.write_text(study_file.read_text().replace("epochs: 3", "epochs: 40"))
+    study_file.write_text(study_file.read_text().replace("epochs: 3", "epochs: 12"))
     cmd = [sys.executable, "-m", "sweeper", "run-study", str(study_file), "--trials", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -175,10 +175,12 @@ def test_ctrl_c_closes_the_running_trial_and_rerun_finishes(tmp_path: Path, stud
     runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
 
-    r = subprocess.run([*cmd, "--epochs", "1"], env=env, capture_output=True, text=True)
+    again = [*cmd[:-1], "1"]  # the same study (changing --epochs would be another experiment): 1 trial
+    r = subprocess.run(again, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     trials = optuna.load_study(study_name="e2e", storage=optuna_url()).trials
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["resumed_from_epoch"] >= 1  # the interrupted trial, resumed
 
 
 def test_quickstart_reaches_095_on_the_builtin_digits(cli) -> None:

@@ -1,0 +1,146 @@
+"""What ``studies`` and ``show`` tell, as plain data (printed as text, or as JSON with ``--json``).
+
+Both forms come from the same dictionaries, so a script reading the JSON sees exactly what a person reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper import record as record_lib
+from sweeper import spec as spec_lib
+from sweeper.errors import SweeperError
+
+
+def trial_view(t: FrozenTrial) -> dict[str, Any]:
+    """One trial: number, state, value, best epoch, searched params, and why it ended as it did."""
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        "best_epoch": t.user_attrs.get(record_lib.BEST_EPOCH),
+        "params": dict(t.params),
+        "why": record_lib.why(t),
+    }
+
+
+def study_view(src: record_lib.Recorded, top: int) -> dict[str, Any]:
+    """A stored study: its counts, what it ran with, the best trial and the ``top`` complete trials."""
+    spec, st = src.spec, src.study
+    trials = st.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    done.sort(key=lambda t: float(t.value), reverse=spec.direction == "maximize")  # type: ignore[arg-type]
+    try:
+        best: FrozenTrial | None = record_lib.best_trial(st)
+    except SweeperError:
+        best = None
+    rec = src.record
+    return {
+        "study": spec.name,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "searched": sorted(spec.space),
+        "counts": record_lib.counts(trials),
+        "record": None
+        if rec is None
+        else {"path": rec.path, "overrides": rec.overrides, "data": rec.data, "versions": rec.versions},
+        "best": None if best is None else trial_view(best),
+        "top": [trial_view(t) for t in done[:top]],
+    }
+
+
+def show_lines(view: dict[str, Any]) -> list[str]:
+    c = view["counts"]
+    lines = [
+        f"study {view['study']}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
+        f"{c['running']} running"
+    ]
+    lines += _record_lines(view["record"])
+    best, metric = view["best"], view["metric"]
+    if best is None:
+        lines.append("no complete trial yet")
+    else:
+        lines.append(
+            f"best trial {best['number']}: {metric}={best['value']:.4f} at epoch {best['best_epoch'] or '?'}"
+        )
+        lines += [f"  {k} = {v}" for k, v in sorted(best["params"].items())]
+    if "top" not in view:
+        return lines
+    keys = view["searched"]
+    lines += ["", "  ".join([f"{'trial':>5}", f"{metric:>8}", f"{'epoch':>5}", *keys])]
+    for t in view["top"]:
+        cells = [f"{t['number']:>5}", f"{t['value']:>8.4f}", f"{t['best_epoch'] or '':>5}"]
+        cells += [_fmt(t["params"].get(k)).rjust(len(k)) for k in keys]
+        lines.append("  ".join(cells))
+    return lines
+
+
+def _record_lines(rec: dict[str, Any] | None) -> list[str]:
+    """What the study ran with: file, overrides, data and versions (from the study record)."""
+    if rec is None:
+        return []
+    o = rec["overrides"]
+    sets = " ".join(f"--set {k}={v}" for k, v in (o.get("set") or {}).items())
+    flags = [sets] + [f"--{k} {o[k]}" for k in ("epochs", "data", "name") if o.get(k)]
+    given = " ".join(x for x in flags if x)
+    d = rec["data"]
+    images = ", ".join(f"{n} {k}" for k, n in d.get("images", {}).items())
+    return [
+        f"  ran with: {rec['path']} {given}".rstrip(),
+        f"  data: {d.get('root')} ({len(d.get('classes', []))} classes, {images}; digest {d.get('digest')})",
+        "  versions: " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items()),
+    ]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# ---- every study: the files, and what storage holds ----------------------------------------------
+
+
+def studies_view(store: optuna.storages.BaseStorage | None) -> list[dict[str, Any]]:
+    """One row per study file (valid or not) and per stored study that no file names (``--name``)."""
+    stored = {s.study_name: s for s in optuna.get_all_study_summaries(store)} if store is not None else {}
+    rows: list[dict[str, Any]] = []
+    named: set[str] = set()
+    for path in spec_lib.available_studies():
+        try:
+            name = spec_lib.load(str(path)).name
+        except SweeperError as e:
+            rows.append({"study": path.stem, "file": str(path), "error": str(e)})
+            continue
+        named.add(name)
+        rows.append(_row(name, path, stored.get(name) is not None, store))
+    rows += [_row(name, None, True, store) for name in sorted(set(stored) - named)]
+    return rows
+
+
+def _row(name: str, path: Path | None, exists: bool, store: Any) -> dict[str, Any]:
+    c = {"complete": 0, "pruned": 0, "fail": 0, "running": 0}
+    best = None
+    if exists and store is not None:
+        st = optuna.load_study(study_name=name, storage=store)
+        c = record_lib.counts(st.get_trials(deepcopy=False))
+        if c["complete"]:
+            best = float(st.best_value)
+    keys = ("complete", "pruned", "fail", "running")
+    return {"study": name, "file": str(path) if path else None, **{k: c[k] for k in keys}, "best": best}
+
+
+def studies_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{'study':<20} {'complete':>8} {'pruned':>7} {'failed':>7} {'best':>8}  file"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"{r['study']:<20} invalid: {r['error']}")
+            continue
+        best = f"{r['best']:.4f}" if r["best"] is not None else "-"
+        where = r["file"] or "(in storage only)"
+        lines.append(
+            f"{r['study']:<20} {r['complete']:>8} {r['pruned']:>7} {r['fail']:>7} {best:>8}  {where}"
+        )
+    return lines
