@@ -511,6 +511,64 @@ def slurm(
     typer.echo(f"submitted job {job_id}: squeue -j {job_id}; logs in {job.logs}")
 
 
+@app.command("k8s")
+def k8s(
+    study: StudyArg,
+    trials: Annotated[int, typer.Option("--trials", help="Total trials the study should hold (all pods).")],
+    workers: Annotated[int, typer.Option("--workers", help="Worker pods at once, one GPU each.")],
+    image: Annotated[
+        str, typer.Option("--image", help="The workers' image (docker/Dockerfile), as the cluster pulls it.")
+    ] = "sweeper:latest",
+    mlflow_image: Annotated[
+        str, typer.Option("--mlflow-image", help="The MLflow server's image (docker/mlflow.Dockerfile).")
+    ] = "sweeper-mlflow:latest",
+    namespace: Annotated[str, typer.Option("--namespace", help="Kubernetes namespace.")] = "sweeper",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the kustomize files. Default: print them.")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage", help="An external PostgreSQL URL (no password) instead of the StatefulSet."
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="An external MLflow server URL instead of the Deployment."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Cap epochs per trial.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Render Kubernetes manifests: PostgreSQL, MLflow and an Indexed Job of GPU workers for one study."""
+    from sweeper import k8s as k8s_lib
+
+    spec = load_spec(study, None, set_, epochs)
+    passed = [*(["--epochs", str(epochs)] if epochs else []), *[a for s in set_ or [] for a in ("--set", s)]]
+    plan = k8s_lib.Plan(
+        study_name=spec.name,
+        study_text=spec.path.read_text(),
+        trials=trials,
+        workers=workers,
+        namespace=namespace,
+        image=image,
+        mlflow_image=mlflow_image,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        uses_data=not str(spec.data_root).startswith("builtin:"),
+        run_args=tuple(passed),
+    )
+    text = k8s_lib.to_text(plan)
+    if out is None:
+        typer.echo("".join(f"# --- {name}\n{body}" for name, body in text.items()), nl=False)
+        return
+    k8s_lib.write(out, text)
+    typer.echo(
+        f"wrote {', '.join(text)} to {out}; then: kubectl create namespace {namespace}; "
+        f"kubectl -n {namespace} create secret generic {k8s_lib.SECRET} --from-literal=password=...; "
+        f"copy the dataset into the PVC sweeper-data; kubectl apply -k {out}"
+    )
+
+
 def main() -> None:
     """Console entry point: one-line errors for user mistakes, a traceback only for bugs."""
     try:
