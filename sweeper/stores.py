@@ -125,14 +125,12 @@ def load_existing(name: str, storage_url: str | None) -> optuna.Study:
 
 
 def display_url(url: str) -> str:
-    """A storage URL fit to print: the password masked."""
-    if "@" not in url:
-        return url
-    from sqlalchemy.engine import make_url
+    """A storage or tracking URL fit to print: the password masked (one rule for every URL printed)."""
+    from sweeper import reach
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+        return reach.mask(url)
+    except ValueError:  # not parseable as a URL: print the part after the credentials only
         return url.split("@")[-1]
 
 
