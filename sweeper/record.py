@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,7 @@ class StudyRecord:
     overrides: dict[str, Any]  # --set, --epochs, --data as given
     data: dict[str, Any]  # {"root": ..., **fingerprint}
     versions: dict[str, str]
+    bases: list[str] = field(default_factory=list)  # the base files the study file was merged over
 
     @classmethod
     def of(cls, spec: spec_lib.Study, data: Any, overrides: dict[str, Any]) -> StudyRecord:
@@ -169,6 +170,7 @@ class StudyRecord:
             overrides=json.loads(json.dumps(spec_lib.plain(overrides))),
             data={"root": str(data.root), **fingerprint(data)},
             versions=versions(),
+            bases=list(spec.bases),
         )
 
     def spec(self) -> spec_lib.Study:
@@ -178,6 +180,7 @@ class StudyRecord:
 
 def save(study: optuna.Study, rec: StudyRecord) -> None:
     doc = {"document": rec.document, "path": rec.path, "overrides": rec.overrides, "versions": rec.versions}
+    doc["bases"] = rec.bases
     study.set_user_attr(RECORD, doc)
     study.set_user_attr(STUDY_FILE, rec.study_file)
     study.set_user_attr(DATA, rec.data)
@@ -190,7 +193,9 @@ def load(study: optuna.Study) -> StudyRecord | None:
         return None
     r = attrs[RECORD]
     text, data = attrs.get(STUDY_FILE, ""), attrs.get(DATA, {})
-    return StudyRecord(r["document"], text, r["path"], r["overrides"], data, r["versions"])
+    return StudyRecord(
+        r["document"], text, r["path"], r["overrides"], data, r["versions"], r.get("bases", [])
+    )
 
 
 def differences(recorded: StudyRecord, now: StudyRecord) -> list[str]:

@@ -138,7 +138,9 @@ class Study:
     description: str = ""
     max_params: int | None = None  # parameter budget: a config over it is recorded, never trained
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: the largest image (width x height) accepted
-    bases: tuple[str, ...] = ()  # the base files merged under this one, nearest first
+    bases: tuple[str, ...] = field(
+        default=(), compare=False
+    )  # base files merged under this one, nearest first
 
     def with_overrides(
         self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None

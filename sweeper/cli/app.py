@@ -1,0 +1,211 @@
+"""The ``sweeper`` application: its options, shared helpers and the console entry point.
+
+Commands are thin: parse options, call the library, print. They live beside this module, one file per
+kind of work (:mod:`running`, :mod:`reading`, :mod:`cluster`), and register themselves on :data:`app`.
+
+Heavy libraries (torch, timm, optuna, mlflow) are imported inside commands so ``--help`` is instant.
+Exit codes: 0 done; 2 a usage error (Click's usage message) or a :class:`SweeperError` (one line on
+stderr); 130 interrupted; 1 a bug (with its traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+import yaml
+
+from sweeper import spec as spec_lib
+from sweeper.errors import SweeperError
+
+ENVIRONMENT = {  # every variable sweeper reads; the top-level --help and the README list them
+    "SWEEPER_STORAGE": "Optuna storage URL, as --storage (default sqlite:///sweeper.db)",
+    "MLFLOW_TRACKING_URI": "MLflow tracking URI, as --tracking-uri (default sqlite:///mlruns/mlflow.db)",
+    "SWEEPER_STUDIES_DIR": "where study names are looked up (default ./studies, else the shipped ones)",
+    "SWEEPER_DATA_DIR": "generated datasets and decoded-image caches (default ~/.cache/sweeper)",
+    "SWEEPER_CACHE_GB": "decoded-image cache budget in GB; 0 turns it off (default half the free space)",
+    "SWEEPER_CHECKPOINTS": "trial checkpoints that interrupted trials resume from (default ./checkpoints)",
+    "SWEEPER_HEARTBEAT": "seconds between a running trial's heartbeats (default 20)",
+    "SWEEPER_GRACE": "seconds without a heartbeat before a trial counts as lost and is redone (default 60)",
+}
+
+app = typer.Typer(
+    add_completion=True,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hyperparameter sweeps for fine-tuning timm image classifiers (Optuna + MLflow).",
+    epilog="Environment variables:\n\n" + "\n\n".join(f"{k}: {v}." for k, v in ENVIRONMENT.items()),
+)
+
+
+def complete_study(incomplete: str) -> list[str]:
+    """Shell completion for STUDY: the names of the study files in the studies directory."""
+    return [p.stem for p in spec_lib.available_studies() if p.stem.startswith(incomplete)]
+
+
+def installed_version() -> str:
+    """The installed distribution's version, else the package's own (a source checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("sweeper")
+    except PackageNotFoundError:
+        from sweeper import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sweeper {installed_version()}")
+        raise typer.Exit()
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be > 0, got {value:g}")
+    return value
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """The options before the command; --version acts (eagerly) in its callback."""
+
+
+StudyArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="STUDY",
+        help="A study name in studies/ or a path to a study file.",
+        autocompletion=complete_study,
+    ),
+]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Dataset root (overrides the study's data.root).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="KEY=VALUE: override a fixed param or pin a search dimension (e.g. backbone=resnet18). "
+        "Repeatable.",
+    ),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        envvar="SWEEPER_STORAGE",
+        help="Optuna storage URL (SQLAlchemy). Default: sqlite:///sweeper.db.",
+    ),
+]
+Combine = Literal["refit", "folds", "top", "soup"]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document instead of text, for scripts.")
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI. Default: sqlite:///mlruns/mlflow.db.",
+    ),
+]
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SweeperError(f"--set {item!r}: expected KEY=VALUE, e.g. --set backbone=resnet18")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_spec(
+    study: str, data: Path | None = None, sets: list[str] | None = None, epochs: int | None = None
+) -> spec_lib.Study:
+    return spec_lib.load(study).with_overrides(parse_sets(sets), epochs, str(data) if data else None)
+
+
+def preflight(spec: spec_lib.Study) -> None:
+    """Fail before any trial on what every trial would fail on: unknown models, bad pretrained weights."""
+    from sweeper import model as model_lib
+
+    backbones: set[str] = set()
+    if "backbone" in spec.space:
+        backbones.update(spec.space["backbone"].choices)
+    backbones.add(spec.resolve({}).backbone)
+    for b in sorted(backbones):
+        model_lib.check_backbone(b)
+    if "backbone" not in spec.space:
+        cfg = spec.resolve({})
+        if cfg.pretrained or cfg.weights_file:
+            model_lib.create(cfg, num_classes=2)  # loads the weights once: missing weights fail here
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+
+
+def _print_json(doc: Any) -> None:
+    """Machine-readable output: one JSON document on stdout (tuples as lists, paths as strings)."""
+    import json
+
+    typer.echo(json.dumps(spec_lib.plain(doc), indent=2, default=str))
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The exception classes of Click's usage errors, whichever Click raises them.
+
+    Typer >= 0.2x bundles its own copy of Click (``typer._click``), whose ``ClickException`` derives from
+    the public ``typer.TyperException``, not from the ``click`` package's; older Typer raises ``click``'s.
+    """
+    classes: list[type[Exception]] = []
+    if isinstance(getattr(typer, "TyperException", None), type):
+        classes.append(typer.TyperException)
+    try:
+        import click
+
+        classes.append(click.ClickException)
+    except ImportError:  # pragma: no cover - Typer without the click package
+        pass
+    return tuple(classes)
+
+
+def main() -> None:
+    """Console entry point: one-line errors for user mistakes, a traceback only for bugs."""
+    try:
+        rc = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except SweeperError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except _usage_errors() as e:  # usage: ..., Try 'sweeper CMD --help' for help., Error: ...
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"Error: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 2))

@@ -1,0 +1,184 @@
+"""Commands that read a study: studies, show, report, ui, check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sweeper import spec as spec_lib
+from sweeper.cli.app import (
+    JsonOpt,
+    SetOpt,
+    StorageOpt,
+    StudyArg,
+    TrackingOpt,
+    _print_json,
+    _warn,
+    app,
+    load_spec,
+)
+from sweeper.errors import SweeperError
+
+
+@app.command("studies")
+def studies(storage: StorageOpt = None, json_: JsonOpt = False) -> None:
+    """List the study files and the stored studies: trials (complete/pruned/failed) and best value."""
+    import optuna
+
+    from sweeper import stores, views
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = views.studies_view(stores.storage(storage))
+    if json_:
+        _print_json(rows)
+        return
+    for line in views.studies_lines(rows):
+        typer.echo(line)
+
+
+@app.command("show")
+def show(
+    study: StudyArg,
+    top: Annotated[int, typer.Option("--top", min=1, help="Rows in the table of best trials.")] = 10,
+    ablation: Annotated[
+        bool,
+        typer.Option(
+            "--ablation",
+            help="Instead of the top trials: each on/off dimension's effect on the objective, "
+            "with a bootstrap interval, most helpful first.",
+        ),
+    ] = False,
+    storage: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show what a study ran with, its best trial and the top trials (or, with --ablation, the ablation)."""
+    from sweeper import record as record_lib
+    from sweeper import views
+
+    src = record_lib.open_recorded(study, storage)
+    _warn(src.notes)
+    view = views.study_view(src, top)
+    table: list[str] = []
+    if ablation:
+        view["ablation"], table = _ablation(src.spec, src.study)
+        view.pop("top")
+    if json_:
+        _print_json(view)
+        return
+    for line in views.show_lines(view) + table:
+        typer.echo(line)
+
+
+def _ablation(spec: spec_lib.Study, st: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ablation table of a study's on/off dimensions: its rows, and the lines ``show`` prints."""
+    from sweeper import ablation as ablation_lib
+    from sweeper import report as report_lib
+
+    bools = [k for k, d in spec.space.items() if d.kind == "bool"]
+    if not bools:
+        raise SweeperError(
+            f"study {spec.name!r} searches no boolean dimension, so there is nothing "
+            "to ablate: the table compares trials with an on/off option on against off"
+        )
+    ab = ablation_lib.compute(st.get_trials(deepcopy=False), bools, spec.metric, spec.direction)
+    head, rows = report_lib.ablation_rows(ab)
+    return [dict(zip(head, r, strict=True)) for r in rows], ["", *ablation_lib.format_table(ab)]
+
+
+@app.command("report")
+def report(
+    study: StudyArg,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="The HTML file to write (default: STUDY-report.html here).")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Trials whose learning curves are drawn.")] = 5,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Write one self-contained HTML report of a study (plots, ablation, trials) and log it to MLflow."""
+    from sweeper import record as record_lib
+    from sweeper import report as report_lib
+    from sweeper import tracking
+
+    src = record_lib.open_recorded(study, storage)
+    spec, st = src.spec, src.study
+    _warn(src.notes)
+    tracker = tracking.Tracker(tracking_uri, spec.name)
+    out = out or Path(f"{spec.name}-report.html")
+    if out.is_dir():
+        out = out / f"{spec.name}-report.html"
+    run_id = report_lib.write(spec, st, tracker, out, top)
+    typer.echo(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline); logged to MLflow experiment "
+        f"{spec.name!r} as run {report_lib.REPORT_RUN!r} ({run_id}) in {tracker.uri}"
+    )
+
+
+@app.command("ui")
+def ui(
+    study: StudyArg,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", min=1, max=65535, help="Port on 127.0.0.1 (default: 5000, or any free one if taken)."
+        ),
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+    open_: Annotated[
+        bool, typer.Option("--open", help="Also open the experiment in the default browser.")
+    ] = False,
+) -> None:
+    """Start the MLflow UI on the study's tracking store and print the study's experiment URL."""
+    from sweeper import tracking
+    from sweeper import ui as ui_lib
+
+    spec = spec_lib.load(study)
+    code = ui_lib.serve(tracking.resolve_uri(tracking_uri), spec.name, port, typer.echo, open_)
+    raise typer.Exit(code)
+
+
+@app.command("check")
+def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
+    """Validate a study file (merged over its bases) and print it with its search space; nothing runs."""
+    from sweeper import model as model_lib
+    from sweeper import space as space_lib
+    from sweeper import sweep
+
+    spec = load_spec(study, sets=set_)
+    sweep.build_sampler(spec)
+    sweep.build_pruner(spec)
+    backbones = (
+        set(spec.space["backbone"].choices) if "backbone" in spec.space else {spec.resolve({}).backbone}
+    )
+    for b in backbones:
+        model_lib.check_backbone(b)
+    if json_:
+        _print_json(
+            {
+                "valid": True,
+                "path": str(spec.path),
+                "bases": list(spec.bases),
+                "study": spec_lib.to_document(spec),
+            }
+        )
+        return
+    typer.echo(f"study {spec.name} ({spec.path}) is valid")
+    if spec.bases:
+        typer.echo(f"  base: {' <- '.join(spec.bases)} (merged below; this file's keys win)")
+    if spec.description:
+        typer.echo(f"  {spec.description.strip()}")
+    typer.echo(f"  data: {spec.data_root}")
+    typer.echo(f"  objective: {spec.direction} {spec.metric}; {spec.epochs} epochs per trial")
+    typer.echo(f"  sampler: {spec.sampler}; pruner: {spec.pruner}")
+    if spec.max_params is not None:
+        typer.echo(
+            f"  constraints: at most {spec.max_params:,} parameters (over-budget configs are not trained)"
+        )
+    typer.echo("  fixed:")
+    for k, v in spec.fixed.items():
+        typer.echo(f"    {k} = {v}")
+    typer.echo("  space:")
+    for k, d in spec.space.items():
+        typer.echo(f"    {k}: {space_lib.describe(d)}")

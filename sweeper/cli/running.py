@@ -1,0 +1,243 @@
+"""Commands that train: run-study (the sweep) and refit-best (the submission)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sweeper.cli.app import (
+    Combine,
+    DataOpt,
+    SetOpt,
+    StorageOpt,
+    StudyArg,
+    TrackingOpt,
+    _positive,
+    _warn,
+    app,
+    load_spec,
+    parse_sets,
+    preflight,
+)
+from sweeper.errors import SweeperError
+
+
+@app.command("run-study")
+def run_study(
+    study: StudyArg,
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials",
+            min=1,
+            help="Total trials the study should hold. Re-running the same command resumes the study and "
+            "only runs what is missing (interrupted or lost trials are redone); raise N to add trials.",
+        ),
+    ],
+    data: DataOpt = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Cap epochs per trial (quick runs).")
+    ] = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", callback=_positive, help="Stop starting new trials after S seconds."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Trials at once on this machine, each in its own process. Default: one per --gpus entry, "
+            "else 1.",
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option("--gpus", help="GPU indexes, e.g. 0,1,2,3: one worker per GPU; its trials see only it."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Store the study under this name instead of the file's `name:`: a new study, e.g. to try "
+            "other --set values without mixing them into the existing one.",
+        ),
+    ] = None,
+) -> None:
+    """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
+    from sweeper import data as data_lib
+    from sweeper import progress as progress_lib
+    from sweeper import record as record_lib
+    from sweeper import stores, sweep, tracking
+    from sweeper import trial as trial_lib
+    from sweeper import workers as workers_lib
+
+    spec = load_spec(study, data, set_, epochs)
+    if name is not None:
+        if not name.strip():
+            raise SweeperError("--name must not be empty")
+        spec = dataclasses.replace(spec, name=name.strip())
+    slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
+    ds = data_lib.scan(spec.data_root, max_pixels=spec.max_pixels)
+    overrides = {"set": parse_sets(set_), "epochs": epochs, "data": str(data) if data else None, "name": name}
+    rec = record_lib.StudyRecord.of(spec, ds, overrides)
+    existing = _existing(spec.name, storage)
+    if existing is not None:  # refuse a changed definition before anything slow
+        record_lib.ensure(existing, rec)
+    preflight(spec)
+    tracker = tracking.Tracker(tracking_uri, spec.name)
+    t0 = time.monotonic()
+    on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
+    typer.echo(
+        f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val / "
+        f"{len(ds.test)} test images{_skipped(ds)}; "
+        f"{len(slots)} worker{'s' if len(slots) > 1 else ''} on {on}; "
+        f"storage {stores.display_url(stores.resolve_storage(storage))}; "
+        f"MLflow {stores.display_url(tracker.uri)}"
+    )
+    progress = progress_lib.create(trials, spec.epochs, spec.metric)
+    if existing is not None:  # a resumed study: progress starts from what storage holds
+        progress.update(record_lib.counts(existing.get_trials(deepcopy=False)), _best_value(existing))
+    threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
+    objectives = [
+        trial_lib.make_objective(spec, ds, tracker, progress, gpu=g, slot=i, threads=threads)
+        for i, g in enumerate(slots)
+    ]
+
+    def on_trial_end(st: Any, t: Any) -> None:
+        counts = record_lib.counts(st.get_trials(deepcopy=False))
+        progress.trial_finished(t.number, t.state.name, t.value, record_lib.why(t), counts, _best_value(st))
+
+    st = _sweep(
+        progress, lambda: sweep.run(spec, trials, objectives, storage, timeout, 0, on_trial_end, tracker, rec)
+    )
+    c = record_lib.counts(st.get_trials(deepcopy=False))
+    typer.echo(
+        f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
+        f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)"
+    )
+    _print_best(st, spec.metric)
+    typer.echo(
+        f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {stores.display_url(tracker.uri)}  "
+        f"(experiment {spec.name!r})"
+    )
+
+
+def _sweep(progress: Any, run: Any) -> Any:
+    """Run the sweep under the live progress; SIGTERM (docker stop, preemption) acts as Ctrl-C."""
+    import signal
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        with progress:
+            return run()
+    except KeyboardInterrupt:
+        typer.echo(
+            "\ninterrupted: running trials were closed as failed and their params re-queued; "
+            "re-run the same command to finish the study (they resume from their last epoch)",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+
+
+def _skipped(ds: Any) -> str:
+    """The files of the data folder that are not images, counted in the start-up line (never fatal)."""
+    n = len(ds.skipped)
+    return f" ({n} non-image file{'s' if n != 1 else ''} skipped, e.g. {ds.skipped[0]})" if n else ""
+
+
+def _existing(name: str, storage: str | None) -> Any:
+    """The stored study of this name, or None when there is none yet."""
+    from sweeper import stores
+
+    try:
+        return stores.load_existing(name, storage)
+    except SweeperError as e:
+        if str(e).startswith("no study "):
+            return None
+        raise
+
+
+def _best_value(st: Any) -> float | None:
+    try:
+        return float(st.best_value)
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def _print_best(st: Any, metric: str) -> None:
+    from sweeper import record as record_lib
+
+    try:
+        best = record_lib.best_trial(st)
+    except SweeperError:
+        typer.echo("no complete trial yet")
+        return
+    typer.echo(
+        f"best trial {best.number}: {metric}={best.value:.4f} at epoch "
+        f"{best.user_attrs.get(record_lib.BEST_EPOCH, '?')}"
+    )
+    for k, v in sorted(best.params.items()):
+        typer.echo(f"  {k} = {v}")
+
+
+@app.command("refit-best")
+def refit_best(
+    study: StudyArg,
+    out: Annotated[Path, typer.Option("--out", help="Where the model, config.yaml and prediction.csv go.")],
+    data: DataOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    combine: Annotated[
+        Combine,
+        typer.Option(
+            "--combine",
+            help="refit: retrain the best config on train+val. folds: average the best k-fold trial's "
+            "fold models. top: average the --top best trials' models. soup: greedy weight soup of the "
+            "--top best trials that share the best one's architecture. The last three retrain nothing.",
+        ),
+    ] = "refit",
+    top: Annotated[int, typer.Option("--top", min=1, help="Trials considered by --combine top/soup.")] = 3,
+) -> None:
+    """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
+    from sweeper import data as data_lib
+    from sweeper import record as record_lib
+    from sweeper import refit, tracking
+
+    if set_ and combine != "refit":
+        raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
+    src = record_lib.open_recorded(study, storage)
+    ds = data_lib.scan(str(data) if data else src.spec.data_root, max_pixels=src.spec.max_pixels)
+    record_lib.check_classes(src.record, ds.classes, ds.root)
+    tracker = tracking.Tracker(tracking_uri, src.spec.name)
+    if combine != "refit":
+        _warn(src.notes)
+        summary = refit.combine(src, ds, out, tracker, combine, top)
+        val = f"; val_acc={summary['val_acc']:.4f}" if summary.get("val_acc") is not None else ""
+        typer.echo(
+            f"{combine} of trials {', '.join(map(str, summary['trials']))} ({summary['members']} models"
+            f"{val}); wrote {', '.join(str(out / f) for f in summary['files'])}"
+        )
+        return
+    p = refit.plan(src, parse_sets(set_))
+    _warn(p.notes)
+    typer.echo(
+        f"refitting trial {p.trial.number} ({src.spec.metric}={p.trial.value:.4f}, the best of "
+        f"{src.spec.name!r}) with its recorded config on train+val, {p.stop_epoch} of its {p.cfg.epochs} "
+        f"epochs (its best epoch, on its own LR schedule); data {ds.root}"
+    )
+    for key, value in p.overrides.items():
+        typer.echo(f"  --set {key}={value} (the trial ran with {p.trial_value(key)!r})")
+    summary = refit.refit_best(p, ds, out, tracker, src.spec.name)
+    typer.echo(f"wrote {', '.join(str(out / f) for f in summary['files'])}")
