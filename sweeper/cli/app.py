@@ -140,20 +140,22 @@ def load_spec(
     return spec_lib.load(study).with_overrides(parse_sets(sets), epochs, str(data) if data else None)
 
 
-def preflight(spec: spec_lib.Study) -> None:
-    """Fail before any trial on what every trial would fail on: unknown models, bad pretrained weights."""
+def preflight(spec: spec_lib.Study, num_classes: int) -> list[str]:
+    """Fail before any trial on what every trial would fail on: unknown models, missing pretrained weights
+    (for every backbone the study can sample, all listed in one line), a budget no backbone meets.
+    Returns the notes worth printing (backbones over the budget)."""
     from sweeper import model as model_lib
+    from sweeper import weights
 
-    backbones: set[str] = set()
-    if "backbone" in spec.space:
-        backbones.update(spec.space["backbone"].choices)
-    backbones.add(spec.resolve({}).backbone)
-    for b in sorted(backbones):
-        model_lib.check_backbone(b)
+    found = weights.preflight(spec, num_classes)
+    if found.problems:
+        n = len(found.problems)
+        raise SweeperError(f"{n} problem{'s' if n > 1 else ''} before any trial: {'; '.join(found.problems)}")
     if "backbone" not in spec.space:
         cfg = spec.resolve({})
         if cfg.pretrained or cfg.weights_file:
-            model_lib.create(cfg, num_classes=2)  # loads the weights once: missing weights fail here
+            model_lib.create(cfg, num_classes=2)  # loads the weights once: a damaged file fails here
+    return found.notes
 
 
 def _warn(notes: list[str]) -> None:

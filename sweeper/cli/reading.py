@@ -144,16 +144,14 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Validate a study file (merged over its bases) and print it with its search space; nothing runs."""
     from sweeper import model as model_lib
     from sweeper import space as space_lib
-    from sweeper import sweep
+    from sweeper import sweep, weights
 
     spec = load_spec(study, sets=set_)
     sweep.build_sampler(spec)
     sweep.build_pruner(spec)
-    backbones = (
-        set(spec.space["backbone"].choices) if "backbone" in spec.space else {spec.resolve({}).backbone}
-    )
-    for b in backbones:
-        model_lib.check_backbone(b)
+    for cfg in weights.candidates(spec):
+        model_lib.check_backbone(cfg.backbone)
+    found = weights.preflight(spec, num_classes=2)  # a head's size hardly moves a budget; data not read
     if json_:
         _print_json(
             {
@@ -165,6 +163,10 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
         )
         return
     typer.echo(f"study {spec.name} ({spec.path}) is valid")
+    for line in found.problems:  # this machine's, not the file's: run-study refuses them
+        typer.echo(f"  warning: {line}")
+    for line in found.notes:
+        typer.echo(f"  note: {line}")
     if spec.bases:
         typer.echo(f"  base: {' <- '.join(spec.bases)} (merged below; this file's keys win)")
     if spec.description:
@@ -182,3 +184,31 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     typer.echo("  space:")
     for k, d in spec.space.items():
         typer.echo(f"    {k}: {space_lib.describe(d)}")
+
+
+@app.command("fetch-weights")
+def fetch_weights(study: StudyArg, set_: SetOpt = None) -> None:
+    """Download the pretrained weights of every backbone a study can sample into the hub cache.
+
+    Run it where there is internet, then copy the cache (or share it) to an offline cluster.
+    """
+    from sweeper import weights
+
+    spec = load_spec(study, sets=set_)
+    fetched, failed = 0, []
+    for cfg in weights.candidates(spec):
+        if cfg.weights_file is not None or not cfg.pretrained:
+            why = "weights_file" if cfg.weights_file else "not pretrained"
+            typer.echo(f"{cfg.backbone}: nothing to fetch ({why})")
+            continue
+        try:
+            path, new = weights.fetch(cfg.backbone)
+        except SweeperError as e:
+            failed.append(str(e))
+            continue
+        fetched += new
+        size = path.stat().st_size / 1e6
+        typer.echo(f"{cfg.backbone}: {'fetched' if new else 'already cached'} {path} ({size:.0f} MB)")
+    if failed:
+        raise SweeperError(f"{len(failed)} not fetched: {'; '.join(failed)}")
+    typer.echo(f"done: {fetched} fetched; every pretrained backbone of {spec.name!r} is in the hub cache")

@@ -91,7 +91,7 @@ def run_study(
     existing = _existing(spec.name, storage)
     if existing is not None:  # refuse a changed definition before anything slow
         record_lib.ensure(existing, rec)
-    preflight(spec)
+    _warn(preflight(spec, len(ds.classes)))
     tracker = tracking.Tracker(tracking_uri, spec.name)
     t0 = time.monotonic()
     on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
