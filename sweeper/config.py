@@ -156,6 +156,9 @@ def _field_types(cls: type, prefix: str = "") -> dict[str, Any]:
 PARAM_TYPES: dict[str, Any] = _field_types(TrialConfig)
 """Every parameter a study may fix or search, by dotted name, with its type."""
 
+DEFAULTS: dict[str, Any] = TrialConfig().flat()
+"""Every parameter's default, by dotted name: what a trial gets where nothing sets it."""
+
 GROUPS = tuple(sorted({k.split(".")[0] for k in PARAM_TYPES if "." in k}))
 """Nested parameter groups a study file may write as mappings (``aug: {cutmix: true}``)."""
 

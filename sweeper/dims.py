@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sweeper.checks import RULES, coerce
-from sweeper.config import plain
+from sweeper.config import PARAM_TYPES, plain
 from sweeper.errors import did_you_mean
 
 
@@ -21,6 +22,11 @@ class Dim:
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # sampled only where each key takes one of its values
+
+    def active(self, values: dict[str, Any]) -> bool:
+        """Whether the dimension is sampled, given the values of the parameters its condition reads."""
+        return all(k in values and values[k] in allowed for k, allowed in self.when)
 
     def grid(self) -> list[Any]:
         """The values a grid search visits; only discrete dims have one."""
@@ -44,11 +50,38 @@ def _parse_dim(key: str, raw: Any) -> Dim:
             "a dimension is a mapping such as {float: [1e-4, 1e-2], log: true}, {int: [0, 3]}, "
             f"{{choice: [a, b]}} or {{bool: true}}; got {raw!r}"
         )
-    kinds = [k for k in ("float", "int", "choice", "bool") if k in raw]
-    extra = set(raw) - {"float", "int", "choice", "bool", "log", "step"}
+    extra = set(raw) - {"float", "int", "choice", "bool", "log", "step", "when"}
     if extra:
         bad = sorted(extra)[0]
-        raise ValueError(f"unknown dimension option {bad!r}{did_you_mean(bad, ['log', 'step'])}")
+        raise ValueError(f"unknown dimension option {bad!r}{did_you_mean(bad, ['log', 'step', 'when'])}")
+    when = parse_when(raw.get("when"))
+    return dataclasses.replace(_parse_kind(key, {k: v for k, v in raw.items() if k != "when"}), when=when)
+
+
+def parse_when(raw: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """``{optimizer: sgd}`` or ``{optimizer: {in: [sgd, adamw]}, freeze_depth: 0}``: every key must match."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"when: must be a mapping such as {{optimizer: sgd}}, got {raw!r}")
+    out = []
+    for key, cond in raw.items():
+        key = str(key)
+        if key not in PARAM_TYPES:
+            raise ValueError(f"when: unknown parameter {key!r}{did_you_mean(key, PARAM_TYPES)}")
+        values = cond["in"] if isinstance(cond, dict) and set(cond) == {"in"} else [cond]
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"when.{key}: `in:` needs a non-empty list, got {values!r}")
+        try:
+            out.append((key, tuple(coerce(key, v) for v in values)))
+        except ValueError as e:
+            raise ValueError(f"when.{key}: {e}") from None
+    return tuple(out)
+
+
+def _parse_kind(key: str, raw: dict[str, Any]) -> Dim:
+    """The dimension itself, without its condition."""
+    kinds = [k for k in ("float", "int", "choice", "bool") if k in raw]
     if len(kinds) != 1:
         raise ValueError("a dimension needs exactly one of float, int, choice, bool")
     kind = kinds[0]
@@ -103,12 +136,18 @@ def _check_values(key: str, values: list[Any]) -> list[Any]:
 def dim_document(d: Dim) -> dict[str, Any]:
     """A dimension in study-file syntax: the inverse of :func:`_parse_dim`."""
     if d.kind == "bool":
-        return {"bool": True}
+        return {"bool": True} | _when_document(d)
     if d.kind == "choice":
-        return {"choice": plain(d.choices)}
+        return {"choice": plain(d.choices)} | _when_document(d)
     out: dict[str, Any] = {d.kind: [d.low, d.high]}
     if d.log:
         out["log"] = True
     if d.step is not None:
         out["step"] = d.step
-    return out
+    return out | _when_document(d)
+
+
+def _when_document(d: Dim) -> dict[str, Any]:
+    if not d.when:
+        return {}
+    return {"when": {k: v[0] if len(v) == 1 else {"in": plain(v)} for k, v in d.when}}

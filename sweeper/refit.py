@@ -67,7 +67,7 @@ def plan(src: record.Recorded, sets: dict[str, Any] | None = None) -> RefitPlan:
 
 
 def _replayed(spec: Study, best: optuna.trial.FrozenTrial) -> TrialConfig:
-    missing = [k for k in spec.space if k not in best.params]
+    missing = [k for k, d in spec.space.items() if k not in best.params and d.active(best.params)]
     if missing:
         raise SweeperError(
             f"the best trial of {spec.name!r} has no value for {', '.join(missing)}; the study file's space "

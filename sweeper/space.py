@@ -15,6 +15,8 @@ def suggest(trial: Any, space: dict[str, Dim]) -> dict[str, Any]:
     """Sample every dimension of ``space`` from ``trial`` (an Optuna Trial or FixedTrial)."""
     params: dict[str, Any] = {}
     for key, dim in space.items():
+        if not dim.active(params):  # a conditional dimension whose condition fails: absent, the default holds
+            continue
         if dim.kind == "bool":
             params[key] = trial.suggest_categorical(key, [False, True])
         elif dim.kind == "choice":
@@ -32,6 +34,11 @@ def suggest(trial: Any, space: dict[str, Dim]) -> dict[str, Any]:
     return params
 
 
+def absent(space: dict[str, Dim], params: dict[str, Any]) -> list[str]:
+    """The dimensions a trial did not sample because their condition failed (they keep their default)."""
+    return [k for k in space if k not in params]
+
+
 def grid(space: dict[str, Dim]) -> dict[str, list[Any]]:
     """The search space as value lists, for Optuna's GridSampler."""
     return {key: dim.grid() for key, dim in space.items()}
@@ -40,8 +47,13 @@ def grid(space: dict[str, Dim]) -> dict[str, list[Any]]:
 def describe(dim: Dim) -> str:
     """A short human form of a dimension, for ``sweeper check``."""
     if dim.kind == "bool":
-        return "bool {false, true}"
+        return "bool {false, true}" + _when(dim)
     if dim.kind == "choice":
-        return "choice {" + ", ".join(map(str, dim.choices)) + "}"
+        return "choice {" + ", ".join(map(str, dim.choices)) + "}" + _when(dim)
     extra = " log" if dim.log else (f" step {dim.step}" if dim.step else "")
-    return f"{dim.kind} [{dim.low}, {dim.high}]{extra}"
+    return f"{dim.kind} [{dim.low}, {dim.high}]{extra}" + _when(dim)
+
+
+def _when(dim: Dim) -> str:
+    conds = [f"{k} in {{{', '.join(map(str, v))}}}" if len(v) > 1 else f"{k} = {v[0]}" for k, v in dim.when]
+    return f", only when {' and '.join(conds)}" if conds else ""

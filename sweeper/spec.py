@@ -36,6 +36,7 @@ from sweeper.checks import (
 )
 from sweeper.config import (
     DEFAULT_MAX_PIXELS,
+    DEFAULTS,
     GROUPS,
     PARAM_TYPES,
     AugConfig,
@@ -154,6 +155,7 @@ class Study:
             except ValueError as e:
                 raise SweeperError(f"--set {key}={value!r}: {e}") from None
             space.pop(key, None)
+        space, _never = settle(space, fixed)  # a pinned condition: the dimension is always or never sampled
         total = self.epochs if epochs is None else min(self.epochs, epochs)
         if epochs is not None and epochs < 1:
             raise SweeperError(f"--epochs must be at least 1, got {epochs}")
@@ -396,11 +398,51 @@ def _parse_space(space_raw: Any, fixed: dict[str, Any], grid: bool, fail: Any) -
             raise fail(f"space.{key}", "is also in fixed; a parameter is either fixed or searched")
         try:
             space[key] = _parse_dim(key, dim)
+        except ValueError as e:
+            raise fail(f"space.{key}", str(e)) from None
+        if space[key].when and grid:
+            raise fail(
+                f"space.{key}",
+                "when: a grid visits every combination; conditional dimensions need another sampler",
+            )
+        try:
             if grid:
                 space[key].grid()
         except ValueError as e:
-            raise fail(f"space.{key}", f"sampler grid: {e}" if key in space else str(e)) from None
-    return space
+            raise fail(f"space.{key}", f"sampler grid: {e}") from None
+    for key, dim in space.items():
+        for k, _ in dim.when:
+            if k in space and list(space).index(k) > list(space).index(key):
+                raise fail(f"space.{key}", f"when: {k} must come before {key} in space (it is sampled first)")
+    settled, never = settle(space, fixed)
+    if never:
+        key, why = never[0]
+        raise fail(
+            f"space.{key}", f"when: {why}, so {key} would never be sampled; fix the condition or drop it"
+        )
+    return settled
+
+
+def settle(space: dict[str, Dim], fixed: dict[str, Any]) -> tuple[dict[str, Dim], list[tuple[str, str]]]:
+    """Decide the conditions on parameters that are not searched (fixed, or at their default): each one
+    holds (dropped from the condition) or does not (the dimension is never sampled: reported, left out)."""
+    out: dict[str, Dim] = {}
+    never: list[tuple[str, str]] = []
+    for key, dim in space.items():
+        kept = []
+        for k, allowed in dim.when:
+            if k in space:
+                kept.append((k, allowed))
+                continue
+            value = fixed.get(k, DEFAULTS[k])
+            if value not in allowed:
+                never.append(
+                    (key, f"{k} is {value!r} here (not searched), never {'/'.join(map(str, allowed))}")
+                )
+                break
+        else:
+            out[key] = dataclasses.replace(dim, when=tuple(kept))
+    return out, never
 
 
 def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int]:

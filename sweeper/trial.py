@@ -84,7 +84,9 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         progress.trial_started(trial.number)
-        cfg = spec.resolve(space_lib.suggest(trial, spec.space))
+        params = space_lib.suggest(trial, spec.space)
+        cfg = spec.resolve(params)
+        absent = space_lib.absent(spec.space, params)  # conditional, condition false: the default holds
         trial.set_user_attr(rec.CONFIG, rec.config_json(cfg))
         trial.set_user_attr(rec.WORKER, workers.worker_name(slot, gpu))
         run = tracker.start(
@@ -95,6 +97,7 @@ def make_objective(
                 "trial_number": trial.number,
                 "state": "RUNNING",
                 "sweeper.searched": ",".join(sorted(spec.space)),
+                "sweeper.absent": ",".join(absent) or "none",
             },
         )
         trial.set_user_attr(rec.MLFLOW_RUN, run.run_id)
