@@ -66,8 +66,9 @@ def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_f
     optuna_url, mlflow_url = stores()
     trials = optuna.load_study(study_name="local", storage=optuna_url).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 4 and len({t.number for t in done}) == 4
-    assert record_lib.counts(trials)["counted"] == 4  # anything else was surplus, never trained
+    why = [(t.number, t.state.name, record_lib.why(t)) for t in trials]
+    assert len(done) == 4 and len({t.number for t in done}) == 4, why
+    assert record_lib.counts(trials)["counted"] == 4, why  # anything else was surplus, never trained
     assert {t.user_attrs["worker"].split("/")[1] for t in done} == {"0", "1"}  # both workers trained
     runs = mlflow_runs(mlflow_url, "local")
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
