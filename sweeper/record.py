@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import spec as spec_lib
 from sweeper.errors import SweeperError
+from sweeper.starts import WARM  # a trial borrowed from another study by a warm start
 
 # ---- trial user attributes ----------------------------------------------------------------------
 
@@ -60,7 +61,7 @@ def counts(trials: list[FrozenTrial], before: int | None = None) -> dict[str, in
     out = {"complete": 0, "pruned": 0, "fail": 0, "running": 0, "waiting": 0, "not_counted": 0}
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}  # re-queued lost trials
     for t in trials:
-        if before is not None and t.number >= before:
+        if (before is not None and t.number >= before) or borrowed(t):
             continue
         if t.state == TrialState.FAIL and (t.user_attrs.get(NOT_COUNTED) or t.number in retried):
             out["not_counted"] += 1
@@ -78,6 +79,11 @@ def why(t: FrozenTrial) -> str:
     return "; ".join(str(n) for n in notes if n)
 
 
+def borrowed(t: FrozenTrial) -> bool:
+    """A trial added from another study by a warm start: it informs the sampler, never counts or wins."""
+    return WARM in t.user_attrs
+
+
 def feasible(t: FrozenTrial) -> bool:
     return all(c <= 0 for c in t.constraints.values())
 
@@ -87,7 +93,7 @@ def top_trials(study: optuna.Study, k: int, direction: str) -> list[FrozenTrial]
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-        if feasible(t) and t.value is not None
+        if feasible(t) and t.value is not None and not borrowed(t)
     ]
     done.sort(key=lambda t: float(t.value), reverse=direction == "maximize")  # type: ignore[arg-type]
     if not done:
@@ -96,10 +102,21 @@ def top_trials(study: optuna.Study, k: int, direction: str) -> list[FrozenTrial]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The study's best trial of its own (borrowed warm-start trials never win)."""
     try:
-        return study.best_trial
+        best = study.best_trial
     except ValueError:
         raise SweeperError(f"study {study.study_name!r} has no complete trial yet; run more trials") from None
+    if not borrowed(best):
+        return best
+    own = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]) if not borrowed(t)]
+    own = [t for t in own if t.value is not None and feasible(t)]
+    if not own:
+        raise SweeperError(
+            f"study {study.study_name!r} has no complete trial of its own yet; run more trials"
+        )
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    return pick(own, key=lambda t: float(t.value))  # type: ignore[arg-type]
 
 
 def trial_config(t: FrozenTrial) -> spec_lib.TrialConfig | None:

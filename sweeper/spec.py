@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sweeper import bases
+from sweeper import bases, starts
 from sweeper.checks import (
     _NON_NEG,
     _ONE_UP,
@@ -99,6 +99,7 @@ TOP_KEYS = (
     "constraints",
     "fixed",
     "space",
+    "enqueue",
 )
 CONSTRAINTS = ("max_params",)
 SECTION_ARGS: dict[str, tuple[type, Range, str | None]] = {
@@ -139,6 +140,7 @@ class Study:
     description: str = ""
     max_params: int | None = None  # parameter budget: a config over it is recorded, never trained
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: the largest image (width x height) accepted
+    enqueue: tuple[dict[str, Any], ...] = ()  # partial configurations tried first (starts.parse_enqueue)
     bases: tuple[str, ...] = field(
         default=(), compare=False
     )  # base files merged under this one, nearest first
@@ -156,11 +158,17 @@ class Study:
                 raise SweeperError(f"--set {key}={value!r}: {e}") from None
             space.pop(key, None)
         space, _never = settle(space, fixed)  # a pinned condition: the dimension is always or never sampled
+        pinned = [{k: v for k, v in e.items() if k in space} for e in self.enqueue]
         total = self.epochs if epochs is None else min(self.epochs, epochs)
         if epochs is not None and epochs < 1:
             raise SweeperError(f"--epochs must be at least 1, got {epochs}")
         return dataclasses.replace(
-            self, fixed=fixed, space=space, epochs=total, data_root=data_root or self.data_root
+            self,
+            fixed=fixed,
+            space=space,
+            epochs=total,
+            data_root=data_root or self.data_root,
+            enqueue=tuple(e for e in pinned if e),
         )
 
     def resolve(self, params: dict[str, Any]) -> TrialConfig:
@@ -321,6 +329,7 @@ def parse(raw: Any, path: Path) -> Study:
     fixed = _parse_fixed(raw.get("fixed", {}) or {}, fail)
     space = _parse_space(raw.get("space", {}) or {}, fixed, sampler["name"] == "grid", fail)
     max_params = _parse_constraints(raw.get("constraints", {}) or {}, fail)
+    enqueue = starts.parse_enqueue(raw.get("enqueue"), space, fixed, fail)
     return Study(
         name=name,
         path=path,
@@ -335,6 +344,7 @@ def parse(raw: Any, path: Path) -> Study:
         description=str(raw.get("description", "")),
         max_params=max_params,
         max_pixels=max_pixels,
+        enqueue=enqueue,
     )
 
 
@@ -511,4 +521,6 @@ def to_document(study: Study) -> dict[str, Any]:
     }
     if study.max_params is not None:
         doc["constraints"] = {"max_params": study.max_params}
+    if study.enqueue:
+        doc["enqueue"] = plain(list(study.enqueue))
     return doc

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import record as record_lib
 from sweeper import space as space_lib
-from sweeper import stores
+from sweeper import starts, stores
 from sweeper.errors import SweeperError
 from sweeper.record import FAIL_REASON, LOST, NOT_COUNTED, counts
 from sweeper.spec import Study
@@ -116,6 +116,7 @@ def run(
     on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     tracker: Any = None,
     record: record_lib.StudyRecord | None = None,
+    prepare: Callable[[optuna.Study], None] | None = None,
 ) -> optuna.Study:
     """Run trials until the study holds ``trials`` counted trials, with one worker per objective.
 
@@ -130,6 +131,7 @@ def run(
         worker: index of the first worker's sampler seed offset.
         tracker: the MLflow tracker: runs of trials whose worker died are closed through it.
         record: what defines this study; kept with a new study, checked against an existing one's.
+        prepare: called once with the opened study before any trial (a warm start adds trials here).
 
     Raises:
         KeyboardInterrupt: after Ctrl-C (or SIGTERM) every worker has closed its trial.
@@ -143,7 +145,7 @@ def run(
     with stores.single_writer([url, getattr(tracker, "uri", "") or ""]):
         store = stores.storage(url, on_stale=lost)
         seed = worker if local else worker + _process_seed_offset()
-        studies = _open_workers(spec, store, seed, len(objectives), record)
+        studies = _open_workers(spec, store, seed, len(objectives), record, prepare)
         study = studies[0]
         if local:  # this process holds the only write lock: a RUNNING trial's worker is dead
             _fail_orphans(study, lost)
@@ -220,11 +222,16 @@ def _open_workers(
     seed: int,
     n: int,
     record: record_lib.StudyRecord | None,
+    prepare: Callable[[optuna.Study], None] | None = None,
 ) -> list[optuna.Study]:
     """One Study object per worker, each with its own sampler; seeds never repeat across runs or workers."""
     first = open_study(spec, None, seed, store)
     if record is not None:
         record_lib.ensure(first, record)
+    if spec.enqueue:
+        starts.enqueue(first, spec.enqueue, "the study file's enqueue")
+    if prepare is not None:
+        prepare(first)
     existing = len(first.get_trials(deepcopy=False))
     return [first] + [
         optuna.load_study(

@@ -144,3 +144,33 @@ def studies_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"{r['study']:<20} {r['complete']:>8} {r['pruned']:>7} {r['fail']:>7} {best:>8}  {where}"
         )
     return lines
+
+
+# ---- the winner as a study file --------------------------------------------------------------------
+
+
+def best_document(src: record_lib.Recorded) -> dict[str, Any]:
+    """A study file that pins the best trial: every parameter it trained with (where it differs from the
+    default), nothing searched. ``run-study`` on it trains that configuration again."""
+    spec = src.spec
+    best = record_lib.best_trial(src.study)
+    cfg = record_lib.trial_config(best)
+    if cfg is None:  # a trial from before configs were recorded: its params through the study
+        cfg = spec.resolve(dict(best.params))
+    defaults = spec_lib.DEFAULTS
+    fixed = {
+        k: v
+        for k, v in spec_lib.plain(cfg.flat()).items()
+        if k != "epochs" and v != spec_lib.plain(defaults[k])
+    }
+    doc = spec_lib.to_document(spec)
+    doc.update(
+        name=f"{spec.name}-best",
+        description=f"Trial {best.number} of {spec.name!r} ({spec.metric}={best.value:.4f}), pinned.",
+        epochs=cfg.epochs,
+        sampler={"name": "random", "seed": cfg.seed},
+        pruner={"name": "none"},
+        fixed=fixed,
+        space={},
+    )
+    return doc

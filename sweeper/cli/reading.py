@@ -186,6 +186,29 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
         typer.echo(f"    {k}: {space_lib.describe(d)}")
 
 
+@app.command("export-best")
+def export_best(
+    study: StudyArg,
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Print a study file that pins the best trial's configuration (runnable with run-study)."""
+    import yaml
+
+    from sweeper import record as record_lib
+    from sweeper import views
+
+    src = record_lib.open_recorded(study, storage)
+    _warn(src.notes)
+    doc = views.best_document(src)
+    text = f"# exported by `sweeper export-best {study}`\n" + yaml.safe_dump(doc, sort_keys=False)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.write_text(text)
+    typer.echo(f"wrote {out}; train it again with `sweeper run-study {out} --trials 1`")
+
+
 @app.command("fetch-weights")
 def fetch_weights(study: StudyArg, set_: SetOpt = None) -> None:
     """Download the pretrained weights of every backbone a study can sample into the hub cache.

@@ -62,6 +62,14 @@ def run_study(
         str | None,
         typer.Option("--gpus", help="GPU indexes, e.g. 0,1,2,3: one worker per GPU; its trials see only it."),
     ] = None,
+    warm_start: Annotated[
+        str | None,
+        typer.Option(
+            "--warm-start",
+            help="Another study (in the same storage) whose finished trials that fit this space inform the "
+            "sampler first; they are not counted and never win.",
+        ),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Option(
@@ -115,8 +123,10 @@ def run_study(
         counts = record_lib.counts(st.get_trials(deepcopy=False))
         progress.trial_finished(t.number, t.state.name, t.value, record_lib.why(t), counts, _best_value(st))
 
+    prepare = _warm_start(warm_start, spec, storage) if warm_start else None
     st = _sweep(
-        progress, lambda: sweep.run(spec, trials, objectives, storage, timeout, 0, on_trial_end, tracker, rec)
+        progress,
+        lambda: sweep.run(spec, trials, objectives, storage, timeout, 0, on_trial_end, tracker, rec, prepare),
     )
     c = record_lib.counts(st.get_trials(deepcopy=False))
     typer.echo(
@@ -128,6 +138,22 @@ def run_study(
         f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {stores.display_url(tracker.uri)}  "
         f"(experiment {spec.name!r})"
     )
+
+
+def _warm_start(other_name: str, spec: Any, storage: str | None) -> Any:
+    """The study-opening step that borrows another study's trials (checked now, added once opened)."""
+    from sweeper import record as record_lib
+    from sweeper import starts
+
+    other = record_lib.open_recorded(other_name, storage)
+    if other.spec.name == spec.name:
+        raise SweeperError(f"--warm-start {other_name}: that is this study; name another study")
+
+    def prepare(st: Any) -> None:
+        n = starts.warm_start(st, other.study, spec.space, spec.direction)
+        typer.echo(f"warm start: {n} finished trials of {other.spec.name!r} inform the sampler (not counted)")
+
+    return prepare
 
 
 def _sweep(progress: Any, run: Any) -> Any:
