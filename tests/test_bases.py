@@ -104,3 +104,28 @@ def test_check_and_show_print_json_that_matches_the_text(cli, tmp_path: Path, im
     rows = json.loads(cli("studies", "--json").stdout)
     leaf = next(r for r in rows if r["study"] == "leaf")  # run from a path: listed from storage
     assert leaf["file"] is None and leaf["complete"] + leaf["pruned"] == 2
+
+
+def test_export_best_round_trips_to_the_winning_config(tmp_path: Path, image_folder: Path) -> None:
+    import dataclasses
+
+    import optuna
+    import yaml
+
+    from sweeper import data as data_lib
+    from sweeper import record as record_lib
+    from sweeper import stores, views
+
+    write(tmp_path, root=ROOT.format(root=image_folder), middle=MIDDLE, leaf=LEAF)
+    spec = spec_lib.load(str(tmp_path / "leaf.yaml"))
+    st = optuna.create_study(study_name="leaf", storage=stores.storage(None), direction="maximize")
+    record_lib.ensure(st, record_lib.StudyRecord.of(spec, data_lib.scan(spec.data_root), {}))
+    configs = [spec.resolve({"lr_head": lr}) for lr in (0.002, 0.05)]
+    for cfg, value in zip(configs, (0.9, 0.7), strict=True):
+        attrs = {record_lib.CONFIG: record_lib.config_json(dataclasses.replace(cfg, seed=7))}
+        st.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    exported = tmp_path / "best.yaml"
+    exported.write_text(yaml.safe_dump(views.best_document(record_lib.open_recorded("leaf", None))))
+    pinned = spec_lib.load(str(exported))
+    assert pinned.name == "leaf-best" and pinned.space == {}
+    assert pinned.resolve({}) == dataclasses.replace(configs[0], seed=7)
