@@ -77,7 +77,12 @@ def _replayed(spec: Study, best: optuna.trial.FrozenTrial) -> TrialConfig:
 
 
 def refit_best(
-    p: RefitPlan, data: ImageFolderData, out: Path, tracker: Any, study_name: str
+    p: RefitPlan,
+    data: ImageFolderData,
+    out: Path,
+    tracker: Any,
+    study_name: str,
+    register: str | None = None,
 ) -> dict[str, Any]:
     """Train the plan on train+val, log it to MLflow and write ``out/``. Returns a summary.
 
@@ -102,8 +107,7 @@ def refit_best(
             p.cfg, data, lambda e, m: run.log_metrics(e, m), train_on_val=True, stop_epoch=p.stop_epoch
         )
         wrote = _write_refit(p, data, out, result)
-        for name in wrote:
-            run.log_file(out / name, "model")
+        model_uri = _log_submission(tracker, run, out, wrote, register)
     except BaseException as e:
         run.end("FAIL", f"{type(e).__name__}: {e}"[:500])
         raise
@@ -115,7 +119,19 @@ def refit_best(
         "out": out,
         "files": wrote,
         "run_id": run.run_id,
+        "model_uri": model_uri,
     }
+
+
+def _log_submission(tracker: Any, run: Any, out: Path, wrote: list[str], register: str | None) -> str:
+    """The folder as an MLflow model of the run (registered when asked); its small files as run artifacts
+    too, to read in the UI. Returns the model's URI."""
+    for name in wrote:
+        if (out / name).is_file() and name != "model.safetensors":  # the weights live in the model
+            run.log_file(out / name, "submission")
+    uri = tracker.log_model(run.run_id, out, register)
+    run.set_tags({"sweeper.model_uri": uri, **({"sweeper.registered_as": register} if register else {})})
+    return uri
 
 
 def _write_refit(p: RefitPlan, data: ImageFolderData, out: Path, result: Any) -> list[str]:
@@ -192,6 +208,7 @@ def combine(
     tracker: Any,
     how: str,
     top: int = 3,
+    register: str | None = None,
 ) -> dict[str, Any]:
     """Write a submission from trials' kept weights, no retraining.
 
@@ -227,11 +244,7 @@ def combine(
         if val_acc is not None:
             summary["val_acc"] = val_acc
             run.log_metrics(0, {f"{how}_val_acc": val_acc})
-        for name in wrote:
-            if (out / name).is_dir():
-                run.log_dir(out / name, f"model/{name}")
-            else:
-                run.log_file(out / name, "model")
+        summary["model_uri"] = _log_submission(tracker, run, out, wrote, register)
     except BaseException as e:
         run.end("FAIL", f"{type(e).__name__}: {e}"[:500])
         raise

@@ -139,6 +139,44 @@ class Tracker:
         tr.log_params(params)
         return tr
 
+    def log_model(self, run_id: str, folder: Path, register: str | None = None) -> str:
+        """Log a model folder ``refit-best`` wrote as an MLflow model of run ``run_id`` (an MLflow 3
+        LoggedModel, ``pyfunc`` flavour loaded by :mod:`sweeper.predictor`, no pickled code), registered
+        as ``register`` when given. Returns its ``models:/`` URI."""
+        import mlflow
+
+        from sweeper.predictor import REQUIREMENTS
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with self.lock:
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    loader_module="sweeper.predictor",
+                    data_path=str(folder),
+                    pip_requirements=REQUIREMENTS,
+                    registered_model_name=register,
+                )
+        return str(info.model_uri)
+
+    def latest_model(self, kinds: tuple[str, ...] = ("refit_of_trial", "combine")) -> str:
+        """The ``runs:/`` URI of the study's newest finished refit or combination."""
+        from sweeper.errors import SweeperError
+
+        with self.lock:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                "attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+            )
+        for r in runs:
+            if any(k in r.data.tags for k in kinds):
+                return f"runs:/{r.info.run_id}/model"
+        raise SweeperError(
+            f"study {self.experiment!r} has no finished refit in {self.uri}; run `sweeper refit-best` first"
+        )
+
     def download(self, run_id: str, artifact: str, dst: Path) -> Path:
         """Fetch one artifact of a run (a trial's weights or config) into ``dst``; return its local path."""
         from sweeper.errors import SweeperError
@@ -210,6 +248,11 @@ class NullTracker:
 
     def close_run(self, run_id: str, state: str, reason: str) -> bool:
         return False
+
+    def log_model(self, run_id: str, folder: Path, register: str | None = None) -> str:
+        from sweeper.errors import SweeperError
+
+        raise SweeperError("an MLflow model needs a tracking store (--tracking-uri)")
 
     def download(self, run_id: str, artifact: str, dst: Path) -> Path:
         from sweeper.errors import SweeperError

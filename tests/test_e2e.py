@@ -111,11 +111,11 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
     assert artifacts.load_weights(out / "model.safetensors")
     refit_runs = client.search_runs([exp.experiment_id], "tags.refit_of_trial != ''")
     assert len(refit_runs) == 1 and refit_runs[0].info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(refit_runs[0].info.run_id, "model")} == {
-        "model/model.safetensors",
-        "model/config.yaml",
-        "model/prediction.csv",
+    assert {a.path for a in client.list_artifacts(refit_runs[0].info.run_id, "submission")} == {
+        "submission/config.yaml",
+        "submission/prediction.csv",
     }
+    assert refit_runs[0].data.tags["sweeper.model_uri"].startswith("models:/")  # the weights: an MLflow model
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(cli, tmp_path: Path, image_folder: Path) -> None:

@@ -3,6 +3,7 @@
 # isort: off
 # Importing a module registers its commands; --help lists them in this order.
 from sweeper.cli import running  # noqa: F401
+from sweeper.cli import using  # noqa: F401
 from sweeper.cli import reading  # noqa: F401
 from sweeper.cli import cluster  # noqa: F401
 

@@ -140,6 +140,13 @@ def run_study(
     )
 
 
+def _print_model(uri: str, register: str | None) -> None:
+    typer.echo(
+        f"MLflow model {uri}" + (f", registered as {register!r}" if register else "") + f"; "
+        f"`sweeper predict {uri} IMAGES...` or `mlflow models predict -m {uri} --env-manager local`"
+    )
+
+
 def _warm_start(other_name: str, spec: Any, storage: str | None) -> Any:
     """The study-opening step that borrows another study's trials (checked now, added once opened)."""
     from sweeper import record as record_lib
@@ -235,6 +242,10 @@ def refit_best(
         ),
     ] = "refit",
     top: Annotated[int, typer.Option("--top", min=1, help="Trials considered by --combine top/soup.")] = 3,
+    register: Annotated[
+        str | None,
+        typer.Option("--register", help="Also register the model in the MLflow Model Registry under NAME."),
+    ] = None,
 ) -> None:
     """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
     from sweeper import data as data_lib
@@ -249,12 +260,13 @@ def refit_best(
     tracker = tracking.Tracker(tracking_uri, src.spec.name)
     if combine != "refit":
         _warn(src.notes)
-        summary = refit.combine(src, ds, out, tracker, combine, top)
+        summary = refit.combine(src, ds, out, tracker, combine, top, register)
         val = f"; val_acc={summary['val_acc']:.4f}" if summary.get("val_acc") is not None else ""
         typer.echo(
             f"{combine} of trials {', '.join(map(str, summary['trials']))} ({summary['members']} models"
             f"{val}); wrote {', '.join(str(out / f) for f in summary['files'])}"
         )
+        _print_model(summary["model_uri"], register)
         return
     p = refit.plan(src, parse_sets(set_))
     _warn(p.notes)
@@ -265,5 +277,6 @@ def refit_best(
     )
     for key, value in p.overrides.items():
         typer.echo(f"  --set {key}={value} (the trial ran with {p.trial_value(key)!r})")
-    summary = refit.refit_best(p, ds, out, tracker, src.spec.name)
+    summary = refit.refit_best(p, ds, out, tracker, src.spec.name, register)
     typer.echo(f"wrote {', '.join(str(out / f) for f in summary['files'])}")
+    _print_model(summary["model_uri"], register)

@@ -1,0 +1,65 @@
+"""Commands that use a trained model: predict (new images) and score (predictions against labels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sweeper.cli.app import TrackingOpt, app
+
+
+@app.command("predict")
+def predict(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A refit-best output folder, an MLflow model URI (runs:/ID/model, models:/NAME/1), or a "
+            "study name (its newest refit)."
+        ),
+    ],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files, or folders of images (searched at any depth).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The CSV to write: image_name,pred_label.")] = Path(
+        "predictions.csv"
+    ),
+    probs: Annotated[bool, typer.Option("--probs", help="Add one probability column per class.")] = False,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Predict the class of new images with a refit, a soup or an ensemble."""
+    import csv
+
+    from sweeper import predictor
+
+    files = predictor.image_files(images)
+    net, source = predictor.open_model(model, tracking_uri)
+    typer.echo(
+        f"predicting {len(files)} images with {source} "
+        f"({len(net.members)} model(s), {len(net.classes)} classes)"
+    )
+    p = net.probs(files)
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_name", "pred_label", *([f"p_{c}" for c in net.classes] if probs else [])])
+        for file, row in zip(files, p.tolist(), strict=True):
+            best = max(range(len(row)), key=row.__getitem__)
+            w.writerow([file.stem, net.classes[best], *([f"{x:.6f}" for x in row] if probs else [])])
+    typer.echo(f"wrote {out}")
+
+
+@app.command("score")
+def score(
+    predictions: Annotated[Path, typer.Argument(help="A prediction.csv (image_name,pred_label).")],
+    labels: Annotated[Path, typer.Argument(help="The true labels: a CSV of image_name,label.")],
+    per_class: Annotated[bool, typer.Option("--per-class", help="Also print each class's accuracy.")] = False,
+) -> None:
+    """Accuracy of a prediction.csv against a labels file (a local hold-out as a leaderboard)."""
+    from sweeper import scoring
+
+    s = scoring.score(predictions, labels)
+    typer.echo(f"accuracy {s.accuracy:.4f} ({round(s.accuracy * s.n)}/{s.n} images)")
+    if per_class:
+        for c, (acc, n) in sorted(s.per_class.items(), key=lambda kv: kv[1][0]):
+            typer.echo(f"  {c:<30} {acc:.4f}  ({n})")
