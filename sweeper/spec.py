@@ -47,6 +47,9 @@ from sweeper.config import (
     config_from_flat,
     plain,
 )
+from sweeper.design import Design
+from sweeper.design import parse as _parse_design
+from sweeper.design import seed_dim as _seed_dim
 from sweeper.dims import Dim, _parse_dim, dim_document
 from sweeper.errors import SweeperError, did_you_mean
 
@@ -58,6 +61,7 @@ __all__ = [  # the schema's public names, wherever they are defined
     "RULES",
     "AugConfig",
     "Checkpoint",
+    "Design",
     "Dim",
     "EvalConfig",
     "Optimizer",
@@ -97,6 +101,7 @@ TOP_KEYS = (
     "constraints",
     "fixed",
     "space",
+    "design",
 )
 CONSTRAINTS = ("max_params",)
 SECTION_ARGS: dict[str, tuple[type, Range, str | None]] = {
@@ -137,6 +142,7 @@ class Study:
     description: str = ""
     max_params: int | None = None  # parameter budget: a config over it is recorded, never trained
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: the largest image (width x height) accepted
+    design: Design | None = None  # toggles run as a balanced design (space then holds the repeats' seed)
 
     def with_overrides(
         self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None
@@ -145,6 +151,11 @@ class Study:
         fixed, space = dict(self.fixed), dict(self.space)
         for key, value in (sets or {}).items():
             key = known_key(key, f"--set {key}")
+            if self.design is not None and (key in self.design.dims or key == "seed"):
+                raise SweeperError(
+                    f"--set {key}: the study's design varies {key}; pinning it breaks the design's balance "
+                    "(start a new study without it in the space)"
+                )
             try:
                 fixed[key] = coerce(key, value)
             except ValueError as e:
@@ -272,6 +283,7 @@ def parse(raw: Any, path: Path) -> Study:
     fixed = _parse_fixed(raw.get("fixed", {}) or {}, fail)
     space = _parse_space(raw.get("space", {}) or {}, fixed, sampler["name"] == "grid", fail)
     max_params = _parse_constraints(raw.get("constraints", {}) or {}, fail)
+    design, pruner = _parse_designed(raw, space, fixed, sampler, fail)
     return Study(
         name=name,
         path=path,
@@ -280,13 +292,38 @@ def parse(raw: Any, path: Path) -> Study:
         direction=direction,
         epochs=epochs,
         sampler=sampler,
-        pruner=_named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail),
+        pruner=pruner,
         fixed=fixed,
         space=space,
         description=str(raw.get("description", "")),
         max_params=max_params,
         max_pixels=max_pixels,
+        design=design,
     )
+
+
+def _parse_designed(
+    raw: dict[str, Any], space: dict[str, Dim], fixed: dict[str, Any], sampler: dict[str, Any], fail: Any
+) -> tuple[Design | None, dict[str, Any]]:
+    """The design (it adds the repeats' seed to ``space``) and the pruner, which a design allows only off.
+
+    A pruner stops the trials that start slowly, and strong regularisers (CutMix, MixUp, RandAugment)
+    start slowly and pay off late: pruning under a design would cut one arm more than the other.
+    """
+    if raw.get("design") is None:
+        return None, _named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail)
+    design = _parse_design(raw["design"], space, fixed, fail)
+    if sampler["name"] == "grid":
+        raise fail("sampler.name", "grid does not combine with a design; the design already picks the runs")
+    pruner = _named_section(raw.get("pruner", "none"), "pruner", PRUNERS, fail)
+    if pruner["name"] != "none":
+        raise fail(
+            "pruner",
+            f"a design needs pruner none, got {pruner['name']}: a pruner stops slow starters (CutMix, MixUp, "
+            "RandAugment pay off late), so it would cut one arm of a toggle more than the other",
+        )
+    space["seed"] = _seed_dim(design)
+    return design, pruner
 
 
 def _parse_objective(objective: Any, fail: Any) -> tuple[Any, Any]:
@@ -418,8 +455,10 @@ def to_document(study: Study) -> dict[str, Any]:
         "sampler": plain(study.sampler),
         "pruner": plain(study.pruner),
         "fixed": plain(study.fixed),
-        "space": {k: dim_document(d) for k, d in study.space.items()},
+        "space": {k: dim_document(d) for k, d in study.space.items() if not (study.design and k == "seed")},
     }
+    if study.design is not None:
+        doc["design"] = study.design.document()
     if study.max_params is not None:
         doc["constraints"] = {"max_params": study.max_params}
     return doc
