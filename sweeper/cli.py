@@ -416,8 +416,14 @@ def show(
         bool,
         typer.Option(
             "--ablation",
-            help="Instead of the top trials: each on/off dimension's effect on the objective, "
-            "with a bootstrap interval, most helpful first.",
+            help="Instead of the top trials: each on/off dimension's effect on the objective, with an "
+            "interval, most helpful first (a design study: all fitted jointly, with what it can resolve).",
+        ),
+    ] = False,
+    interactions: Annotated[
+        bool,
+        typer.Option(
+            "--interactions", help="With --ablation on a design study: fit two-way interactions too."
         ),
     ] = False,
     storage: StorageOpt = None,
@@ -438,7 +444,7 @@ def show(
     _print_record(src.record)
     _print_best(st, spec.metric)
     if ablation:
-        _print_ablation(spec, st)
+        _print_ablation(spec, st, _n_val(src.record), interactions)
         return
     done = [t for t in st.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: cast(float, t.value), reverse=spec.direction == "maximize")
@@ -468,9 +474,29 @@ def _print_record(rec: Any) -> None:
     typer.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in rec.versions.items()))
 
 
-def _print_ablation(spec: spec_lib.Study, st: Any) -> None:
-    from sweeper import ablation as ablation_lib
+def _n_val(rec: Any) -> int | None:
+    """Validation images the study ran with, from its record (the binomial noise floor of val_acc)."""
+    return None if rec is None else rec.data.get("images", {}).get("val")
 
+
+def _print_ablation(spec: spec_lib.Study, st: Any, n_val: int | None, interactions: bool) -> None:
+    from sweeper import ablation as ablation_lib
+    from sweeper import effects
+
+    if spec.design is not None:  # a design: every toggle fitted jointly, with t intervals
+        fit = effects.fit(
+            st.get_trials(deepcopy=False),
+            spec.design,
+            spec.space,
+            spec.metric,
+            spec.direction,
+            n_val,
+            interactions,
+        )
+        typer.echo("")
+        for line in effects.format_table(fit):
+            typer.echo(line)
+        return
     bools = [k for k, d in spec.space.items() if d.kind == "bool"]
     if not bools:
         raise SweeperError(
@@ -560,6 +586,11 @@ def check(study: StudyArg, set_: SetOpt = None) -> None:
     typer.echo(f"  data: {spec.data_root}")
     typer.echo(f"  objective: {spec.direction} {spec.metric}; {spec.epochs} epochs per trial")
     typer.echo(f"  sampler: {spec.sampler}; pruner: {spec.pruner}")
+    if spec.design is not None:
+        from sweeper import design as design_lib
+
+        for line in design_lib.describe(spec.design, spec.space):
+            typer.echo(f"  {line}")
     if spec.max_params is not None:
         typer.echo(
             f"  constraints: at most {spec.max_params:,} parameters (over-budget configs are not trained)"

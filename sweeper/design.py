@@ -279,3 +279,21 @@ def enqueue(study: optuna.Study, design: Design, space: dict[str, Dim], total: i
     for label, params in planned[:total]:
         study.enqueue_trial(params, user_attrs={DESIGN_ROW: label}, skip_if_exists=True)
     return len(study.get_trials(deepcopy=False)) - before
+
+
+def describe(design: Design, space: dict[str, Dim]) -> list[str]:
+    """What ``sweeper check`` says about a design: its size, its seeds, and why there is no pruner."""
+    n = len(table(design, space))
+    rest = [k for k, d in space.items() if k not in design.dims and k != "seed"]
+    return [
+        f"design: {design.kind}, {n} runs x {design.repeats} repeats = {n * design.repeats} trials "
+        f"(--trials {n * design.repeats}); paired seeds {', '.join(map(str, design.seeds()))}; "
+        f"{len(design.dims)} designed dimensions",
+        "pruner none: every run of the design trains all its epochs (a pruner stops slow starters such as "
+        "CutMix and MixUp early, which would bias the comparison of their arms)",
+        *(
+            [f"not designed, sampled for every run by the sampler: {', '.join(rest)} (fix them to cut noise)"]
+            if rest
+            else []
+        ),
+    ]
