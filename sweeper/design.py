@@ -105,9 +105,15 @@ def parse(raw: Any, space: dict[str, Dim], fixed: dict[str, Any], fail: Any) -> 
     return design
 
 
+SEED_DIM = Dim("int", low=0, high=2**32 - 1)
+"""The seed as a searched dimension: a design's rows and ``sweeper confirm``'s re-runs fix its value per
+run. An integer range (not a choice of the seeds) so that later runs can take seeds the first did not:
+Optuna refuses to change a categorical dimension's choices within a study."""
+
+
 def seed_dim(design: Design) -> Dim:
-    """The dimension a design adds to the space: the seed of each repeat, the same for every arm."""
-    return Dim("choice", choices=tuple(design.seeds()))
+    """The dimension a design adds to the space: each run's seed (its repeat's), the same for every arm."""
+    return SEED_DIM
 
 
 def levels(dim: Dim) -> list[Any]:

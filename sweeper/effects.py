@@ -114,7 +114,8 @@ def columns(
     return np.stack(cols, axis=1), names, scales
 
 
-def _t(q: float, df: float) -> float:
+def t_quantile(q: float, df: float) -> float:
+    """The q quantile of Student's t with ``df`` degrees of freedom (the normal's for infinite df)."""
     from scipy import special  # a dependency of scikit-learn; lighter to import than scipy.stats
 
     return float(special.ndtri(q) if math.isinf(df) else special.stdtrit(df, q))
@@ -152,7 +153,7 @@ def fit(
     noise, noise_df = (sigma, df) if sigma is not None else (binom, math.inf)
     assert noise is not None
     cov = noise**2 * np.linalg.pinv(x.T @ x)
-    tq = _t(1 - (1 - LEVEL) / 2, noise_df)
+    tq = t_quantile(1 - (1 - LEVEL) / 2, noise_df)
     sign = 1 if direction == "maximize" else -1
     out = []
     for i, (name, scale) in enumerate(zip(names, scales, strict=True), start=1):
@@ -192,7 +193,7 @@ def detectable(sigma: float, runs: int, df: float) -> float:
     """The smallest on - off difference a balanced two-level design of ``runs`` runs detects with
     ``POWER`` at ``LEVEL``: (t_{1-a/2} + t_{power}) * 2 sigma / sqrt(runs)."""
     d = df if df >= 1 else math.inf
-    return (_t(1 - (1 - LEVEL) / 2, d) + _t(POWER, d)) * 2 * sigma / math.sqrt(runs)
+    return (t_quantile(1 - (1 - LEVEL) / 2, d) + t_quantile(POWER, d)) * 2 * sigma / math.sqrt(runs)
 
 
 def _binomial_se(y: np.ndarray, n_val: int | None) -> float | None:

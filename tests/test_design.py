@@ -70,7 +70,7 @@ def test_balanced_designs_are_orthogonal_arrays_when_one_is_known() -> None:
 def test_a_design_study_parses_round_trips_and_adds_the_paired_seeds() -> None:
     s = parse(doc())
     assert s.design is not None and s.design.dims == tuple(TOGGLES) and s.pruner == {"name": "none"}
-    assert s.space["seed"].choices == (10, 11)  # fixed seed + repeat
+    assert s.design.seeds() == [10, 11] and "seed" in s.space  # fixed seed + repeat
     assert spec.parse(spec.to_document(s), Path("d.yaml")) == s
     runs = design.runs(s.design, s.space)
     assert len(runs) == 32 and len({tuple(sorted(p.items())) for _, p in runs}) == 32
