@@ -212,7 +212,7 @@ def run_study(
             raise SweeperError("--name must not be empty")
         spec = dataclasses.replace(spec, name=name.strip())
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
-    ds = data_lib.scan(spec.data_root, max_pixels=spec.max_pixels)
+    ds = data_lib.hold_out(data_lib.scan(spec.data_root, max_pixels=spec.max_pixels), spec.val_from_train)
     overrides = {"set": parse_sets(set_), "epochs": epochs, "data": str(data) if data else None, "name": name}
     rec = record_lib.StudyRecord.of(spec, ds, overrides)
     existing = _existing(spec.name, storage)
@@ -346,6 +346,7 @@ def refit_best(
         raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
     src = record_lib.open_recorded(study, storage)
     ds = data_lib.scan(str(data) if data else src.spec.data_root, max_pixels=src.spec.max_pixels)
+    ds = data_lib.hold_out(ds, src.spec.val_from_train)  # the split the trials saw (soup picks on val)
     record_lib.check_classes(src.record, ds.classes, ds.root)
     tracker = tracking.Tracker(tracking_uri, src.spec.name)
     if combine != "refit":
@@ -478,6 +479,7 @@ def confirm(
     _warn(src.notes)
     spec = confirm_lib.spec_for(src.spec)
     ds = data_lib.scan(str(data) if data else spec.data_root, max_pixels=spec.max_pixels)
+    ds = data_lib.hold_out(ds, spec.val_from_train)
     record_lib.check_classes(src.record, ds.classes, ds.root)
     queued = confirm_lib.enqueue(src.study, spec.direction, top, seeds)
     c = record_lib.counts(src.study.get_trials(deepcopy=False))

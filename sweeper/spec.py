@@ -122,7 +122,7 @@ SECTION_ARGS: dict[str, tuple[type, Range, str | None]] = {
     "n_startup_steps": (int, _NON_NEG, None),
 }
 """Numeric arguments of Optuna's samplers and pruners, checked when a study loads (others pass through)."""
-DATA_KEYS = ("root", "max_pixels")
+DATA_KEYS = ("root", "max_pixels", "val_from_train")
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ class Study:
     max_params: int | None = None  # parameter budget: a config over it is recorded, never trained
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: the largest image (width x height) accepted
     design: Design | None = None  # toggles run as a balanced design (space then holds the repeats' seed)
+    val_from_train: float = 0.0  # data.val_from_train: fraction of train (per class) added to val
 
     def with_overrides(
         self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None
@@ -274,7 +275,7 @@ def parse(raw: Any, path: Path) -> Study:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise fail("name", f"must be a non-empty string, got {name!r}")
-    root, max_pixels = _parse_data(raw.get("data"), path, fail)
+    root, max_pixels, val_from_train = _parse_data(raw.get("data"), path, fail)
     metric, direction = _parse_objective(raw.get("objective", {}) or {}, fail)
     epochs = raw.get("epochs", 10)
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs not in _ONE_UP:
@@ -299,6 +300,7 @@ def parse(raw: Any, path: Path) -> Study:
         max_params=max_params,
         max_pixels=max_pixels,
         design=design,
+        val_from_train=val_from_train,
     )
 
 
@@ -393,8 +395,9 @@ def _parse_space(space_raw: Any, fixed: dict[str, Any], grid: bool, fail: Any) -
     return space
 
 
-def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int]:
-    """``data: PATH`` or ``{root: PATH, max_pixels: N}``; a relative root is relative to the study file."""
+def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int, float]:
+    """``data: PATH`` or ``{root: PATH, max_pixels: N, val_from_train: F}``; a relative root is relative to
+    the study file."""
     if isinstance(data, str):
         data = {"root": data}
     if not isinstance(data, dict) or not isinstance(data.get("root"), str):
@@ -408,10 +411,14 @@ def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int]:
     n = _number(max_pixels) if not isinstance(max_pixels, str) else None
     if n is None or not n.is_integer() or n not in _ONE_UP:
         raise fail("data.max_pixels", f"must be an integer {_ONE_UP} (width x height), got {max_pixels!r}")
+    held = data.get("val_from_train", 0.0)
+    frac = _number(held) if not isinstance(held, str) else None
+    if frac is None or not 0 <= frac < 1:
+        raise fail("data.val_from_train", f"must be a fraction in [0, 1) of the train images, got {held!r}")
     root = data["root"]
     if not root.startswith("builtin:") and not Path(root).is_absolute():
         root = str((path.parent / root).resolve()) if (path.parent / root).exists() else root
-    return root, int(n)
+    return root, int(n), frac
 
 
 def _named_section(raw: Any, key: str, names: tuple[str, ...], fail: Any) -> dict[str, Any]:
@@ -449,7 +456,11 @@ def to_document(study: Study) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": study.name,
         "description": study.description,
-        "data": {"root": study.data_root, "max_pixels": study.max_pixels},
+        "data": {
+            "root": study.data_root,
+            "max_pixels": study.max_pixels,
+            **({"val_from_train": study.val_from_train} if study.val_from_train else {}),
+        },
         "objective": {"metric": study.metric, "direction": study.direction},
         "epochs": study.epochs,
         "sampler": plain(study.sampler),
