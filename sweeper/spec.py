@@ -148,11 +148,15 @@ class Study:
     def with_overrides(
         self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None
     ) -> Study:
-        """Apply CLI overrides: ``--set`` pins a dimension or replaces a fixed value, ``--epochs`` caps."""
-        fixed, space = dict(self.fixed), dict(self.space)
+        """Apply CLI overrides: ``--set`` pins a dimension or replaces a fixed value, ``--epochs`` caps.
+
+        Under a design, ``--set seed=N`` moves the repeats' seeds (N, N+1, ...); a designed dimension
+        cannot be pinned.
+        """
+        fixed, space, design = dict(self.fixed), dict(self.space), self.design
         for key, value in (sets or {}).items():
             key = known_key(key, f"--set {key}")
-            if self.design is not None and (key in self.design.dims or key == "seed"):
+            if design is not None and key in design.dims:
                 raise SweeperError(
                     f"--set {key}: the study's design varies {key}; pinning it breaks the design's balance "
                     "(start a new study without it in the space)"
@@ -161,12 +165,15 @@ class Study:
                 fixed[key] = coerce(key, value)
             except ValueError as e:
                 raise SweeperError(f"--set {key}={value!r}: {e}") from None
+            if design is not None and key == "seed":
+                design = dataclasses.replace(design, base_seed=fixed[key])
+                continue
             space.pop(key, None)
         total = self.epochs if epochs is None else min(self.epochs, epochs)
         if epochs is not None and epochs < 1:
             raise SweeperError(f"--epochs must be at least 1, got {epochs}")
         return dataclasses.replace(
-            self, fixed=fixed, space=space, epochs=total, data_root=data_root or self.data_root
+            self, fixed=fixed, space=space, epochs=total, data_root=data_root or self.data_root, design=design
         )
 
     def resolve(self, params: dict[str, Any]) -> TrialConfig:
