@@ -79,11 +79,7 @@ def parse(raw: Any, space: dict[str, Dim], fixed: dict[str, Any], fail: Any) -> 
     kind = raw.get("kind", "balanced")
     if kind not in KINDS:
         raise fail("design.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    ints = {k: raw.get(k, d) for k, d in (("repeats", 1), ("seed", 0), ("runs", None))}
-    for k, v in ints.items():
-        low = 0 if k == "seed" else 2 if k == "runs" else 1
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            raise fail(f"design.{k}", f"must be an integer >= {low}, got {v!r}")
+    ints = _counts(raw, fail)
     if ints["runs"] is not None and kind != "balanced":
         raise fail("design.runs", f"applies to kind balanced only; a {kind} design has its own run count")
     effect = raw.get("effect", 0.005)
@@ -109,6 +105,16 @@ SEED_DIM = Dim("int", low=0, high=2**32 - 1)
 """The seed as a searched dimension: a design's rows and ``sweeper confirm``'s re-runs fix its value per
 run. An integer range (not a choice of the seeds) so that later runs can take seeds the first did not:
 Optuna refuses to change a categorical dimension's choices within a study."""
+
+
+def _counts(raw: dict[str, Any], fail: Any) -> dict[str, int | None]:
+    """``repeats`` (>= 1), ``seed`` (>= 0) and ``runs`` (>= 2, or unset), checked."""
+    ints = {k: raw.get(k, d) for k, d in (("repeats", 1), ("seed", 0), ("runs", None))}
+    for k, v in ints.items():
+        low = 0 if k == "seed" else 2 if k == "runs" else 1
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise fail(f"design.{k}", f"must be an integer >= {low}, got {v!r}")
+    return ints
 
 
 def seed_dim(design: Design) -> Dim:
