@@ -119,8 +119,9 @@ def test_design_runs_go_through_the_sweep_loop_once_resumed_and_with_two_workers
     sweep.run(s, 10, objectives, url)  # stopped part-way
     st = sweep.run(s, 16, objectives, url)  # resumed to the whole design
     trials = st.get_trials(deepcopy=False)
-    assert record.counts(trials)["complete"] == 16 and len(trials) == 16
-    rows = Counter(t.user_attrs[design.DESIGN_ROW] for t in trials)
+    c = record.counts(trials)  # a worker racing past the last row leaves a surplus trial, never trained
+    assert c["complete"] == 16 and len(trials) == 16 + c["not_counted"]
+    rows = Counter(t.user_attrs[design.DESIGN_ROW] for t in trials if t.state.name == "COMPLETE")
     assert len(rows) == 16 and set(rows.values()) == {1}
     assert design.enqueue(st, s.design, s.space, 16) == 0  # nothing left to queue
     with pytest.raises(SweeperError, match="design has 16 runs .* --trials 20 would add runs outside it"):
