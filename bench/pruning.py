@@ -51,13 +51,13 @@ def sweep(seed: int, trials: int, epochs: int, pruner: dict, workdir: Path) -> l
     """Run one sweep; return (epochs trained, value if complete) per trial in trial order."""
     from optuna.trial import TrialState
 
-    from sweeper import data, spec, study, tracking
+    from sweeper import data, spec, sweep, tracking, trial
 
     stem = f"{pruner['name']}-{seed}"
     s = spec.parse(study_dict(seed, epochs, pruner), workdir / f"{stem}.yaml")
     ds = data.scan(s.data_root)
     storage = f"sqlite:///{workdir / stem}.db"
-    st = study.run(s, trials, study.make_objective(s, ds, tracking.NullTracker()), storage)
+    st = sweep.run(s, trials, trial.make_objective(s, ds, tracking.NullTracker()), storage)
     out = []
     for t in sorted(st.get_trials(deepcopy=False), key=lambda t: t.number):
         done = t.state == TrialState.COMPLETE

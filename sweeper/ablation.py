@@ -31,6 +31,15 @@ from optuna.trial import FrozenTrial, TrialState
 Direction = Literal["maximize", "minimize"]
 Verdict = Literal["helps", "hurts", "unclear", "too few trials"]
 
+CAVEAT = (
+    "Read this table as a screen, not a test: the sampler chose the trials (an adaptive one such as TPE "
+    "unbalances the on/off arms and ties toggles to each other, so a difference of means measures the "
+    "sampler too), the other options vary as well, and a pruner stops slow starters (CutMix, MixUp, "
+    "RandAugment pay off late) early, so the common epoch favours fast starters. For effects you can "
+    "believe, run the toggles as a design (`design:` in the study file): sweeper then fits them jointly."
+)
+"""What the marginal-means table cannot tell, printed with it."""
+
 RESAMPLES = 2000  # bootstrap resamples: the 2.5/97.5% quantiles are stable to ~0.001 at this count
 LEVEL = 0.95  # coverage of the interval
 MIN_PER_ARM = 2  # trials needed on each side before an interval means anything
@@ -198,4 +207,4 @@ def format_table(ab: Ablation) -> list[str]:
             f"{r.param:<{width}}  {r.n_on:>3} {r.n_off:>3}  {fmt_value(r.mean_on):>8} "
             f"{fmt_value(r.mean_off):>8}  {fmt_value(r.effect, True):>8}  {interval_text(r):<20}  {r.verdict}"
         )
-    return lines
+    return [*lines, "", CAVEAT]

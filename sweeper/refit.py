@@ -38,6 +38,7 @@ class RefitPlan:
     stop_epoch: int  # the trial's best epoch; the LR schedule still spans cfg.epochs, as in the trial
     overrides: dict[str, Any]  # --set, applied on purpose
     notes: list[str]  # what the user should know (an older study without a record)
+    why: str = "the best trial"  # why this trial: the best, or the winner of `sweeper confirm`
 
     def trial_value(self, key: str) -> Any:
         """What the trial itself ran with for ``key`` (before ``--set``)."""
@@ -46,8 +47,9 @@ class RefitPlan:
 
 
 def plan(src: record.Recorded, sets: dict[str, Any] | None = None) -> RefitPlan:
-    """Replay the best trial: its recorded config, else (older trials) its params through the space."""
-    best = record.best_trial(src.study)
+    """Replay the best trial (the confirmed winner once `sweeper confirm` ran): its recorded config, else
+    (older trials) its params through the space."""
+    best, why = _chosen(src)
     notes = list(src.notes)
     cfg = record.trial_config(best)
     if cfg is None:
@@ -63,7 +65,23 @@ def plan(src: record.Recorded, sets: dict[str, Any] | None = None) -> RefitPlan:
     if overrides:
         cfg = spec_lib.config_from_flat({**cfg.flat(), **overrides})
     stop = int(best.user_attrs.get(record.BEST_EPOCH, cfg.epochs))
-    return RefitPlan(best, cfg, max(1, min(stop, cfg.epochs)), overrides, notes)
+    return RefitPlan(best, cfg, max(1, min(stop, cfg.epochs)), overrides, notes, why)
+
+
+def _chosen(src: record.Recorded) -> tuple[optuna.trial.FrozenTrial, str]:
+    """The trial to refit and why: the confirmed winner when a confirmation ran, else the best trial."""
+    from sweeper import confirm
+
+    n_val = src.record.data.get("images", {}).get("val") if src.record is not None else None
+    ranked = [r for r in confirm.ranking(src.study, src.spec.direction, n_val) if r.bound is not None]
+    if not ranked:
+        return record.best_trial(src.study), f"the best trial of {src.spec.name!r}"
+    won = ranked[0]
+    trial = next(t for t in src.study.get_trials(deepcopy=False) if t.number == won.trial)
+    return trial, (
+        f"the confirmed winner of {src.spec.name!r}: the best confidence bound ({won.bound:.4f}, mean "
+        f"{won.mean:.4f} over {won.runs} paired-seed re-runs) of the {len(ranked)} configurations re-run"
+    )
 
 
 def _replayed(spec: Study, best: optuna.trial.FrozenTrial) -> TrialConfig:

@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import ablation as ablation_lib
+from sweeper import effects as effects_lib
 from sweeper import record as record_lib
 from sweeper.report_figures import best_artifacts, figures, learning_curves, run_id_of
 from sweeper.spec import Study
@@ -53,13 +54,17 @@ def _table(
     return f'<table id="{table_id}"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def trial_rows(trials: list[FrozenTrial], spec: Study) -> tuple[list[str], list[list[str]], list[str]]:
-    """The trials table: one row per trial, with the reason it was pruned or failed."""
+def trial_rows(
+    trials: list[FrozenTrial], spec: Study, n_val: int | None = None
+) -> tuple[list[str], list[list[str]], list[str]]:
+    """The trials table: one row per trial, with the reason it was pruned or failed, and beside an
+    accuracy its binomial standard error on the validation set."""
     keys = list(spec.space)
     head = [
         "trial",
         "state",
         spec.metric,
+        *(["± SE (binomial)"] if _binomial(spec, n_val) else []),
         "best epoch",
         "epochs run",
         "seconds",
@@ -78,6 +83,7 @@ def trial_rows(trials: list[FrozenTrial], spec: Study) -> tuple[list[str], list[
                 str(t.number),
                 t.state.name,
                 value,
+                *([_se(t.value, n_val) if value else ""] if _binomial(spec, n_val) else []),
                 _fmt(t.user_attrs.get(record_lib.BEST_EPOCH)),
                 epochs,
                 seconds,
@@ -88,6 +94,35 @@ def trial_rows(trials: list[FrozenTrial], spec: Study) -> tuple[list[str], list[
         )
         classes.append(f"state-{t.state.name}")
     return head, rows, classes
+
+
+def _n_val(study: optuna.Study) -> int | None:
+    rec = record_lib.load(study)
+    return None if rec is None else rec.data.get("images", {}).get("val")
+
+
+def _binomial(spec: Study, n_val: int | None) -> bool:
+    return spec.metric == "val_acc" and bool(n_val)
+
+
+def _se(value: float | None, n_val: int | None) -> str:
+    return "" if value is None or not n_val else f"{effects_lib.binomial_se(value, n_val):.4f}"
+
+
+def _effects_section(fit: effects_lib.Fit) -> list[str]:
+    parts = ["<h2>Effects of the designed options (fitted jointly)</h2>"]
+    parts.append(f'<p class="meta" id="effects-summary">{_e(" ".join(effects_lib.summary(fit)))}</p>')
+    if not fit.effects:
+        return [*parts, '<p class="note">not enough complete design runs for a fit yet</p>']
+    head = ["term", "effect", "SE", f"{effects_lib.LEVEL:.0%} interval", "verdict"]
+    rows = [
+        [e.term, f"{e.estimate:+.4f}", f"{e.se:.4f}", f"[{e.low:+.4f}, {e.high:+.4f}]", e.verdict]
+        for e in fit.effects
+    ]
+    table = _table("effects", head, rows)
+    for verdict in ("helps", "hurts"):
+        table = table.replace(f"<td>{verdict}</td>", f'<td class="verdict-{verdict}">{verdict}</td>')
+    return [*parts, table]
 
 
 def ablation_rows(ab: ablation_lib.Ablation) -> tuple[list[str], list[list[str]]]:
@@ -147,14 +182,20 @@ def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
     complete.sort(key=lambda t: float(t.value or 0.0), reverse=spec.direction == "maximize")
     best = complete[0] if complete else None
     bools = [k for k, d in spec.space.items() if d.kind == "bool"]
-    ab = ablation_lib.compute(trials, bools, spec.metric, spec.direction) if bools else None
-    parts = _header(spec, trials, best) + _ablation_section(ab)
+    n_val = _n_val(study)
+    ab, section = None, None
+    if spec.design is not None:  # a design: all toggles fitted jointly instead of marginal means
+        fit = effects_lib.fit(trials, spec.design, spec.space, spec.metric, spec.direction, n_val)
+        section = _effects_section(fit)
+    elif bools:
+        ab = ablation_lib.compute(trials, bools, spec.metric, spec.direction)
+    parts = _header(spec, trials, best, n_val) + (section or _ablation_section(ab))
     for div, title, fig in figures(study, spec, learning_curves(client, complete[:top], spec.metric), ab):
         if div != "plot-ablation":
             parts.append(f"<h2>{_e(title)}</h2>")
         parts.append(_plot(div, "" if div == "plot-ablation" else title, fig))
     parts += _best_section(client, best)
-    head, rows, classes = trial_rows(trials, spec)
+    head, rows, classes = trial_rows(trials, spec, n_val)
     parts.append(f"<h2>All {len(trials)} trials</h2>")
     parts.append(_table("trials", head, rows, classes))
     parts.append(
@@ -170,7 +211,9 @@ def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
     )
 
 
-def _header(spec: Study, trials: list[FrozenTrial], best: FrozenTrial | None) -> list[str]:
+def _header(
+    spec: Study, trials: list[FrozenTrial], best: FrozenTrial | None, n_val: int | None = None
+) -> list[str]:
     c = record_lib.counts(trials)
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     parts = [f"<h1>Study {_e(spec.name)}</h1>"]
@@ -190,7 +233,7 @@ def _header(spec: Study, trials: list[FrozenTrial], best: FrozenTrial | None) ->
         ("pruned", c["pruned"]),
         ("failed", c["fail"]),
         ("running", c["running"]),
-        (f"best {spec.metric}", f"{best.value:.4f}" if best else "-"),
+        (f"best {spec.metric}", f"{best.value:.4f}{_pm(spec, best.value, n_val)}" if best else "-"),
     ]
     parts.append(
         '<div class="cards" id="counts">'
@@ -206,14 +249,17 @@ def _header(spec: Study, trials: list[FrozenTrial], best: FrozenTrial | None) ->
     return parts
 
 
+def _pm(spec: Study, value: float | None, n_val: int | None) -> str:
+    return f" ± {_se(value, n_val)}" if _binomial(spec, n_val) and value is not None else ""
+
+
 def _ablation_section(ab: ablation_lib.Ablation | None) -> list[str]:
     parts = ["<h2>Ablation: which on/off option helps?</h2>"]
     if ab is None:
         return [*parts, '<p class="note">this study searches no boolean dimension</p>']
     parts.append(
         f'<p class="meta" id="ablation-summary">{_e(ablation_lib.summary(ab))}. Trials are read at '
-        "one common epoch so pruned and complete trials compare fairly; the sampler is adaptive "
-        "and the other options vary too, so treat this as a screen, not a controlled test.</p>"
+        f"one common epoch so pruned and complete trials compare alike. {_e(ablation_lib.CAVEAT)}</p>"
     )
     head, rows = ablation_rows(ab)
     table = _table("ablation", head, rows)

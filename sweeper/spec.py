@@ -49,6 +49,9 @@ from sweeper.config import (
     config_from_flat,
     plain,
 )
+from sweeper.design import Design
+from sweeper.design import parse as _parse_design
+from sweeper.design import seed_dim as _seed_dim
 from sweeper.dims import Dim, _parse_dim, dim_document
 from sweeper.errors import SweeperError, did_you_mean
 
@@ -60,6 +63,7 @@ __all__ = [  # the schema's public names, wherever they are defined
     "RULES",
     "AugConfig",
     "Checkpoint",
+    "Design",
     "Dim",
     "EvalConfig",
     "Optimizer",
@@ -100,6 +104,7 @@ TOP_KEYS = (
     "fixed",
     "space",
     "enqueue",
+    "design",
 )
 CONSTRAINTS = ("max_params",)
 SECTION_ARGS: dict[str, tuple[type, Range, str | None]] = {
@@ -120,7 +125,7 @@ SECTION_ARGS: dict[str, tuple[type, Range, str | None]] = {
     "n_startup_steps": (int, _NON_NEG, None),
 }
 """Numeric arguments of Optuna's samplers and pruners, checked when a study loads (others pass through)."""
-DATA_KEYS = ("root", "max_pixels")
+DATA_KEYS = ("root", "max_pixels", "val_from_train")
 
 
 @dataclass(frozen=True)
@@ -144,18 +149,32 @@ class Study:
     bases: tuple[str, ...] = field(
         default=(), compare=False
     )  # base files merged under this one, nearest first
+    design: Design | None = None  # toggles run as a balanced design (space then holds the repeats' seed)
+    val_from_train: float = 0.0  # data.val_from_train: fraction of train (per class) added to val
 
     def with_overrides(
         self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None
     ) -> Study:
-        """Apply CLI overrides: ``--set`` pins a dimension or replaces a fixed value, ``--epochs`` caps."""
-        fixed, space = dict(self.fixed), dict(self.space)
+        """Apply CLI overrides: ``--set`` pins a dimension or replaces a fixed value, ``--epochs`` caps.
+
+        Under a design, ``--set seed=N`` moves the repeats' seeds (N, N+1, ...); a designed dimension
+        cannot be pinned.
+        """
+        fixed, space, design = dict(self.fixed), dict(self.space), self.design
         for key, value in (sets or {}).items():
             key = known_key(key, f"--set {key}")
+            if design is not None and key in design.dims:
+                raise SweeperError(
+                    f"--set {key}: the study's design varies {key}; pinning it breaks the design's balance "
+                    "(start a new study without it in the space)"
+                )
             try:
                 fixed[key] = coerce(key, value)
             except ValueError as e:
                 raise SweeperError(f"--set {key}={value!r}: {e}") from None
+            if design is not None and key == "seed":
+                design = dataclasses.replace(design, base_seed=fixed[key])
+                continue
             space.pop(key, None)
         space, _never = settle(space, fixed)  # a pinned condition: the dimension is always or never sampled
         pinned = [{k: v for k, v in e.items() if k in space} for e in self.enqueue]
@@ -169,6 +188,7 @@ class Study:
             epochs=total,
             data_root=data_root or self.data_root,
             enqueue=tuple(e for e in pinned if e),
+            design=design,
         )
 
     def resolve(self, params: dict[str, Any]) -> TrialConfig:
@@ -320,7 +340,7 @@ def parse(raw: Any, path: Path) -> Study:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise fail("name", f"must be a non-empty string, got {name!r}")
-    root, max_pixels = _parse_data(raw.get("data"), path, fail)
+    root, max_pixels, val_from_train = _parse_data(raw.get("data"), path, fail)
     metric, direction = _parse_objective(raw.get("objective", {}) or {}, fail)
     epochs = raw.get("epochs", 10)
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs not in _ONE_UP:
@@ -329,6 +349,7 @@ def parse(raw: Any, path: Path) -> Study:
     fixed = _parse_fixed(raw.get("fixed", {}) or {}, fail)
     space = _parse_space(raw.get("space", {}) or {}, fixed, sampler["name"] == "grid", fail)
     max_params = _parse_constraints(raw.get("constraints", {}) or {}, fail)
+    design, pruner = _parse_designed(raw, space, fixed, sampler, fail)
     enqueue = starts.parse_enqueue(raw.get("enqueue"), space, fixed, fail)
     return Study(
         name=name,
@@ -338,14 +359,40 @@ def parse(raw: Any, path: Path) -> Study:
         direction=direction,
         epochs=epochs,
         sampler=sampler,
-        pruner=_named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail),
+        pruner=pruner,
         fixed=fixed,
         space=space,
         description=str(raw.get("description", "")),
         max_params=max_params,
         max_pixels=max_pixels,
         enqueue=enqueue,
+        design=design,
+        val_from_train=val_from_train,
     )
+
+
+def _parse_designed(
+    raw: dict[str, Any], space: dict[str, Dim], fixed: dict[str, Any], sampler: dict[str, Any], fail: Any
+) -> tuple[Design | None, dict[str, Any]]:
+    """The design (it adds the repeats' seed to ``space``) and the pruner, which a design allows only off.
+
+    A pruner stops the trials that start slowly, and strong regularisers (CutMix, MixUp, RandAugment)
+    start slowly and pay off late: pruning under a design would cut one arm more than the other.
+    """
+    if raw.get("design") is None:
+        return None, _named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail)
+    design = _parse_design(raw["design"], space, fixed, fail)
+    if sampler["name"] == "grid":
+        raise fail("sampler.name", "grid does not combine with a design; the design already picks the runs")
+    pruner = _named_section(raw.get("pruner", "none"), "pruner", PRUNERS, fail)
+    if pruner["name"] != "none":
+        raise fail(
+            "pruner",
+            f"a design needs pruner none, got {pruner['name']}: a pruner stops slow starters (CutMix, MixUp, "
+            "RandAugment pay off late), so it would cut one arm of a toggle more than the other",
+        )
+    space["seed"] = _seed_dim(design)
+    return design, pruner
 
 
 def _parse_objective(objective: Any, fail: Any) -> tuple[Any, Any]:
@@ -455,8 +502,9 @@ def settle(space: dict[str, Dim], fixed: dict[str, Any]) -> tuple[dict[str, Dim]
     return out, never
 
 
-def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int]:
-    """``data: PATH`` or ``{root: PATH, max_pixels: N}``; a relative root is relative to the study file."""
+def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int, float]:
+    """``data: PATH`` or ``{root: PATH, max_pixels: N, val_from_train: F}``; a relative root is relative to
+    the study file."""
     if isinstance(data, str):
         data = {"root": data}
     if not isinstance(data, dict) or not isinstance(data.get("root"), str):
@@ -470,10 +518,14 @@ def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int]:
     n = _number(max_pixels) if not isinstance(max_pixels, str) else None
     if n is None or not n.is_integer() or n not in _ONE_UP:
         raise fail("data.max_pixels", f"must be an integer {_ONE_UP} (width x height), got {max_pixels!r}")
+    held = data.get("val_from_train", 0.0)
+    frac = _number(held) if not isinstance(held, str) else None
+    if frac is None or not 0 <= frac < 1:
+        raise fail("data.val_from_train", f"must be a fraction in [0, 1) of the train images, got {held!r}")
     root = data["root"]
     if not root.startswith("builtin:") and not Path(root).is_absolute():
         root = str((path.parent / root).resolve()) if (path.parent / root).exists() else root
-    return root, int(n)
+    return root, int(n), frac
 
 
 def _named_section(raw: Any, key: str, names: tuple[str, ...], fail: Any) -> dict[str, Any]:
@@ -511,14 +563,20 @@ def to_document(study: Study) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": study.name,
         "description": study.description,
-        "data": {"root": study.data_root, "max_pixels": study.max_pixels},
+        "data": {
+            "root": study.data_root,
+            "max_pixels": study.max_pixels,
+            **({"val_from_train": study.val_from_train} if study.val_from_train else {}),
+        },
         "objective": {"metric": study.metric, "direction": study.direction},
         "epochs": study.epochs,
         "sampler": plain(study.sampler),
         "pruner": plain(study.pruner),
         "fixed": plain(study.fixed),
-        "space": {k: dim_document(d) for k, d in study.space.items()},
+        "space": {k: dim_document(d) for k, d in study.space.items() if not (study.design and k == "seed")},
     }
+    if study.design is not None:
+        doc["design"] = study.design.document()
     if study.max_params is not None:
         doc["constraints"] = {"max_params": study.max_params}
     if study.enqueue:

@@ -21,6 +21,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper import design as design_lib
 from sweeper import record as record_lib
 from sweeper import space as space_lib
 from sweeper import starts, stores
@@ -150,6 +151,8 @@ def run(
         if local:  # this process holds the only write lock: a RUNNING trial's worker is dead
             _fail_orphans(study, lost)
         _close_lost_runs(study, tracker)
+        if spec.design is not None:  # queued once: a resumed run and the other workers find them queued
+            design_lib.enqueue(study, spec.design, spec.space, trials)
         deadline = None if timeout is None else time.monotonic() + timeout
         crew = _Crew(trials, deadline, on_trial_end)
         try:

@@ -46,8 +46,14 @@ def show(
         bool,
         typer.Option(
             "--ablation",
-            help="Instead of the top trials: each on/off dimension's effect on the objective, "
-            "with a bootstrap interval, most helpful first.",
+            help="Instead of the top trials: each on/off dimension's effect on the objective, with an "
+            "interval, most helpful first (a design study: all fitted jointly, with what it can resolve).",
+        ),
+    ] = False,
+    interactions: Annotated[
+        bool,
+        typer.Option(
+            "--interactions", help="With --ablation on a design study: fit two-way interactions too."
         ),
     ] = False,
     storage: StorageOpt = None,
@@ -62,7 +68,7 @@ def show(
     view = views.study_view(src, top)
     table: list[str] = []
     if ablation:
-        view["ablation"], table = _ablation(src.spec, src.study)
+        view["ablation"], table = _ablation(src.spec, src.study, _n_val(src.record), interactions)
         view.pop("top")
     if json_:
         _print_json(view)
@@ -71,10 +77,26 @@ def show(
         typer.echo(line)
 
 
-def _ablation(spec: spec_lib.Study, st: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    """The ablation table of a study's on/off dimensions: its rows, and the lines ``show`` prints."""
+def _n_val(rec: Any) -> int | None:
+    """Validation images the study ran with, from its record (the binomial noise floor of val_acc)."""
+    return None if rec is None else rec.data.get("images", {}).get("val")
+
+
+def _ablation(
+    spec: spec_lib.Study, st: Any, n_val: int | None = None, interactions: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ablation of a study's on/off dimensions: its rows, and the lines ``show`` prints. A design study
+    fits every toggle jointly (:mod:`sweeper.effects`); others compare marginal means."""
+    import dataclasses
+
     from sweeper import ablation as ablation_lib
+    from sweeper import effects
     from sweeper import report as report_lib
+
+    if spec.design is not None:
+        trials = st.get_trials(deepcopy=False)
+        fit = effects.fit(trials, spec.design, spec.space, spec.metric, spec.direction, n_val, interactions)
+        return [dataclasses.asdict(e) for e in fit.effects], ["", *effects.format_table(fit)]
 
     bools = [k for k, d in spec.space.items() if d.kind == "bool"]
     if not bools:
@@ -174,6 +196,11 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     typer.echo(f"  data: {spec.data_root}")
     typer.echo(f"  objective: {spec.direction} {spec.metric}; {spec.epochs} epochs per trial")
     typer.echo(f"  sampler: {spec.sampler}; pruner: {spec.pruner}")
+    if spec.design is not None:
+        from sweeper import design as design_lib
+
+        for line in design_lib.describe(spec.design, spec.space):
+            typer.echo(f"  {line}")
     if spec.max_params is not None:
         typer.echo(
             f"  constraints: at most {spec.max_params:,} parameters (over-budget configs are not trained)"

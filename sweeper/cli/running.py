@@ -93,7 +93,7 @@ def run_study(
             raise SweeperError("--name must not be empty")
         spec = dataclasses.replace(spec, name=name.strip())
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
-    ds = data_lib.scan(spec.data_root, max_pixels=spec.max_pixels)
+    ds = data_lib.hold_out(data_lib.scan(spec.data_root, max_pixels=spec.max_pixels), spec.val_from_train)
     overrides = {"set": parse_sets(set_), "epochs": epochs, "data": str(data) if data else None, "name": name}
     rec = record_lib.StudyRecord.of(spec, ds, overrides)
     existing = _existing(spec.name, storage)
@@ -256,6 +256,7 @@ def refit_best(
         raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
     src = record_lib.open_recorded(study, storage)
     ds = data_lib.scan(str(data) if data else src.spec.data_root, max_pixels=src.spec.max_pixels)
+    ds = data_lib.hold_out(ds, src.spec.val_from_train)  # the split the trials saw (soup picks on val)
     record_lib.check_classes(src.record, ds.classes, ds.root)
     tracker = tracking.Tracker(tracking_uri, src.spec.name)
     if combine != "refit":
@@ -271,12 +272,50 @@ def refit_best(
     p = refit.plan(src, parse_sets(set_))
     _warn(p.notes)
     typer.echo(
-        f"refitting trial {p.trial.number} ({src.spec.metric}={p.trial.value:.4f}, the best of "
-        f"{src.spec.name!r}) with its recorded config on train+val, {p.stop_epoch} of its {p.cfg.epochs} "
-        f"epochs (its best epoch, on its own LR schedule); data {ds.root}"
+        f"refitting trial {p.trial.number} ({src.spec.metric}={p.trial.value:.4f}, {p.why}) with its "
+        f"recorded config on train+val, {p.stop_epoch} of its {p.cfg.epochs} epochs (its best epoch, on its "
+        f"own LR schedule); data {ds.root}"
     )
     for key, value in p.overrides.items():
         typer.echo(f"  --set {key}={value} (the trial ran with {p.trial_value(key)!r})")
     summary = refit.refit_best(p, ds, out, tracker, src.spec.name, register)
     typer.echo(f"wrote {', '.join(str(out / f) for f in summary['files'])}")
     _print_model(summary["model_uri"], register)
+
+
+@app.command("confirm")
+def confirm(
+    study: StudyArg,
+    top: Annotated[int, typer.Option("--top", min=1, help="Configurations to re-run: the K best.")] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Paired seeds per configuration.")] = 3,
+    data: DataOpt = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Re-run the top K configurations with S paired seeds and rank them by a lower confidence bound."""
+    from sweeper import confirm as confirm_lib
+    from sweeper import data as data_lib
+    from sweeper import progress as progress_lib
+    from sweeper import record as record_lib
+    from sweeper import sweep, tracking
+    from sweeper import trial as trial_lib
+
+    src = record_lib.open_recorded(study, storage)
+    _warn(src.notes)
+    spec = confirm_lib.spec_for(src.spec)
+    ds = data_lib.scan(str(data) if data else spec.data_root, max_pixels=spec.max_pixels)
+    ds = data_lib.hold_out(ds, spec.val_from_train)
+    record_lib.check_classes(src.record, ds.classes, ds.root)
+    queued = confirm_lib.enqueue(src.study, spec.direction, top, seeds)
+    c = record_lib.counts(src.study.get_trials(deepcopy=False))
+    total = c["counted"] + c["running"] + c["waiting"]
+    typer.echo(f"confirm {spec.name}: {queued} re-runs queued now, {c['waiting']} to run ({top} x {seeds})")
+    tracker = tracking.Tracker(tracking_uri, spec.name)
+    progress = progress_lib.create(total, spec.epochs, spec.metric)
+    objective = trial_lib.make_objective(spec, ds, tracker, progress)
+    st = _sweep(progress, lambda: sweep.run(spec, total, objective, storage, None, 0, None, tracker, None))
+    n_val = None if src.record is None else src.record.data.get("images", {}).get("val")
+    for line in confirm_lib.format_ranking(
+        confirm_lib.ranking(st, spec.direction, n_val), spec.metric, spec.direction
+    ):
+        typer.echo(line)
