@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sweeper.checks import RULES, coerce
-from sweeper.config import PARAM_TYPES, plain
+from sweeper.config import DEFAULTS, PARAM_TYPES, plain
 from sweeper.errors import did_you_mean
 
 
@@ -151,3 +151,25 @@ def _when_document(d: Dim) -> dict[str, Any]:
     if not d.when:
         return {}
     return {"when": {k: v[0] if len(v) == 1 else {"in": plain(v)} for k, v in d.when}}
+
+
+def settle(space: dict[str, Dim], fixed: dict[str, Any]) -> tuple[dict[str, Dim], list[tuple[str, str]]]:
+    """Decide the conditions on parameters that are not searched (fixed, or at their default): each one
+    holds (dropped from the condition) or does not (the dimension is never sampled: reported, left out)."""
+    out: dict[str, Dim] = {}
+    never: list[tuple[str, str]] = []
+    for key, dim in space.items():
+        kept = []
+        for k, allowed in dim.when:
+            if k in space:
+                kept.append((k, allowed))
+                continue
+            value = fixed.get(k, DEFAULTS[k])
+            if value not in allowed:
+                never.append(
+                    (key, f"{k} is {value!r} here (not searched), never {'/'.join(map(str, allowed))}")
+                )
+                break
+        else:
+            out[key] = dataclasses.replace(dim, when=tuple(kept))
+    return out, never
