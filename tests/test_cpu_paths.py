@@ -1,0 +1,21 @@
+"""The options that pay on CUDA (channels_last, device_aug) run on the CPU too, and change no numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sweeper import data as data_lib
+from sweeper import train
+from tests.test_workers import tiny_cfg
+
+pytestmark = pytest.mark.slow  # two real (tiny) trainings
+
+
+def test_channels_last_and_device_aug_train_the_same_model_on_the_cpu(image_folder: Path) -> None:
+    ds = data_lib.scan(image_folder)
+    plain = train.run_trial(tiny_cfg(epochs=1, channels_last=False, device_aug=False), ds)
+    fast = train.run_trial(tiny_cfg(epochs=1, channels_last=True, device_aug=True), ds)
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert fast.best[key] == pytest.approx(plain.best[key], rel=1e-4, abs=1e-5), key
