@@ -80,7 +80,11 @@ def _load(path: Path, cfg: TrialConfig, mmap: bool = False) -> dict[str, Any] | 
 
 def saved_state(path: Path, cfg: TrialConfig) -> tuple[int, list[dict[str, float]]]:
     """The step a checkpoint can resume after (fold f's epoch e is step ``f * epochs + e``) and the metrics
-    of the epochs it holds, every fold's; ``(0, [])`` when there is none or it belongs to another config."""
+    of the epochs it holds, every fold's; ``(0, [])`` when there is none or it belongs to another config.
+
+    The history is every reported epoch in order; a fold that stopped early reported fewer than ``epochs``,
+    so step numbers past it are not the history's positions.
+    """
     state = _load(path, cfg, mmap=True)
     if state is None:
         return 0, []

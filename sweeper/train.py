@@ -220,19 +220,20 @@ def fit(
     kept = Kept(cfg, metric)
     stopper = EarlyStop(cfg.patience, metric if kept.watch == "last" else kept.watch)
     start = 1 if checkpoint is None else checkpoints.restore(checkpoint, cfg, run, result, fold)
-    if [stopper.update(m) for m in result.history][-1:] == [True] and val_dl is not None:
-        start = cfg.epochs + 1  # restored after the epoch early stopping ended the run at
+    for metrics in result.history:  # early stopping's state, as it was
+        stopper.update(metrics)
     last = cfg.epochs if stop_epoch is None else max(1, min(stop_epoch, cfg.epochs))
-    for epoch in range(start, last + 1):
+    for epoch in range(start, 0 if result.stopped_early else last + 1):
         metrics, cm = run.epoch(epoch, val_dl, metric)
         result.history.append(metrics)
         kept.update(result, epoch, metrics, cm, run.evaluated)
+        if val_dl is not None and stopper.update(metrics):
+            result.stopped_early = epoch
         if checkpoint is not None:
             checkpoints.save(checkpoint, cfg, epoch, run, result, fold)
         if report is not None:
             report(epoch, metrics)
-        if val_dl is not None and stopper.update(metrics):
-            result.stopped_early = epoch
+        if result.stopped_early:
             break
     if holdout is not None:
         _score_holdout(result, model, pipes.eval_loader(holdout, cfg, device), holdout.labels, cfg.eval.tta)
