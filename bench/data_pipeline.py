@@ -19,6 +19,10 @@ alike; the medians and their ratios are printed.
 
     python bench/data_pipeline.py           # 1000 images, 5 rounds
     python bench/data_pipeline.py --quick   # 200 images, 2 rounds
+
+``--cache-scales 0,1.5,2,inf`` instead measures sweeper's pipeline alone at each cache size (short side
+kept = max(eval resize, scale x input size), originals never enlarged; 0 = the eval resize, inf = the
+full decode), with the build time and disk size of each cache: the cost of full-fidelity crops.
 """
 
 from __future__ import annotations
@@ -79,9 +83,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: all cores)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--model", default="resnet50", help="timm model whose data config (size, crop) is used")
+    ap.add_argument(
+        "--cache-scales", default=None, help="e.g. 0,1.5,2,inf: sweeper's pipeline per cache size"
+    )
     args = ap.parse_args()
     if args.quick:
         args.images, args.rounds = 200, 2
+    if args.cache_scales:
+        cache_scales(args, [float(x) for x in args.cache_scales.split(",")])
+        return
 
     import timm
     import torch
@@ -177,6 +187,58 @@ def main() -> None:
         f"ratio cpu-part / plain-cpu-part = {ratio:.2f}x (uint8 batches: the CPU's share when conversion "
         "and normalize run on the accelerator, for both pipelines)"
     )
+
+
+def cache_scales(args: argparse.Namespace, scales: list[float]) -> None:
+    """sweeper's train pipeline (RandomResizedCrop + flip + normalize) over caches of each size."""
+    import math
+
+    import timm
+    import torch
+
+    from sweeper import augment, cache, data, loaders, spec
+
+    torch.set_num_threads(1)
+    workers = loaders.cores() if args.workers is None else args.workers
+    dcfg = timm.data.resolve_model_data_config(timm.create_model(args.model, pretrained=False))
+    size = dcfg["input_size"][-1]
+    eval_resize = math.floor(size / dcfg["crop_pct"])
+    train_tf = augment.train_transform(spec.AugConfig(), dcfg)
+    cfg = spec.build_config({"batch_size": args.batch, "num_workers": workers})
+    with tempfile.TemporaryDirectory(prefix="sweeper-bench-data-") as d:
+        os.environ["SWEEPER_DATA_DIR"] = str(Path(d) / "sweeper-data")
+        root = make_jpegs(Path(d) / "train", args.images, (args.width, args.height))
+        files = tuple(sorted(root.rglob("*.jpg")))
+        labels = tuple(int(f.parent.name[-2:]) for f in files)
+        dls, info = {}, {}
+        for s in scales:
+            short = 10**9 if math.isinf(s) else cache.cached_short_side(eval_resize, size, s)
+            shrink = cache.ShrinkShortSide(short, augment.interpolation(dcfg))
+            t0 = time.perf_counter()
+            images = cache.open_cache(files, shrink, workers=workers)
+            assert images is not None
+            mb = sum(f.stat().st_size for f in images.folder.iterdir()) / 1e6
+            info[s] = (min(short, args.width, args.height), time.perf_counter() - t0, mb)
+            dls[s] = loaders.loader(
+                data.ImageDataset(files, labels, train_tf, images), cfg, True, torch.device("cpu")
+            )
+        for dl in dls.values():
+            epoch(dl)
+        rates: dict[float, list[float]] = {s: [] for s in scales}
+        for _ in range(args.rounds):
+            for s, dl in dls.items():
+                rates[s].append(epoch(dl))
+    print(
+        f"{args.images} JPEGs {args.width}x{args.height}, {args.model} (input {size}, eval resize "
+        f"{eval_resize}), batch {args.batch}, {workers} workers, {args.rounds} interleaved rounds"
+    )
+    for s in scales:
+        short, build, mb = info[s]
+        med = statistics.median(rates[s])
+        print(
+            f"  cache_scale {s:<4} short side {short:4d}: build {build:5.1f}s, {mb:6.0f} MB, "
+            f"median {med:6.1f} images/s   rounds: {', '.join(f'{x:.0f}' for x in rates[s])}"
+        )
 
 
 if __name__ == "__main__":

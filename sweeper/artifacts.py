@@ -143,12 +143,21 @@ def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], resul
     extra = {"best_epoch": result.best_epoch, "best": result.best, "num_params": result.num_params}
     if result.fold_states:
         extra["fold_files"] = [fold_file(f) for f in range(len(result.fold_states))]
+    also = getattr(result, "also_kept", {})  # checkpoint: both: the other metric's best epoch too
+    if also:
+        extra["also_kept"] = {
+            k: {"epoch": e, "weights": f"best-{k}.safetensors"} for k, (e, _, _) in also.items()
+        }
     write_config(out_dir / "config.yaml", cfg, classes, result.data_config, extra)
     if result.fold_states:  # k-fold: every fold's model is kept, for a fold ensemble at refit
         for f, state in enumerate(result.fold_states):
             save_weights(out_dir / fold_file(f), state, {"backbone": cfg.backbone, "fold": str(f)})
     else:
         save_weights(out_dir / "best.safetensors", result.state_dict, {"backbone": cfg.backbone})
+        for k, (epoch, _, state) in also.items():
+            save_weights(
+                out_dir / f"best-{k}.safetensors", state, {"backbone": cfg.backbone, "epoch": str(epoch)}
+            )
     if result.confusion is not None:
         write_confusion(out_dir, result.confusion, classes)
     write_curves(out_dir, result.history)

@@ -1,7 +1,9 @@
 """Train and eval transforms from an AugConfig, built from torchvision.transforms.v2 and timm's Mixup.
 
-Transforms take uint8 ``[3, H, W]`` tensors (decoded files or cache rows) and return normalized float
-tensors. Mean, std, interpolation and crop_pct come from the model's data config, never typed twice.
+Transforms take uint8 ``[3, H, W]`` tensors (decoded files or cache rows) and return float tensors in
+[0, 1], normalized unless asked not to. Mean, std, interpolation and crop_pct come from the model's data
+config, never typed twice; the eval geometry is timm's own (``transforms_imagenet_eval``): resize to
+``floor(size / crop_pct)``, then ``center`` / ``squash`` / ``border`` as timm's ``crop_mode`` says.
 """
 
 from __future__ import annotations
@@ -12,19 +14,30 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from sweeper.spec import AugConfig
+from sweeper.spec import AugConfig, EvalConfig
 
 
 def _interp(name: str) -> InterpolationMode:
-    return {"bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}.get(
-        name, InterpolationMode.BILINEAR
-    )
+    from timm.data.transforms import str_to_interp_mode
+
+    return str_to_interp_mode(name)
 
 
-def train_transform(aug: AugConfig, data_cfg: dict[str, Any]) -> T.Compose:
+def interpolation(data_cfg: dict[str, Any]) -> InterpolationMode:
+    """The model's interpolation, as timm maps its name."""
+    return _interp(data_cfg.get("interpolation", "bilinear"))
+
+
+def _to_float(data_cfg: dict[str, Any], normalize: bool) -> list[Any]:
+    """uint8 -> float in [0, 1], then the model's mean/std unless ``normalize`` is off."""
+    ops: list[Any] = [T.ToDtype(torch.float32, scale=True)]
+    return ops + [T.Normalize(data_cfg["mean"], data_cfg["std"])] if normalize else ops
+
+
+def train_transform(aug: AugConfig, data_cfg: dict[str, Any], normalize: bool = True) -> T.Compose:
     """The training pipeline: geometry, then color, then policy augmentations, then normalize/erase."""
     size = data_cfg["input_size"][-1]
-    interp = _interp(data_cfg.get("interpolation", "bilinear"))
+    interp = interpolation(data_cfg)
     ops: list[Any] = []
     if aug.rrc:
         ops.append(T.RandomResizedCrop(size, scale=aug.rrc_scale, ratio=aug.rrc_ratio, interpolation=interp))
@@ -43,7 +56,8 @@ def train_transform(aug: AugConfig, data_cfg: dict[str, Any]) -> T.Compose:
             )
         )
     if aug.color_jitter:
-        ops.append(T.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue))
+        jitter = T.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)
+        ops.append(jitter if aug.color_jitter_p >= 1 else T.RandomApply([jitter], p=aug.color_jitter_p))
     if aug.grayscale:
         ops.append(T.RandomGrayscale(aug.grayscale_p))
     if aug.blur:
@@ -54,26 +68,50 @@ def train_transform(aug: AugConfig, data_cfg: dict[str, Any]) -> T.Compose:
         ops.append(T.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m))
     if aug.augmix:
         ops.append(T.AugMix(severity=aug.augmix_severity))
-    ops += [T.ToDtype(torch.float32, scale=True), T.Normalize(data_cfg["mean"], data_cfg["std"])]
+    ops += _to_float(data_cfg, normalize)
     if aug.erasing:
         ops.append(T.RandomErasing(p=aug.erasing_p))
     return T.Compose(ops)
 
 
-def eval_transform(data_cfg: dict[str, Any], crop_pct: float | None = None) -> T.Compose:
-    """Resize the short side to size / crop_pct, then center-crop to size: timm's eval convention."""
-    size = data_cfg["input_size"][-1]
-    pct = crop_pct if crop_pct is not None else data_cfg.get("crop_pct", 0.875)
-    return T.Compose(
-        [
-            T.Resize(
-                int(round(size / pct)), interpolation=_interp(data_cfg.get("interpolation", "bilinear"))
-            ),
-            T.CenterCrop(size),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(data_cfg["mean"], data_cfg["std"]),
-        ]
-    )
+def eval_geometry(data_cfg: dict[str, Any], ev: EvalConfig | None = None) -> dict[str, Any]:
+    """The eval's size, crop_pct, crop_mode and interpolation: ``ev`` where set, else the model's."""
+    ev = ev or EvalConfig()
+    return {
+        "img_size": ev.img_size or data_cfg["input_size"][-1],
+        "crop_pct": ev.crop_pct or data_cfg.get("crop_pct") or 0.875,
+        "crop_mode": ev.crop_mode or data_cfg.get("crop_mode") or "center",
+        "interpolation": data_cfg.get("interpolation", "bilinear"),
+    }
+
+
+def eval_transform(
+    data_cfg: dict[str, Any], ev: EvalConfig | None = None, normalize: bool = True
+) -> T.Compose:
+    """timm's eval geometry (its own ops, so sizes floor and crop modes match timm), then to float."""
+    from timm.data.transforms import CenterCropOrPad
+    from timm.data.transforms_factory import transforms_imagenet_eval
+
+    geo = eval_geometry(data_cfg, ev)
+    timm_ops = transforms_imagenet_eval(**geo, mean=data_cfg["mean"], use_prefetcher=True).transforms[:-1]
+    ops = [_CenterCropOrPad(op.size, op.fill) if isinstance(op, CenterCropOrPad) else op for op in timm_ops]
+    return T.Compose([*ops, *_to_float(data_cfg, normalize)])
+
+
+class _CenterCropOrPad:
+    """timm's ``CenterCropOrPad`` (``crop_mode: border``) for tensors: pad with the mean color, crop."""
+
+    def __init__(self, size: tuple[int, int], fill: Any) -> None:
+        self.size, self.fill = tuple(size), fill
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        (h, w), (th, tw) = img.shape[-2:], self.size
+        if th > h or tw > w:
+            dw, dh = max(tw - w, 0), max(th - h, 0)
+            img = F.pad(img, [dw // 2, dh // 2, (dw + 1) // 2, (dh + 1) // 2], fill=self.fill)
+        return F.center_crop(img, list(self.size))
 
 
 def mixer(aug: AugConfig, label_smoothing: float, num_classes: int):

@@ -2,15 +2,16 @@
 
 A sweep trains hundreds of times on the same files; decoding every JPEG in every epoch of every trial
 is the first waste. The first trial that needs a dataset at a given size decodes every file once,
-applies the eval pipeline's own ``Resize`` (short side = input size / crop_pct, aspect kept) and
-appends the uint8 pixels (height x width x 3, as decoders lay them out) to ``pixels.u8`` under the
-data dir. Every later trial, and
-every DataLoader worker, maps that file read-only; the page cache shares it across processes.
+shrinks it (:class:`ShrinkShortSide`, aspect kept, never enlarged) and appends the uint8 pixels
+(height x width x 3, as decoders lay them out) to ``pixels.u8`` under the data dir. Every later
+trial, and every DataLoader worker, maps that file read-only; the page cache shares it across processes.
 
-Why this resize: the eval transform's first op is exactly this ``Resize``, so resizing an image
-that already has that size is a no-op and eval tensors from the cache are identical to decoding
-the file. Training crops (RandomResizedCrop) then sample from an image whose short side is about
-14% above the input size, the resolution timm's own eval path keeps.
+What the shrink does to augmentation: the cached short side is at least ``cache_scale`` x the input
+size (and at least the eval resize), so a RandomResizedCrop covering ``1 / cache_scale**2`` of the
+image or more (a quarter at the default 2) is cut from as many pixels as a full decode would give it;
+smaller crops are upsampled a little more than from the original. Images smaller than that are cached
+as decoded. Eval tensors are identical to decoding the file when the cached short side is the eval
+resize (``cache_scale`` <= crop_pct x eval/train size), else the eval resize starts from the cached copy.
 
 The cache is keyed by every file's path, size, mtime and inode, the resize and the library
 versions; a changed file makes a new key (the old cache is deleted). Builds take a file lock, so a
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -44,7 +46,7 @@ from sweeper.data import check_decodes, data_dir, load_image
 from sweeper.errors import SweeperError
 
 log = logging.getLogger("sweeper")
-VERSION = 3  # bump when the file layout or the decoded pixels change (3: EXIF orientation, 16-bit)
+VERSION = 4  # bump when the file layout or the decoded pixels change (4: shrink-only short side)
 _over_budget: set[str] = set()  # keys already found too big in this process: say so once
 
 
@@ -52,7 +54,32 @@ def resize_key(resize: Any) -> str:
     """What about a torchvision ``Resize`` changes the cached pixels."""
     size = resize.size if isinstance(resize.size, int) else list(resize.size)
     interpolation = str(getattr(resize.interpolation, "value", resize.interpolation))
-    return json.dumps([size, interpolation, resize.antialias, resize.max_size])
+    shrink = ["shrink"] if getattr(resize, "shrink_only", False) else []
+    return json.dumps([size, interpolation, resize.antialias, resize.max_size, *shrink])
+
+
+class ShrinkShortSide:
+    """Resize an image so its short side is ``size``, aspect kept; an image already that small is kept."""
+
+    antialias, max_size, shrink_only = True, None, True
+
+    def __init__(self, size: int, interpolation: Any) -> None:
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        if min(img.shape[-2:]) <= self.size:
+            return img
+        return F.resize(img, self.size, interpolation=self.interpolation, antialias=True)
+
+    def __repr__(self) -> str:
+        return f"ShrinkShortSide({self.size})"
+
+
+def cached_short_side(eval_resize: int, input_size: int, cache_scale: float) -> int:
+    """The short side a trial's cache keeps: the eval resize, or ``cache_scale`` x the input if larger."""
+    return max(eval_resize, math.ceil(cache_scale * input_size))
 
 
 def fingerprint(files: Sequence[Path], resize: Any) -> str:
@@ -76,6 +103,8 @@ def estimate_bytes(files: Sequence[Path], resize: Any) -> int:
             w, h = im.size
         if isinstance(resize.size, int) or len(resize.size) == 1:
             short = resize.size if isinstance(resize.size, int) else resize.size[0]
+            if getattr(resize, "shrink_only", False):
+                short = min(short, w, h)
             total += 3 * short * int(short * max(w, h) / min(w, h))
         else:
             total += 3 * resize.size[0] * resize.size[1]

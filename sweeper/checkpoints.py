@@ -1,16 +1,31 @@
-"""Epoch checkpoints: everything to continue a single-model run after an epoch, written atomically, and
-resumed only by a run of the same config (a retry of a lost or interrupted trial)."""
+"""Epoch checkpoints: everything to continue a run after an epoch, written atomically, and resumed only by
+a run of the same config (a retry of a lost or interrupted trial).
+
+A checkpoint holds the whole run (every merged replica with its optimizer and schedule, the EMA), the
+kept epochs so far and the RNG state; in a k-fold trial also the fold it is in and the finished folds'
+results, so a killed k-fold trial resumes in the fold and epoch where it stopped.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from sweeper.spec import TrialConfig
+
+_RESULT_KEYS = ("history", "best", "best_epoch", "state_dict", "also_kept", "stopped_early", "holdout_probs")
+
+
+@dataclass
+class Fold:
+    """Where a k-fold trial is: the fold being trained (0-based) and the finished folds' results."""
+
+    index: int = 0
+    done: list[Any] = field(default_factory=list)
 
 
 def resume_key(cfg: TrialConfig) -> str:
@@ -21,22 +36,31 @@ def resume_key(cfg: TrialConfig) -> str:
     return repr(sorted(flat.items()))
 
 
-def save(
-    path: Path, cfg: TrialConfig, epoch: int, model: nn.Module, optimizer, scheduler, result: Any
-) -> None:
+def result_state(result: Any) -> dict[str, Any]:
+    """A run's result as plain tensors and lists (what ``torch.load(weights_only=True)`` reads back)."""
+    state = {k: getattr(result, k) for k in _RESULT_KEYS}
+    state["confusion"] = None if result.confusion is None else torch.from_numpy(result.confusion)
+    return state
+
+
+def restore_result(result: Any, state: dict[str, Any]) -> Any:
+    for k in _RESULT_KEYS:
+        setattr(result, k, state[k])
+    result.confusion = None if state["confusion"] is None else state["confusion"].numpy()
+    return result
+
+
+def save(path: Path, cfg: TrialConfig, epoch: int, run: Any, result: Any, fold: Fold | None = None) -> None:
     """Everything to continue after ``epoch``; written to a temporary file, then renamed (atomic)."""
+    fold = fold or Fold()
     state = {
         "key": resume_key(cfg),
+        "fold": fold.index,
+        "done": [result_state(r) for r in fold.done],
         "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "history": result.history,
-        "best": result.best,
-        "best_epoch": result.best_epoch,
-        "best_state": result.state_dict,
+        "run": run.state_dict(),
+        "result": result_state(result),
         "rng": torch.get_rng_state(),
-        "confusion": None if result.confusion is None else torch.from_numpy(result.confusion),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -44,31 +68,43 @@ def save(
     os.replace(tmp, path)
 
 
-def saved_state(path: Path, cfg: TrialConfig) -> tuple[int, list[dict[str, float]]]:
-    """The epoch a checkpoint can resume after, and the metrics of the epochs it holds; ``(0, [])`` when
-    there is none or it belongs to another config."""
+def _load(path: Path, cfg: TrialConfig, mmap: bool = False) -> dict[str, Any] | None:
     if not path.exists():
-        return 0, []
+        return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception:  # truncated or from an incompatible version: start over
-        return 0, []
-    if state.get("key") != resume_key(cfg):
-        return 0, []
-    return int(state["epoch"]), list(state["history"])
+        return None
+    return state if state.get("key") == resume_key(cfg) else None
 
 
-def restore(path: Path, cfg: TrialConfig, model: nn.Module, optimizer, scheduler, result: Any) -> int:
-    """Load a matching checkpoint into the run; return the next epoch. Its epochs are not reported again:
-    the caller learns of them from :func:`saved_state`."""
-    if not saved_state(path, cfg)[0]:
+def saved_state(path: Path, cfg: TrialConfig) -> tuple[int, list[dict[str, float]]]:
+    """The step a checkpoint can resume after (fold f's epoch e is step ``f * epochs + e``) and the metrics
+    of the epochs it holds, every fold's; ``(0, [])`` when there is none or it belongs to another config.
+
+    The history is every reported epoch in order; a fold that stopped early reported fewer than ``epochs``,
+    so step numbers past it are not the history's positions.
+    """
+    state = _load(path, cfg, mmap=True)
+    if state is None:
+        return 0, []
+    history = [h for done in state["done"] for h in done["history"]] + list(state["result"]["history"])
+    return state["fold"] * cfg.epochs + int(state["epoch"]), history
+
+
+def finished_folds(path: Path | None, cfg: TrialConfig) -> list[dict[str, Any]]:
+    """The results of the folds a k-fold trial's checkpoint had finished (none without one)."""
+    state = None if path is None else _load(path, cfg)
+    return [] if state is None else list(state["done"])
+
+
+def restore(path: Path, cfg: TrialConfig, run: Any, result: Any, fold: Fold | None = None) -> int:
+    """Load a matching checkpoint of this fold into the run and its result; return the next epoch. Its
+    epochs are not reported again: the caller learns of them from :func:`saved_state`."""
+    state = _load(path, cfg)
+    if state is None or state["fold"] != (fold or Fold()).index:
         return 1
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    run.load_state_dict(state["run"])
     torch.set_rng_state(state["rng"])
-    result.history, result.best, result.best_epoch = state["history"], state["best"], state["best_epoch"]
-    result.state_dict = state["best_state"]
-    result.confusion = None if state["confusion"] is None else state["confusion"].numpy()
+    restore_result(result, state["result"])
     return int(state["epoch"]) + 1

@@ -71,10 +71,18 @@ LIMITS: dict[str, Range] = {
     "layer_decay": _FRACTION,
     "weight_decay": _NON_NEG,
     "warmup_epochs": _NON_NEG,
+    "onecycle_pct_start": Range(0, 1, low_open=True, high_open=True),  # torch's OneCycleLR
+    "onecycle_div_factor": _POSITIVE,
+    "onecycle_final_div_factor": _POSITIVE,
+    "opt_eps": _POSITIVE,
+    "opt_betas": Range(0, 1, high_open=True),
+    "grad_clip": _POSITIVE,
     "freeze_depth": _NON_NEG,
     "label_smoothing": Range(0, 0.99),
     "supcon_weight": _NON_NEG,
     "supcon_temperature": _POSITIVE,
+    "cosine_weight": _NON_NEG,
+    "cosine_margin": Range(-1, 1),  # torch's CosineEmbeddingLoss: a cosine
     "patience": _ONE_UP,
     "folds": _ONE_UP,
     "merge_models": _ONE_UP,
@@ -82,12 +90,14 @@ LIMITS: dict[str, Range] = {
     "head_dropout": Range(0, 0.99),
     "seed": Range(0, 2**32 - 1),  # numpy's seeds are 32-bit
     "num_workers": _NON_NEG,
+    "cache_scale": _NON_NEG,
     "aug.rrc_scale": _FRACTION,
     "aug.rrc_ratio": _POSITIVE,
     "aug.hflip_p": _PROB,
     "aug.vflip_p": _PROB,
     "aug.rotation_deg": Range(0, 180),
     "aug.translate_frac": _PROB,
+    "aug.color_jitter_p": _PROB,
     "aug.brightness": _NON_NEG,
     "aug.contrast": _NON_NEG,
     "aug.saturation": _NON_NEG,
@@ -104,6 +114,7 @@ LIMITS: dict[str, Range] = {
     "aug.mixup_alpha": _NON_NEG,
     "aug.cutmix_alpha": _NON_NEG,
     "aug.mix_prob": _PROB,
+    "eval.img_size": Range(8),
     "eval.crop_pct": _FRACTION,
     "sensitivity.top_k": _ONE_UP,
     "sensitivity.lr": _POSITIVE,
@@ -172,7 +183,8 @@ def _coerce(t: Any, value: Any) -> tuple[bool, Any]:
     if origin is tuple and typing.get_args(t)[-1] is Ellipsis:  # tuple[float, ...]: a list, or one value
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         pairs = [_coerce(typing.get_args(t)[0], x) for x in items]
-        return bool(items) and all(ok for ok, _ in pairs), tuple(v for _, v in pairs)
+        allowed = bool(items) or typing.get_args(t)[0] is str  # an empty list of patterns: none
+        return allowed and all(ok for ok, _ in pairs), tuple(v for _, v in pairs)
     if origin is tuple:
         args = typing.get_args(t)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

@@ -17,7 +17,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 """The default of ``data.max_pixels``: PIL's decompression-bomb limit (about 9459 x 9459)."""
 
 Optimizer = Literal["sgd", "adam", "adamw", "radam", "ranger"]
-Checkpoint = Literal["objective", "val_acc", "val_loss", "last"]
+Checkpoint = Literal["objective", "val_acc", "val_loss", "last", "both"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class AugConfig:
     translate: bool = False
     translate_frac: float = 0.1  # max shift, fraction of width/height
     color_jitter: bool = False
+    color_jitter_p: float = 1.0  # probability that an image is jittered at all (RandomApply)
     brightness: float = 0.3
     contrast: float = 0.3
     saturation: float = 0.3
@@ -66,7 +67,9 @@ class AugConfig:
 class EvalConfig:
     """How validation, test and refit predictions see an image."""
 
-    crop_pct: float | None = None  # center-crop ratio; None = the model's pretrained crop_pct
+    img_size: int | None = None  # eval resolution; None = the training img_size (or the model's)
+    crop_pct: float | None = None  # crop ratio: resize to floor(size / crop_pct) first; None = the model's
+    crop_mode: Literal["center", "squash", "border"] | None = None  # as timm; None = the model's (center)
     tta: bool = False  # average the probabilities of the image and its horizontal flip
 
 
@@ -102,17 +105,31 @@ class TrialConfig:
     lr_backbone: float = 1e-4  # at batch 256 when lr_scale_batch, else as is
     lr_head: float = 1e-3
     lr_scale_batch: bool = False  # scale both LRs by batch_size / 256 (linear scaling rule)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after the warmup
+    lr_schedule: Literal["cosine", "constant", "onecycle"] = "cosine"  # onecycle: torch's, no warmup_epochs
+    onecycle_pct_start: float = 0.3  # onecycle: fraction of the steps spent rising to the LRs
+    onecycle_div_factor: float = 25.0  # onecycle: starting LR = LR / this
+    onecycle_final_div_factor: float = 1e4  # onecycle: final LR = starting LR / this
+    opt_eps: float | None = None  # Adam-family epsilon; None = the optimizer's default (1e-8)
+    opt_betas: tuple[float, float] | None = None  # Adam-family betas; None = the default (0.9, 0.999)
+    grad_clip: float | None = None  # clip the gradients' global L2 norm to this before each step; None = off
     layer_decay: float | None = None  # layer-wise LR decay factor per block, None = off
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0  # linear warmup, then cosine to zero
     freeze_depth: int = 0  # 0 = train all; k = freeze the stem and the first k stages
+    freeze_stem: bool = False  # freeze the stem alone (the layers before the first stage)
+    freeze: tuple[str, ...] = ()  # glob patterns of parameter names to freeze ("layer4.1.conv1.*")
+    boost: tuple[str, ...] = ()  # glob patterns: own groups, sensitivity.lr / .weight_decay i for pattern i
+    normalize: bool = True  # subtract the model's mean and divide by its std; off = pixels in [0, 1]
     label_smoothing: float = 0.0
     supcon_weight: float = 0.0  # weight of the auxiliary supervised-contrastive loss; 0 = off
     supcon_temperature: float = 0.1  # softmax temperature of that loss
+    cosine_weight: float = 0.0  # weight of the pairwise cosine-embedding loss (half same-class); 0 = off
+    cosine_margin: float = 0.0  # that loss's margin for different-class pairs (torch's CosineEmbeddingLoss)
     checkpoint: Checkpoint = "objective"  # the epoch whose weights a trial keeps; objective = study's metric
+    # both: the objective's epoch, and also the other one of val_acc / val_loss as a second artifact
     patience: int | None = None  # stop after this many epochs without a better checkpoint; None = never
     folds: int = 1  # 1 = the given train/val split; k >= 2 = k-fold over train+val, objective = fold mean
+    fold_holdout: bool = False  # k-fold over train only; val is a fixed hold-out scored per fold and ensemble
     merge_models: int = 1  # k >= 2: k copies from one init, seeds seed..seed+k-1, averaged every epoch
     ema_decay: float | None = None  # keep an exponential moving average of the weights; None = off
     head: Literal["linear", "dropout", "se", "attention"] = "linear"
@@ -121,6 +138,7 @@ class TrialConfig:
     num_workers: int | None = None  # DataLoader workers; None = from the machine's cores
     channels_last: Literal["auto"] | bool = "auto"  # NHWC; auto = on CUDA, off for models it slows down
     compile: bool = False  # torch.compile the model: slower first epoch, faster steps after (GPU)
+    cache_scale: float = 2.0  # decoded-image cache keeps short side >= this x img_size (see sweeper.cache)
     device_aug: Literal["auto"] | bool = "auto"  # uint8 batches, float math on the device; auto = on CUDA
     aug: AugConfig = field(default_factory=AugConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -56,6 +56,6 @@ def predict_files(
     """Class probabilities ``[N, C]`` for image files, with the eval transform (and TTA when on)."""
     device = device or loaders.pick_device()
     model.to(device)
-    ds = data_lib.ImageDataset(tuple(files), None, augment.eval_transform(dcfg, cfg.eval.crop_pct))
+    ds = data_lib.ImageDataset(tuple(files), None, augment.eval_transform(dcfg, cfg.eval, cfg.normalize))
     dl = loaders.loader(ds, cfg, train=False, device=device)
     return torch.cat([p.cpu() for p, _ in predict_logits(model, dl, device, cfg.eval.tta)])

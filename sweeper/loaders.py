@@ -3,6 +3,7 @@ chosen memory format, the per-image pipelines and the decoded-image cache they r
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -115,7 +116,8 @@ class Pipelines:
     """The per-image transforms of a run, their device tails, and the decoded-image cache they read.
 
     The cache holds every file the run reads (sorted, so the folds of a k-fold trial and a refit on
-    train+val share the trials' cache); the first run at this size builds it.
+    train+val share the trials' cache), shrunk to a short side that keeps training crops at full
+    fidelity (see :mod:`sweeper.cache`); the first run at this size builds it.
     """
 
     def __init__(
@@ -123,10 +125,15 @@ class Pipelines:
     ):
         from sweeper import cache
 
-        self.train_tf: Any = augment.train_transform(cfg.aug, dcfg)
-        self.eval_tf: Any = augment.eval_transform(dcfg, cfg.eval.crop_pct)
+        self.train_tf: Any = augment.train_transform(cfg.aug, dcfg, cfg.normalize)
+        self.eval_tf: Any = augment.eval_transform(dcfg, cfg.eval, cfg.normalize)
         files = sorted({f for s in splits if s is not None for f in s.files})
-        self.images = cache.open_cache(files, self.eval_tf.transforms[0], workers=workers(cfg))
+        geo = augment.eval_geometry(dcfg, cfg.eval)
+        short = cache.cached_short_side(
+            math.floor(geo["img_size"] / geo["crop_pct"]), dcfg["input_size"][-1], cfg.cache_scale
+        )
+        shrink = cache.ShrinkShortSide(short, augment.interpolation(dcfg))
+        self.images = cache.open_cache(files, shrink, workers=workers(cfg))
         self.train_tail = self.eval_tail = None
         if cfg.device_aug is True or (cfg.device_aug == "auto" and device.type == "cuda"):
             self.train_tf, self.train_tail = augment.split_for_device(self.train_tf)
@@ -137,6 +144,9 @@ class Pipelines:
 
     def eval(self, split: data_lib.Split) -> data_lib.ImageDataset:
         return data_lib.ImageDataset(split.files, split.labels, self.eval_tf, self.images)
+
+    def eval_loader(self, split: data_lib.Split, cfg: TrialConfig, device: torch.device) -> DeviceLoader:
+        return loader(self.eval(split), cfg, train=False, device=device, tail=self.eval_tail)
 
 
 def autocast(device: torch.device):

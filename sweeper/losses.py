@@ -1,4 +1,5 @@
-"""Training losses: cross entropy on hard or soft (mixed, smoothed) targets, and supervised contrastive.
+"""Training losses: cross entropy on hard or soft (mixed, smoothed) targets, supervised contrastive and
+pairwise cosine embedding.
 
 The supervised-contrastive term (Khosla et al. 2020) pulls together the pooled features of images of one
 class within a batch and pushes apart the others; it is added to the classification loss with a weight.
@@ -35,3 +36,38 @@ def supcon(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.
         return features.sum() * 0.0
     per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(1)[has_pos] / n_pos[has_pos]
     return per_anchor.mean()
+
+
+def sample_pairs(
+    labels: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A partner in the batch for every image, of its class with probability 1/2, else of another.
+
+    Returns the partners' indices and the targets (+1 same class, -1 not). Where the batch has no other
+    image of the wanted kind the other kind is taken, so in a batch of many classes fewer than half the
+    pairs share a class (recipe 002 drew partners from the whole dataset).
+    """
+    n = len(labels)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=labels.device)
+    same_other = same & ~eye
+    want_same = torch.rand(n, generator=generator).to(labels.device) < 0.5
+    pool = torch.where(want_same[:, None], same_other, ~same)
+    pool = torch.where(pool.any(1, keepdim=True), pool, same_other | ~same)  # the other kind
+    pool = pool | (eye & ~pool.any(1, keepdim=True))  # a batch of one: itself
+    j = torch.multinomial(pool.float().cpu(), 1, generator=generator).squeeze(1).to(labels.device)
+    target = torch.where(same[torch.arange(n, device=labels.device), j], 1, -1)
+    return j, target
+
+
+def cosine_embedding(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """torch's cosine-embedding loss over :func:`sample_pairs`: ``1 - cos`` for a same-class pair,
+    ``max(0, cos - margin)`` for a different-class one (recipe 002's contrastive variant)."""
+    j, target = sample_pairs(labels, generator)
+    f = features.float()
+    return F.cosine_embedding_loss(f, f[j], target, margin=margin)

@@ -152,8 +152,8 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
         )
     if weights is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": weights}
-    if cfg.head in ("linear", "dropout"):  # timm's own pooling and classifier, dropout before it
-        kwargs.update(num_classes=num_classes, drop_rate=cfg.head_dropout)
+    if cfg.head in ("linear", "dropout"):  # timm's own pooling and classifier; our dropout before it
+        kwargs.update(num_classes=num_classes, drop_rate=0.0)
     else:
         kwargs.update(num_classes=0, global_pool="")
     try:
@@ -169,9 +169,50 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
         ) from None
     if cfg.head in ("se", "attention"):
         model = HeadedModel(model, FeatureHead(cfg.head, model.num_features, num_classes, cfg.head_dropout))  # type: ignore[arg-type]  # nn.Module attributes type as Tensor | Module
+    elif cfg.head_dropout > 0:
+        model.get_classifier().register_forward_pre_hook(DropoutBefore(cfg.head_dropout))  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
     if cfg.freeze_depth:
         freeze(model, cfg.freeze_depth)
+    if cfg.freeze_stem:
+        freeze_stem(model)
+    for name in matching(model, cfg.freeze, "freeze"):
+        model.get_parameter(name).requires_grad_(False)
     return model
+
+
+class DropoutBefore:
+    """A forward pre-hook: dropout on the classifier's input in training, as timm's ``drop_rate`` does.
+
+    Kept out of the backbone so that ``forward_head(pre_logits=True)`` gives the features *before* the
+    dropout: what an auxiliary loss on the features (SupCon, cosine embedding) should see.
+    """
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (torch.nn.functional.dropout(args[0], self.p, module.training), *args[1:])
+
+
+def matching(model: nn.Module, patterns: tuple[str, ...], key: str) -> list[str]:
+    """Names of the parameters matching any glob pattern; a pattern matching none is an error."""
+    from fnmatch import fnmatchcase
+
+    names = [n for n, _ in model.named_parameters()]
+    for pat in patterns:
+        if not any(fnmatchcase(n, pat) for n in names):
+            raise SweeperError(f"{key}: pattern {pat!r} matches no parameter{did_you_mean(pat, names)}")
+    return [n for n in names if any(fnmatchcase(n, pat) for pat in patterns)]
+
+
+def freeze_stem(model: nn.Module) -> list[str]:
+    """Freeze the parameters before the first stage (``conv1``, ``bn1`` in a ResNet); return their names."""
+    first = stages(model)[0] + "."
+    params = list(model.named_parameters())
+    end = next(i for i, (n, _) in enumerate(params) if n.startswith(first))
+    for _, p in params[:end]:
+        p.requires_grad_(False)
+    return [n for n, _ in params[:end]]
 
 
 def count_params_for(cfg: TrialConfig, num_classes: int) -> int:
@@ -262,18 +303,24 @@ def param_groups(
 
         headed = isinstance(model, HeadedModel)
         target = model.backbone if headed else model  # timm's grouping needs timm's group_matcher
-        base = param_groups_layer_decay(target, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)  # type: ignore[arg-type]  # nn.Module attributes type as Tensor | Module
+        base = param_groups_layer_decay(
+            target,  # type: ignore[arg-type]  # nn.Module attributes type as Tensor | Module
+            weight_decay=cfg.weight_decay,
+            layer_decay=cfg.layer_decay,
+            no_weight_decay_list=_no_weight_decay(target),  # type: ignore[arg-type]
+        )
         if headed:
             base.append(
                 {"params": list(model.get_classifier().parameters()), "weight_decay": cfg.weight_decay}  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
             )
-    else:
-        decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-        base = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+    else:  # timm's split: no decay on biases, norms and what the model names (ViT's pos_embed)
+        from timm.optim import param_groups_weight_decay
+
+        exempt = _no_weight_decay(model.backbone if isinstance(model, HeadedModel) else model)  # type: ignore[arg-type]
+        prefix = "backbone." if isinstance(model, HeadedModel) else ""
+        base = param_groups_weight_decay(
+            model, cfg.weight_decay, no_weight_decay_list=[prefix + n for n in exempt]
+        )
     groups: list[dict[str, Any]] = []
     for g in base:
         trainable = [p for p in g["params"] if p.requires_grad]
@@ -305,6 +352,12 @@ def param_groups(
     return groups
 
 
+def _no_weight_decay(model: nn.Module) -> list[str]:
+    """The parameter names the model exempts from weight decay (timm's ``no_weight_decay()``)."""
+    nwd = getattr(model, "no_weight_decay", None)
+    return sorted(nwd()) if callable(nwd) else []
+
+
 def create_optimizer(model: nn.Module, cfg: TrialConfig, groups: list[dict[str, Any]] | None = None):
     """timm's optimizer factory over our parameter groups; 'ranger' is RAdam wrapped in Lookahead."""
     from timm.optim import create_optimizer_v2
@@ -317,6 +370,8 @@ def create_optimizer(model: nn.Module, cfg: TrialConfig, groups: list[dict[str, 
         "ranger": "lookahead_radam",
     }[cfg.optimizer]
     extra: dict[str, Any] = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
+    if cfg.optimizer != "sgd":  # the Adam family
+        extra.update({k: v for k, v in (("eps", cfg.opt_eps), ("betas", cfg.opt_betas)) if v is not None})
     return create_optimizer_v2(
         groups if groups is not None else param_groups(model, cfg),
         opt=opt,

@@ -53,15 +53,17 @@ def rank(
 
 def own_groups(top: list[str], cfg: SensitivityConfig) -> dict[str, dict[str, float]]:
     """``{name: {"lr": .., "weight_decay": ..}}`` for boosted tensors; rank i takes value i (or the last)."""
-    out: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(top):
-        o: dict[str, float] = {}
-        if cfg.lr is not None:
-            o["lr"] = cfg.lr[min(i, len(cfg.lr) - 1)]
-        if cfg.weight_decay is not None:
-            o["weight_decay"] = cfg.weight_decay[min(i, len(cfg.weight_decay) - 1)]
-        out[name] = o
-    return out
+    return {name: rank_values(i, cfg) for i, name in enumerate(top)}
+
+
+def rank_values(rank: int, cfg: SensitivityConfig) -> dict[str, float]:
+    """The boosted LR and weight decay of rank ``rank`` (0-based): value i, or the last; absent = unset."""
+    o: dict[str, float] = {}
+    if cfg.lr is not None:
+        o["lr"] = cfg.lr[min(rank, len(cfg.lr) - 1)]
+    if cfg.weight_decay is not None:
+        o["weight_decay"] = cfg.weight_decay[min(rank, len(cfg.weight_decay) - 1)]
+    return o
 
 
 def freeze(model: nn.Module, names: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""One fine-tuning run: build the model, train epoch by epoch, report, keep the best epoch's weights.
+"""One fine-tuning trial: build the model, train epoch by epoch, report, keep the best epoch's weights;
+k-fold trials train one such run per fold.
 
 This module knows nothing of Optuna or MLflow. The caller passes ``report(epoch, metrics)``; a pruner
 stops the run by raising from inside it, and the exception passes through untouched.
@@ -6,9 +7,6 @@ stops the run by raising from inside it, and the exception passes through untouc
 
 from __future__ import annotations
 
-import copy
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,19 +14,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from sweeper import augment, averaging, checkpoints, evaluation, loaders, losses, sensitivity
+from sweeper import checkpoints, evaluation, loaders, sensitivity
 from sweeper import data as data_lib
 from sweeper import model as model_lib
 from sweeper.errors import SweeperError
+from sweeper.runs import DivergedError, EarlyStop, Kept, Run
 from sweeper.spec import TrialConfig
 
+__all__ = ["DivergedError", "TrialResult", "fit", "run_trial"]
+
 Report = Callable[[int, dict[str, float]], None]
-
-
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -45,26 +43,9 @@ class TrialResult:
     fold_states: list[dict[str, torch.Tensor]] = field(default_factory=list)  # k-fold: every fold's weights
     stopped_early: int = 0  # the epoch early stopping ended the run at; 0 = ran all epochs
     sensitive: list[tuple[str, float]] = field(default_factory=list)  # ranked tensors acted on, with scores
-
-
-def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to 0 or constant."""
-
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
-def _micro_slices(n: int, micro: int | None) -> list[slice]:
-    """Slices of a batch of ``n`` for gradient accumulation (one slice when micro is None or >= n)."""
-    step = n if micro is None or micro >= n else micro
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    # checkpoint: both: {"val_loss" or "val_acc": (epoch, its metrics, its weights)}, the second kept epoch
+    also_kept: dict[str, tuple[int, dict[str, float], dict[str, torch.Tensor]]] = field(default_factory=dict)
+    holdout_probs: torch.Tensor | None = None  # fold_holdout: the kept weights' probabilities on val
 
 
 def run_trial(
@@ -80,17 +61,15 @@ def run_trial(
 ) -> TrialResult:
     """Fine-tune ``cfg.backbone`` on ``data`` and return the kept epoch (``cfg.checkpoint``) and its metrics.
 
-    With ``cfg.folds = k >= 2`` the model is trained k times, once per stratified fold of train+val; the
-    result's metrics are the means over folds and every fold's weights are kept (for an ensemble). Fold
-    ``f``'s epoch ``e`` is reported as step ``f * epochs + e``, so a pruner compares like with like.
+    With ``cfg.folds = k >= 2`` see :func:`run_folds`.
 
     Args:
         report: called after every epoch with that epoch's metrics; may raise to stop the run.
         metric: the study's objective, ``val_acc`` (higher is better) or ``val_loss`` (lower is better).
         train_on_val: refit mode: train on train+val, no validation.
         checkpoint: an epoch checkpoint file, rewritten after every epoch; when it exists (the retry of a
-            trial whose worker died) training resumes after its epoch (the restored epochs are not
-            reported again). Single-model training only: k-fold, merging and EMA start over.
+            trial whose worker died) training resumes after its epoch, in its fold (the restored epochs
+            are not reported again). Merged replicas and the EMA are saved and resumed too.
         stop_epoch: stop after this epoch, with the LR schedule still laid over ``cfg.epochs`` (a refit
             replays the trial's schedule up to the trial's best epoch); None = train all epochs.
     """
@@ -118,24 +97,66 @@ def run_trial(
             device=device,
             checkpoint=checkpoint,
         )
-    results = []
-    for f, (train_split, val_split) in enumerate(data_lib.kfold(data.train + data.val, cfg.folds, cfg.seed)):
+    return run_folds(cfg, data, report, metric=metric, device=device, checkpoint=checkpoint)
+
+
+def run_folds(
+    cfg: TrialConfig,
+    data: data_lib.ImageFolderData,
+    report: Report | None,
+    *,
+    metric: str,
+    device: torch.device,
+    checkpoint: Path | None,
+) -> TrialResult:
+    """k-fold: one run per stratified fold of train+val, or of train alone with ``fold_holdout`` (val then
+    is a fixed hold-out, never trained on, scored by every fold's kept weights and by their ensemble).
+
+    The result's metrics are the means over folds and every fold's weights are kept (for an ensemble).
+    Fold ``f``'s epoch ``e`` is reported as step ``f * epochs + e``, so a pruner compares like with like.
+    """
+    pool = data.train if cfg.fold_holdout else data.train + data.val
+    holdout = data.val if cfg.fold_holdout else None
+    results = [
+        checkpoints.restore_result(TrialResult(), s) for s in checkpoints.finished_folds(checkpoint, cfg)
+    ]
+    for f, (train_split, val_split) in enumerate(data_lib.kfold(pool, cfg.folds, cfg.seed)):
+        if f < len(results):  # finished before the checkpoint was written
+            continue
         fold_report = None
         if report is not None:
 
             def fold_report(e: int, m: dict[str, float], f: int = f) -> None:
                 report(f * cfg.epochs + e, {**m, "fold": f})
 
+        fold = checkpoints.Fold(f, list(results))
         results.append(
-            fit(cfg, train_split, val_split, data.classes, fold_report, metric=metric, device=device)
+            fit(
+                cfg,
+                train_split,
+                val_split,
+                data.classes,
+                fold_report,
+                metric=metric,
+                device=device,
+                checkpoint=checkpoint,
+                holdout=holdout,
+                fold=fold,
+            )
         )
-    return _combine_folds(results)
+    combined = _combine_folds(results)
+    if holdout is not None:
+        combined.best.update(_ensemble_scores(results, holdout))
+    return combined
 
 
 def _combine_folds(results: list[TrialResult]) -> TrialResult:
-    """Fold means of the kept epochs' metrics, the summed (out-of-fold) confusion, every fold's weights."""
+    """Fold means of the kept epochs' metrics, the summed (out-of-fold) confusion, every fold's weights;
+    each fold's own value of a metric that is not per epoch (hold-out) as ``<metric>_fold<f>``."""
     keys = set.intersection(*(set(r.best) for r in results))
     best = {k: float(np.mean([r.best[k] for r in results])) for k in sorted(keys)}
+    for f, r in enumerate(results):
+        best.update({f"{k}_fold{f}": v for k, v in r.best.items() if k.startswith("holdout_")})
     confusions = [r.confusion for r in results if r.confusion is not None]
     return TrialResult(
         history=[{**h, "fold": f} for f, r in enumerate(results) for h in r.history],
@@ -149,52 +170,14 @@ def _combine_folds(results: list[TrialResult]) -> TrialResult:
     )
 
 
-def _train_epoch(
-    model: nn.Module,
-    optimizer,
-    scheduler,
-    batches,
-    cfg: TrialConfig,
-    mix,
-    device: torch.device,
-    on_step: Callable[[], None] | None = None,
-) -> tuple[float, float, int]:
-    """One pass over ``batches``; returns (summed loss, correct predictions, images seen)."""
-    model_lib.train_mode(model)
-    hard_loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for x, y in batches:
-        x, y = loaders.to_device(x, device), y.to(device, non_blocking=True)
-        if mix is not None and len(x) % 2:  # timm's Mixup pairs images: needs an even batch
-            x, y = x[:-1], y[:-1]
-        target = None
-        if mix is not None:
-            x, target = mix(x, y)  # soft targets
-        optimizer.zero_grad(set_to_none=True)
-        for sl in _micro_slices(len(x), cfg.micro_batch):
-            with loaders.autocast(device):
-                if cfg.supcon_weight > 0:
-                    feats, logits = model_lib.features_and_logits(model, x[sl])
-                else:
-                    logits = model(x[sl])
-                loss = (
-                    losses.soft_cross_entropy(logits, target[sl])
-                    if target is not None
-                    else hard_loss(logits.float(), y[sl])
-                )
-                if cfg.supcon_weight > 0:  # on the un-mixed labels: a mixed image counts as its first source
-                    loss = loss + cfg.supcon_weight * losses.supcon(feats, y[sl], cfg.supcon_temperature)
-            (loss * (logits.shape[0] / len(x))).backward()
-            loss_sum += loss.detach() * logits.shape[0]
-            correct += (logits.argmax(1) == y[sl]).sum()
-        optimizer.step()
-        scheduler.step()
-        if on_step is not None:
-            on_step()
-        seen += len(x)
-    return loss_sum.item(), float(correct.item()), seen
+def _ensemble_scores(results: list[TrialResult], holdout: data_lib.Split) -> dict[str, float]:
+    """The fold ensemble (mean probabilities) on the hold-out: its accuracy and NLL."""
+    probs = torch.stack([r.holdout_probs for r in results if r.holdout_probs is not None]).mean(0)
+    labels = torch.as_tensor(holdout.labels)
+    return {
+        "holdout_ensemble_acc": float((probs.argmax(1) == labels).float().mean()),
+        "holdout_ensemble_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels)),
+    }
 
 
 def fit(
@@ -209,6 +192,8 @@ def fit(
     probe: data_lib.Split | None = None,
     checkpoint: Path | None = None,
     stop_epoch: int | None = None,
+    holdout: data_lib.Split | None = None,
+    fold: checkpoints.Fold | None = None,
 ) -> TrialResult:
     """Train one model on ``train_split``, validating on ``val_split`` (None: refit, keep the last epoch).
 
@@ -216,6 +201,8 @@ def fit(
         probe: labelled images for the sensitive-layer analysis when there is no ``val_split``.
         checkpoint: the epoch checkpoint to resume from and rewrite (see :func:`run_trial`).
         stop_epoch: the last epoch to train; the LR schedule still spans ``cfg.epochs``.
+        holdout: images never trained on, scored once with the kept weights (``holdout_acc``/``_loss``).
+        fold: the k-fold trial's fold and finished folds, saved with the checkpoint.
     """
     device = device or loaders.pick_device()
     torch.manual_seed(cfg.seed)
@@ -223,44 +210,49 @@ def fit(
     model = model_lib.create(cfg, len(classes))
     dcfg = model_lib.data_config(model, cfg.img_size)
     loaders.setup_model(model, cfg, device)
-    pipes = loaders.Pipelines(cfg, dcfg, device, train_split, val_split, probe)
-    val_dl = None
-    if val_split is not None:
-        val_dl = loaders.loader(pipes.eval(val_split), cfg, train=False, device=device, tail=pipes.eval_tail)
+    pipes = loaders.Pipelines(cfg, dcfg, device, train_split, val_split, probe, holdout)
+    val_dl = None if val_split is None else pipes.eval_loader(val_split, cfg, device)
     own, sensitive = _sensitivity(model, cfg, pipes, val_split if val_split is not None else probe, device)
-    run = _Run(cfg, model, pipes.train(train_split), pipes, device, own, len(classes))
+    run = Run(
+        cfg, model, pipes.train(train_split), pipes, device, {**_boosted(model, cfg), **own}, len(classes)
+    )
     result = TrialResult(data_config=dcfg, num_params=model_lib.count_params(model), sensitive=sensitive)
-    keep = metric if cfg.checkpoint == "objective" else cfg.checkpoint
-    stopper = _EarlyStop(cfg.patience, metric if keep == "last" else keep)
-    if len(run.trainers) > 1 or run.ema is not None or cfg.sensitivity.action != "none":
-        checkpoint = None  # their state is more than one model and optimizer: these start over
-    start = 1
-    if checkpoint is not None:
-        start = checkpoints.restore(checkpoint, cfg, model, *run.trainers[0][1:3], result)
-        for metrics in result.history:  # early stopping's state, as it was
-            stopper.update(metrics)
+    kept = Kept(cfg, metric)
+    stopper = EarlyStop(cfg.patience, metric if kept.watch == "last" else kept.watch)
+    start = 1 if checkpoint is None else checkpoints.restore(checkpoint, cfg, run, result, fold)
+    for metrics in result.history:  # early stopping's state, as it was
+        stopper.update(metrics)
     last = cfg.epochs if stop_epoch is None else max(1, min(stop_epoch, cfg.epochs))
-    for epoch in range(start, last + 1):
+    for epoch in range(start, 0 if result.stopped_early else last + 1):
         metrics, cm = run.epoch(epoch, val_dl, metric)
         result.history.append(metrics)
-        if (
-            val_dl is None
-            or keep == "last"
-            or not result.best
-            or stopper.better(metrics[keep], result.best[keep], keep)
-        ):
-            result.best, result.best_epoch, result.confusion = metrics, epoch, cm
-            result.state_dict = {
-                k: v.detach().to("cpu", copy=True) for k, v in run.evaluated.state_dict().items()
-            }
-        if checkpoint is not None:
-            checkpoints.save(checkpoint, cfg, epoch, model, *run.trainers[0][1:3], result)
-        if report is not None:
-            report(epoch, metrics)
+        kept.update(result, epoch, metrics, cm, run.evaluated)
         if val_dl is not None and stopper.update(metrics):
             result.stopped_early = epoch
+        if checkpoint is not None:
+            checkpoints.save(checkpoint, cfg, epoch, run, result, fold)
+        if report is not None:
+            report(epoch, metrics)
+        if result.stopped_early:
             break
+    if holdout is not None:
+        _score_holdout(result, model, pipes.eval_loader(holdout, cfg, device), holdout.labels, cfg.eval.tta)
     return result
+
+
+def _score_holdout(
+    result: TrialResult, model: nn.Module, dl: loaders.DeviceLoader, labels: tuple[int, ...], tta: bool
+) -> None:
+    """The kept weights on the hold-out: ``holdout_acc`` / ``holdout_loss`` and the probabilities."""
+    model.load_state_dict(result.state_dict)
+    probs = torch.cat([p.cpu() for p, _ in evaluation.predict_logits(model, dl, dl.device, tta)])
+    target = torch.as_tensor(labels)
+    result.holdout_probs = probs
+    result.best = {
+        **result.best,
+        "holdout_acc": float((probs.argmax(1) == target).float().mean()),
+        "holdout_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), target)),
+    }
 
 
 def _sensitivity(
@@ -276,7 +268,7 @@ def _sensitivity(
         return {}, []
     if probe is None or not len(probe):
         raise SweeperError("sensitivity analysis needs labelled validation images; there are none")
-    probe_dl = loaders.loader(pipes.eval(probe), cfg, train=False, device=device, tail=pipes.eval_tail)
+    probe_dl = pipes.eval_loader(probe, cfg, device)
     ranked = sensitivity.rank(model, probe_dl, device, sens.batches, model_lib.classifier_param_ids(model))
     top = [name for name, _ in ranked[: sens.top_k]]
     if sens.action == "freeze":
@@ -285,93 +277,10 @@ def _sensitivity(
     return sensitivity.own_groups(top, sens), ranked[: sens.top_k]
 
 
-class _EarlyStop:
-    """Stop after ``patience`` epochs without a better ``watch`` value; None = never."""
-
-    def __init__(self, patience: int | None, watch: str) -> None:
-        self.patience, self.watch = patience, watch
-        self.best: float | None = None
-        self.since = 0
-
-    @staticmethod
-    def better(a: float, b: float, key: str) -> bool:
-        return a > b if key == "val_acc" else a < b
-
-    def update(self, metrics: dict[str, float]) -> bool:
-        """Take one epoch's metrics; True when training should stop."""
-        value = metrics.get(self.watch)
-        if value is None:
-            return False
-        if self.best is None or self.better(value, self.best, self.watch):
-            self.best, self.since = value, 0
-            return False
-        self.since += 1
-        return self.patience is not None and self.since >= self.patience
-
-
-class _Run:
-    """The models being trained: one, or merged replicas sharing the initial weights (each its own
-    optimizer, schedule and data order), and an EMA of the first when asked."""
-
-    def __init__(
-        self,
-        cfg: TrialConfig,
-        model: nn.Module,
-        train_ds: Any,
-        pipes: loaders.Pipelines,
-        device: torch.device,
-        own: dict[str, dict[str, float]],
-        num_classes: int,
-    ) -> None:
-        self.cfg, self.model, self.device, self.num_classes = cfg, model, device, num_classes
-        replicas = [model] + [copy.deepcopy(model) for _ in range(cfg.merge_models - 1)]
-        self.trainers = []
-        for i, m in enumerate(replicas):
-            dl = loaders.loader(
-                train_ds, cfg, train=True, device=device, seed=cfg.seed + i, tail=pipes.train_tail
-            )
-            optimizer = model_lib.create_optimizer(m, cfg, model_lib.param_groups(m, cfg, own))
-            multiplier = lr_multiplier(
-                cfg.lr_schedule, cfg.epochs * len(dl), int(cfg.warmup_epochs * len(dl))
-            )
-            self.trainers.append((m, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier), dl))
-        self.mix = augment.mixer(cfg.aug, cfg.label_smoothing, num_classes)
-        self.ema = averaging.ema(model, cfg.ema_decay) if cfg.ema_decay is not None else None
-        self.steps = 0
-
-    @property
-    def evaluated(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
-
-    def _ema_step(self) -> None:
-        self.steps += 1
-        assert self.ema is not None
-        self.ema.update(self.model, step=self.steps)
-
-    def epoch(self, epoch: int, val_dl: Any, metric: str) -> tuple[dict[str, float], np.ndarray | None]:
-        """Train every replica one epoch, merge them, validate; the epoch's metrics and confusion."""
-        t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0.0, 0
-        for i, (m, optimizer, scheduler, dl) in enumerate(self.trainers):
-            on_step = self._ema_step if self.ema is not None and i == 0 else None
-            ls, c, n = _train_epoch(m, optimizer, scheduler, dl, self.cfg, self.mix, self.device, on_step)
-            loss_sum, correct, seen = loss_sum + ls, correct + c, seen + n
-        if len(self.trainers) > 1:
-            averaging.merge([t[0] for t in self.trainers])
-        train_loss = loss_sum / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss is {train_loss} in epoch {epoch}; lower the learning rate")
-        groups = self.trainers[0][1].param_groups
-        lr = next((g["lr"] for g in groups if g.get("name") == "backbone"), groups[0]["lr"])
-        metrics = {"train_loss": train_loss, "train_acc": correct / max(seen, 1), "lr_backbone": lr}
-        cm = None
-        if val_dl is not None:
-            tta = self.cfg.eval.tta
-            val_loss, val_acc, cm = evaluation.evaluate(
-                self.evaluated, val_dl, self.num_classes, self.device, tta
-            )
-            metrics.update(val_loss=val_loss, val_acc=val_acc)
-            if not math.isfinite(metrics[metric]):
-                raise DivergedError(f"{metric} is {metrics[metric]} after epoch {epoch}; lower the LR")
-        metrics["epoch_seconds"] = time.perf_counter() - t0
-        return metrics, cm
+def _boosted(model: nn.Module, cfg: TrialConfig) -> dict[str, dict[str, float]]:
+    """Tensors named by ``cfg.boost``: pattern i's get ``sensitivity.lr`` / ``.weight_decay`` value i."""
+    out: dict[str, dict[str, float]] = {}
+    for i, pattern in enumerate(cfg.boost):
+        for name in model_lib.matching(model, (pattern,), "boost"):
+            out.setdefault(name, sensitivity.rank_values(i, cfg.sensitivity))
+    return out

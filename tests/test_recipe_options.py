@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchvision.transforms import v2 as T
 
-from sweeper import augment, evaluation, spec, train
+from sweeper import augment, evaluation, schedules, spec
 from sweeper import model as model_lib
 from sweeper.errors import SweeperError
 
@@ -76,8 +76,8 @@ def test_layer_decay_lowers_the_lr_of_earlier_layers() -> None:
 
 
 def test_constant_schedule_and_cosine_after_warmup() -> None:
-    const = train.lr_multiplier("constant", 100, 10)
-    cos = train.lr_multiplier("cosine", 100, 10)
+    const = schedules.lr_multiplier("constant", 100, 10)
+    cos = schedules.lr_multiplier("cosine", 100, 10)
     assert const(0) == pytest.approx(0.1) and const(50) == const(99) == 1.0
     assert cos(10) == pytest.approx(1.0) and cos(99) < 0.01
 
@@ -212,10 +212,10 @@ def test_mix_probability_zero_leaves_batches_unmixed() -> None:
 # ---- 5. evaluation -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pct", "resize"), [(0.875, 18), (1.0, 16), (None, 18)])
-def test_center_crop_ratio(pct, resize) -> None:
-    t = augment.eval_transform(DCFG, pct).transforms
-    assert list(t[0].size) == [resize] and list(t[1].size) == [16, 16]
+@pytest.mark.parametrize(("pct", "resize"), [(0.875, 18), (1.0, 16), (None, 18), (0.9, 17)])
+def test_center_crop_ratio_floors_like_timm(pct, resize) -> None:
+    t = augment.eval_transform(DCFG, spec.EvalConfig(crop_pct=pct)).transforms
+    assert t[0].size == resize and list(t[1].size) == [16, 16]  # 16 / 0.9 = 17.8: floor, as timm
 
 
 def test_tta_is_the_mean_of_the_image_and_its_mirror() -> None:

@@ -131,3 +131,76 @@ def test_supcon_and_a_feature_head_train_together(data) -> None:
         data.classes,
     )
     assert np.isfinite(r.best["train_loss"]) and 0 <= r.best["val_acc"] <= 1
+
+
+@pytest.mark.slow
+def test_checkpoint_both_keeps_the_best_loss_and_the_best_acc_epoch(data, tmp_path: Path) -> None:
+    from sweeper import artifacts
+
+    r = train.fit(cfg(epochs=3, checkpoint="both"), data.train, data.val, data.classes)
+    h = r.history
+    assert r.best_epoch == int(np.argmax([m["val_acc"] for m in h])) + 1  # the objective's (val_acc)
+    epoch, metrics, state = r.also_kept["val_loss"]
+    assert epoch == int(np.argmin([m["val_loss"] for m in h])) + 1 and metrics == h[epoch - 1]
+    artifacts.write_trial(tmp_path, cfg(checkpoint="both"), data.classes, r)
+    saved = artifacts.load_weights(tmp_path / "best-val_loss.safetensors")
+    assert (tmp_path / "best.safetensors").is_file() and all(torch.equal(saved[k], state[k]) for k in state)
+
+
+@pytest.mark.slow
+def test_fold_holdout_never_trains_on_val_and_scores_every_fold_and_the_ensemble(data, monkeypatch) -> None:
+    from sweeper import loaders
+
+    trained_on: list[str] = []
+    real = loaders.Pipelines.train
+
+    def spy(self, split):
+        trained_on.extend(map(str, split.files))
+        return real(self, split)
+
+    monkeypatch.setattr(loaders.Pipelines, "train", spy)
+    r = train.run_trial(cfg(epochs=1, folds=2, fold_holdout=True), data)
+    assert trained_on and not set(trained_on) & set(map(str, data.val.files))
+    assert set(trained_on) == set(map(str, data.train.files))
+    assert r.confusion.sum() == len(data.train)  # folds over train only
+    folds = [r.best["holdout_acc_fold0"], r.best["holdout_acc_fold1"]]
+    assert r.best["holdout_acc"] == pytest.approx(np.mean(folds))
+    assert 0 <= r.best["holdout_ensemble_acc"] <= 1 and np.isfinite(r.best["holdout_ensemble_loss"])
+
+
+@pytest.mark.slow
+def test_merged_training_reports_each_replicas_val_metrics(data) -> None:
+    r = train.fit(cfg(epochs=1, merge_models=2), data.train, data.val, data.classes)
+    m = r.history[0]
+    assert {"val_acc_replica0", "val_acc_replica1", "val_loss_replica0", "val_loss_replica1"} <= set(m)
+
+
+class _Killed(Exception):
+    """Stands in for a worker that died after an epoch checkpoint was written."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("extra", "kill_at", "expected"),
+    [
+        ({"folds": 2}, 2, [3, 4, 5, 6]),  # fold 0 epoch 2 -> resumes at fold 0 epoch 3, then fold 1
+        ({"merge_models": 2, "ema_decay": 0.9}, 1, [2, 3]),
+    ],
+)
+def test_a_killed_trial_resumes_where_it_stopped(data, tmp_path: Path, extra, kill_at, expected) -> None:
+    from sweeper import checkpoints
+
+    c, ckpt = cfg(epochs=3, **extra), tmp_path / "trial.ckpt"
+
+    def kill(step: int, m: dict[str, float]) -> None:
+        if step == kill_at:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train.run_trial(c, data, kill, checkpoint=ckpt)
+    step, history = checkpoints.saved_state(ckpt, c)
+    assert step == kill_at and len(history) == kill_at
+    steps: list[int] = []
+    r = train.run_trial(c, data, lambda s, m: steps.append(s), checkpoint=ckpt)
+    assert steps == expected
+    assert len(r.history) == 6 if "folds" in extra else len(r.history) == 3

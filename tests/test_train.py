@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import data, evaluation, train
+from sweeper import data, evaluation, runs, train
 from sweeper.spec import build_config
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_gradient_accumulation_matches_the_full_batch(image_folder: Path) -> Non
     acc = train.run_trial(tiny(micro_batch=3, **kw), d, train_on_val=True)
     for k, v in full.state_dict.items():
         assert torch.allclose(v.float(), acc.state_dict[k].float(), atol=1e-5), k
-    assert train._micro_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert runs.micro_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
 
 
 def test_refit_mode_trains_on_train_plus_val_without_validation(image_folder: Path) -> None:
