@@ -78,18 +78,21 @@ def _load(path: Path, cfg: TrialConfig, mmap: bool = False) -> dict[str, Any] | 
     return state if state.get("key") == resume_key(cfg) else None
 
 
-def saved_state(path: Path, cfg: TrialConfig) -> tuple[int, list[dict[str, float]]]:
-    """The step a checkpoint can resume after (fold f's epoch e is step ``f * epochs + e``) and the metrics
-    of the epochs it holds, every fold's; ``(0, [])`` when there is none or it belongs to another config.
-
-    The history is every reported epoch in order; a fold that stopped early reported fewer than ``epochs``,
-    so step numbers past it are not the history's positions.
-    """
+def saved_state(path: Path, cfg: TrialConfig) -> tuple[int, list[tuple[int, dict[str, float]]]]:
+    """The step a checkpoint can resume after (fold f's epoch e is step ``f * epochs + e``) and every
+    reported epoch it holds as ``(step, metrics)``, every fold's (a fold that stopped early reported fewer
+    than ``epochs``); ``(0, [])`` when there is none or it belongs to another config."""
     state = _load(path, cfg, mmap=True)
     if state is None:
         return 0, []
-    history = [h for done in state["done"] for h in done["history"]] + list(state["result"]["history"])
-    return state["fold"] * cfg.epochs + int(state["epoch"]), history
+    steps = [
+        (f * cfg.epochs + e, h)
+        for f, done in enumerate(state["done"])
+        for e, h in enumerate(done["history"], 1)
+    ]
+    base = state["fold"] * cfg.epochs
+    steps += [(base + e, h) for e, h in enumerate(state["result"]["history"], 1)]
+    return base + int(state["epoch"]), steps
 
 
 def finished_folds(path: Path | None, cfg: TrialConfig) -> list[dict[str, Any]]:

@@ -143,9 +143,9 @@ def attempt(ctx: Context, job: Any, progress: Progress, num_classes: int) -> Out
 def _reporter(ctx: Context, progress: Progress) -> Any:
     """The trial process's two messages: restored epochs (recorded once, never pruned on) and new ones."""
 
-    def restored(epoch: int, history: list[dict[str, float]]) -> None:
-        for e, metrics in enumerate(history[:epoch], 1):
-            if e not in ctx.recorded:  # a retry of a lost trial: its new Optuna trial and run get them
+    def restored(step: int, history: list[tuple[int, dict[str, float]]]) -> None:
+        for e, metrics in history:
+            if e <= step and e not in ctx.recorded:  # a retry of a lost trial: its new trial and run get them
                 _record(ctx, e, metrics)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:

@@ -34,7 +34,7 @@ from sweeper.errors import SweeperError
 from sweeper.spec import TrialConfig
 
 Report = Callable[[int, dict[str, float]], None]
-Restored = Callable[[int, list[dict[str, float]]], None]
+Restored = Callable[[int, list[tuple[int, dict[str, float]]]], None]
 
 INTERRUPTED = threading.Event()
 """Set by the main thread on Ctrl-C/SIGTERM: every worker kills its trial process and stops."""

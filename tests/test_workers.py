@@ -132,7 +132,7 @@ def test_a_lost_trial_process_is_reported_and_its_retry_resumes_from_the_checkpo
     )
     assert outcome.resumed_from == 2 and outcome.epochs == 3
     assert [e for e, _ in reported] == [3]  # restored epochs are not reported again...
-    assert restored == [(2, [m for _, m in seen])]  # ...but handed over once, as they were
+    assert restored == [(2, seen)]  # ...but handed over once, with their steps, as they were
     assert (tmp_path / "out" / "best.safetensors").exists() and (tmp_path / "out" / "config.yaml").exists()
 
 
