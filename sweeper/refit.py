@@ -227,6 +227,7 @@ def combine(
     how: str,
     top: int = 3,
     register: str | None = None,
+    allow_over_budget: bool = False,
 ) -> dict[str, Any]:
     """Write a submission from trials' kept weights, no retraining.
 
@@ -255,6 +256,8 @@ def combine(
                 f"best trial {trials[0].number} is not a k-fold trial (folds=1); "
                 "set folds >= 2 in the study, or use --combine refit/top/soup"
             )
+        if how != "soup":  # a soup is one model; an ensemble is all of its members
+            _check_budget(spec, members, len(data.classes), allow_over_budget)
         summary: dict[str, Any] = {"how": how, "trials": [t.number for t in trials], "out": out}
         write = _write_soup if how == "soup" else _write_ensemble
         members, wrote, val_acc = write(members, data, out)
@@ -269,6 +272,21 @@ def combine(
     run.end("COMPLETE")
     summary["run_id"] = run.run_id
     return summary
+
+
+def _check_budget(spec: Study, members: list[Member], num_classes: int, allow: bool) -> None:
+    """An ensemble is a submission model too: its members' parameters together meet the study's budget."""
+    from sweeper import model as model_lib
+
+    if spec.max_params is None:
+        return
+    total = sum(model_lib.count_params_for(m.cfg, num_classes) for m in members)
+    if total > spec.max_params and not allow:
+        raise SweeperError(
+            f"the ensemble of {len(members)} models has {total / 1e6:.1f}M parameters, over the study's "
+            f"budget of {spec.max_params / 1e6:.1f}M (constraints.max_params); lower --top, use --combine "
+            "soup or refit, or pass --allow-over-budget"
+        )
 
 
 def _write_soup(

@@ -95,3 +95,18 @@ def test_a_refit_stopped_mid_schedule_follows_the_trials_learning_rates(image_fo
     assert len(refit.history) == 2
     assert [h["lr_backbone"] for h in refit.history] == pytest.approx(lrs[:2])
     assert lrs[1] > 0.4 * cfg.lr_backbone  # mid-schedule: the refit did not anneal to zero by its end
+
+
+def test_an_ensemble_over_the_parameter_budget_is_refused_unless_allowed(tmp_path: Path) -> None:
+    from sweeper import refit
+    from sweeper import spec as spec_lib
+    from sweeper.errors import SweeperError
+
+    study = tmp_path / "b.yaml"
+    study.write_text("name: b\ndata: {root: builtin:digits}\nconstraints: {max_params: 500000}\n")
+    spec = spec_lib.load(str(study))
+    one = refit.Member(0, "best", tiny_cfg(), {}, tmp_path / "w.safetensors")  # about 373k parameters
+    refit._check_budget(spec, [one], 3, allow=False)  # one model fits
+    with pytest.raises(SweeperError, match=r"ensemble of 2 models has 0\.\d+M parameters, over .*--allow"):
+        refit._check_budget(spec, [one, one], 3, allow=False)
+    refit._check_budget(spec, [one, one], 3, allow=True)

@@ -247,6 +247,12 @@ def refit_best(
         str | None,
         typer.Option("--register", help="Also register the model in the MLflow Model Registry under NAME."),
     ] = None,
+    allow_over_budget: Annotated[
+        bool,
+        typer.Option(
+            "--allow-over-budget", help="Write an ensemble even when its members together exceed max_params."
+        ),
+    ] = False,
 ) -> None:
     """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
     from sweeper import data as data_lib
@@ -262,7 +268,7 @@ def refit_best(
     tracker = tracking.Tracker(tracking_uri, src.spec.name)
     if combine != "refit":
         _warn(src.notes)
-        summary = refit.combine(src, ds, out, tracker, combine, top, register)
+        summary = refit.combine(src, ds, out, tracker, combine, top, register, allow_over_budget)
         val = f"; val_acc={summary['val_acc']:.4f}" if summary.get("val_acc") is not None else ""
         typer.echo(
             f"{combine} of trials {', '.join(map(str, summary['trials']))} ({summary['members']} models"
