@@ -29,6 +29,9 @@ ENVIRONMENT = {  # every variable sweeper reads; the top-level --help and the RE
     "SWEEPER_CHECKPOINTS": "trial checkpoints that interrupted trials resume from (default ./checkpoints)",
     "SWEEPER_HEARTBEAT": "seconds between a running trial's heartbeats (default 20)",
     "SWEEPER_GRACE": "seconds without a heartbeat before a trial counts as lost and is redone (default 60)",
+    "SWEEPER_STORE_PATIENCE": "seconds a sweep waits for an unreachable store before it stops (default 300)",
+    "SWEEPER_FAULT": "test-only: faults to inject at named points (see sweeper/faults.py); never set it",
+    "SWEEPER_FAULT_DIR": "test-only: where SWEEPER_FAULT's pauses leave their markers",
 }
 
 app = typer.Typer(
@@ -270,8 +273,9 @@ def _sweep(progress: Any, run: Any) -> Any:
             return run()
     except KeyboardInterrupt:
         typer.echo(
-            "\ninterrupted: running trials were closed as failed and their params re-queued; "
-            "re-run the same command to finish the study (they resume from their last epoch)",
+            "\ninterrupted: the running trials were closed as failed, not counted, and their params "
+            "re-queued (unless a trial's reason says its retries were used up); re-run the same command "
+            "to finish the study (they resume from their last epoch)",
             err=True,
         )
         raise typer.Exit(130) from None
@@ -500,7 +504,7 @@ def report(
     """Write one self-contained HTML report of a study (plots, ablation, trials) and log it to MLflow."""
     from sweeper import record as record_lib
     from sweeper import report as report_lib
-    from sweeper import tracking
+    from sweeper import stores, tracking
 
     src = record_lib.open_recorded(study, storage)
     spec, st = src.spec, src.study
@@ -512,7 +516,7 @@ def report(
     run_id = report_lib.write(spec, st, tracker, out, top)
     typer.echo(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline); logged to MLflow experiment "
-        f"{spec.name!r} as run {report_lib.REPORT_RUN!r} ({run_id}) in {tracker.uri}"
+        f"{spec.name!r} as run {report_lib.REPORT_RUN!r} ({run_id}) in {stores.display_url(tracker.uri)}"
     )
 
 
@@ -570,6 +574,35 @@ def check(study: StudyArg, set_: SetOpt = None) -> None:
     typer.echo("  space:")
     for k, d in spec.space.items():
         typer.echo(f"    {k}: {space_lib.describe(d)}")
+
+
+@app.command("doctor")
+def doctor(
+    study: StudyArg,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Fix what is safe: close RUNNING leftovers of dead workers as FAIL and re-queue their "
+            "params, close or trash orphan runs, record missing runs, delete stale checkpoints and "
+            "staging folders.",
+        ),
+    ] = False,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Check a study's invariants in Optuna and MLflow; exit 1 while problems remain."""
+    from sweeper import doctor as doctor_lib
+
+    try:
+        name = spec_lib.load(study).name
+    except SweeperError:
+        name = study  # a name in storage only (e.g. a study run with --name)
+    lines, left = doctor_lib.check(name, storage, tracking_uri, repair)
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"study {name}: " + (f"{left} problem{'s' if left != 1 else ''}" if left else "clean"))
+    raise typer.Exit(1 if left else 0)
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
