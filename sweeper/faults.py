@@ -9,11 +9,11 @@ Unset in normal use: :func:`hit` is one environment lookup and returns. The faul
   A point pauses once per test folder (a retry of the same trial passes through).
 - ``enospc``: raise ``OSError(ENOSPC)``, as a full disk does.
 
-Points: ``forkserver`` (the fork server, before it is ready), ``setup-before-run``, ``setup-after-run``
-(the trial's set-up, around its MLflow run's creation), ``mid-epoch`` (a training step, from the test
-model ``fault_resnet``), ``epoch`` (the worker, at an epoch boundary), ``checkpoint-write`` (between
-writing a checkpoint's temporary file and renaming it), ``finish`` (the trial's end, before anything
-is written).
+Points: ``forkserver`` (the fork server, before it is ready); ``setup-before-run`` and
+``setup-after-run`` (the trial's set-up: before its MLflow run exists; after, before the trial links
+it); ``mid-epoch`` (a training step, from the test model ``fault_resnet``); ``epoch`` (the worker, at
+an epoch boundary); ``checkpoint-write`` (between writing a checkpoint's temporary file and renaming
+it); ``finish`` (the trial's end, before anything is written).
 """
 
 from __future__ import annotations

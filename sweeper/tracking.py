@@ -60,9 +60,8 @@ def stale_staging() -> list[Path]:
     out = []
     for d in Path(tempfile.gettempdir()).glob(f"{STAGING}*"):
         pid = d.name[len(STAGING) :].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            out.append(d)
-        elif not pid.isdigit() and time.time() - d.stat().st_mtime > 86400:
+        gone = not _alive(int(pid)) if pid.isdigit() else time.time() - d.stat().st_mtime > 86400
+        if gone:
             out.append(d)
     return sorted(out)
 

@@ -101,7 +101,6 @@ def make_objective(
             ctx.checkpoint = checkpoint_path(spec, _frozen(trial))
             try:
                 ctx.run = _open_run(ctx, cfg)
-                faults.hit("setup-after-run")
                 job = workers.Job(cfg, data, spec.metric, out, ctx.checkpoint, gpu, threads)
                 return finish(ctx, attempt(ctx, job, progress, len(data.classes)))
             except stores.StoreDown as e:  # a store stayed away: this trial does not count
@@ -122,6 +121,7 @@ def _open_run(ctx: Context, cfg: Any) -> Any:
             "sweeper.searched": ",".join(sorted(ctx.spec.space)),
         },
     )
+    faults.hit("setup-after-run")
     ctx.trial.set_user_attr(rec.MLFLOW_RUN, run.run_id)
     return run
 
@@ -392,7 +392,7 @@ def close_lost(study: optuna.Study, frozen: FrozenTrial, tracker: Any) -> None:
     """After a lost trial was failed (by this process, once): re-queue its params while its retries
     last, else drop its checkpoint; close its MLflow run, or record one when it died before creating it."""
     if stores.will_requeue(frozen):
-        stores.RETRY(study, frozen)
+        _requeue(study, frozen)
         note = "; the params were re-queued"
     else:
         _drop(checkpoint_dir(study.study_name) / f"trial-{_origin(frozen):04d}.pt")
