@@ -83,7 +83,7 @@ def patiently(what: str, call: Callable[[], T], outage: Callable[[BaseException]
         except Exception as e:
             if not outage(e):
                 raise
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            first = _first_line(e)
             if time.monotonic() >= deadline:
                 raise StoreDown(
                     f"{what} unreachable for {patience():.0f}s ({first}); the running trials were not "
@@ -100,6 +100,13 @@ def patiently(what: str, call: Callable[[], T], outage: Callable[[BaseException]
         return result
 
 
+def _first_line(e: BaseException) -> str:
+    """What went wrong, from the innermost cause (Optuna's wrapper says only "during the commit")."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 _SAY = threading.Lock()
 
 
@@ -109,13 +116,18 @@ def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def db_outage(e: BaseException) -> bool:
-    """A lost connection to a database server, as SQLAlchemy reports it; not a bad query."""
+def db_outage(e: BaseException | None) -> bool:
+    """A lost connection to a database server, as SQLAlchemy reports it (Optuna wraps it in a
+    StorageInternalError); not a bad query."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-    if isinstance(e, (OperationalError, InterfaceError)):
-        return True
-    return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
+    while e is not None:
+        if isinstance(e, (OperationalError, InterfaceError)):
+            return True
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+        e = e.__cause__
+    return False
 
 
 def storage(

@@ -192,6 +192,7 @@ class _Crew:
         from sweeper import workers
 
         workers.INTERRUPTED.clear()
+        workers.start_fork_server()  # it imports torch while the workers set up their first trials
         done = [threading.Event() for _ in objectives]
 
         def serve(i: int) -> None:

@@ -231,6 +231,23 @@ def _context() -> Any:
     return ctx
 
 
+def start_fork_server() -> None:
+    """Start the fork server now, from the main thread, with Ctrl-C ignored: it keeps that through its
+    start, so a Ctrl-C while it imports torch is the sweep's to handle (trials closed as interrupted),
+    not a traceback from the server and a trial that fails for want of it."""
+    from multiprocessing import forkserver
+
+    _context()
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _child_main(conn: Any, job: Job) -> None:
     """Entry point of a trial process: train, stream epochs to the parent, classify any failure."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us

@@ -54,7 +54,7 @@ class Cluster:
     def __init__(self) -> None:
         self.bindir = require_postgres()
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.root = Path(tempfile.mkdtemp(prefix="sweeper-pg-"))  # not under pytest's root-only tmp folder
+        self.root = Path(tempfile.mkdtemp(prefix="sweeper-pg-", dir="/tmp"))  # not under a root-only folder
         if self.as_user:
             shutil.chown(self.root, "postgres")
         self.data, self.port = self.root / "data", free_port()

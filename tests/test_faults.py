@@ -175,6 +175,7 @@ def test_a_signal_while_the_fork_server_starts_is_an_interruption(sig: int, imag
     s = Sweep([study, "--trials", "1", *TINY], "forkserver:pause")
     s.at("forkserver")  # the fork server is importing torch; trial 0 waits for it
     s.group(sig)  # a terminal's Ctrl-C, or a container stop, reaches every process of the group
+    s.go("forkserver")  # the server ignores Ctrl-C and goes on (SIGTERM ended it)
     code, err = s.end()
     assert code == 130 and "Traceback" not in err, err
     (first, retry) = trials("early")
@@ -291,8 +292,8 @@ def test_an_mlflow_outage_pauses_the_sweep_and_one_beyond_the_patience_stops_it(
         assert code == 0 and "is back" in err and "Traceback" not in err, err
         assert_exact("ml", 1, tracking_uri=url)
 
-    s = Sweep([*args, "--trials", "2"], "epoch:pause", SWEEPER_STORE_PATIENCE="3", **quick)
     with mlflow_server(backend, artifacts, port):
+        s = Sweep([*args, "--trials", "2"], "epoch:pause", SWEEPER_STORE_PATIENCE="3", **quick)
         s.at("epoch")
     s.go("epoch")  # the server stays away beyond the patience
     code, err = s.end()
