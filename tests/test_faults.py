@@ -326,3 +326,39 @@ def test_three_workers_extended_twice_never_repeat_params(
     assert len(done) == 11
     assert len({t.params["x"] for t in done}) == 11
     assert doctor._duplicates(st.get_trials()) == []
+
+
+# ---- retries ----------------------------------------------------------------------------------------
+
+
+def test_a_third_interruption_says_its_params_were_not_requeued(
+    tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from sweeper import trial as trial_lib
+    from tests.test_sweep import tiny_study
+
+    monkeypatch.setenv("SWEEPER_CHECKPOINTS", str(tmp_path / "ckpt"))
+    spec = tiny_study(tmp_path, image_folder, "thrice")
+    study = optuna.create_study(study_name="thrice", storage=stores.storage(None))
+    study.add_trial(  # the second retry of trial 0, both earlier attempts interrupted
+        create_trial(
+            state=TrialState.WAITING,
+            params={"x": 0.5},
+            distributions={"x": FloatDistribution(0, 1)},
+            system_attrs={"failed_trial": 0, "retry_history": [0, 1]},
+        )
+    )
+    trial = study.ask()
+    ckpt = trial_lib.checkpoint_path(spec, study.trials[trial.number])
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"epochs")
+    ctx = trial_lib.Context(spec, trial, tracking.NO_RUN, ckpt, tmp_path, tracking.NullTracker())
+    with pytest.raises(KeyboardInterrupt):
+        trial_lib.finish(ctx, trial_lib.Outcome("interrupted", reason="interrupted", kind="interrupted"))
+    reason = study.trials[trial.number].user_attrs[rec.FAIL_REASON]
+    assert reason == "interrupted; not re-queued: retry limit reached (2 retries of trial 0)"
+    assert [t.state for t in study.trials] == [TrialState.RUNNING]  # no fourth attempt queued
+    assert not ckpt.exists()  # and no checkpoint kept for one
