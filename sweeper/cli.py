@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -121,12 +122,18 @@ TrackingOpt = Annotated[
 ]
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 3e-3, 1E5: YAML 1.1 says str
+
+
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in sets or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SweeperError(f"--set {item!r}: expected KEY=VALUE, e.g. --set backbone=resnet18")
+        if _YAML11_FLOAT.fullmatch(raw.strip()):
+            out[key.strip()] = float(raw)
+            continue
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:

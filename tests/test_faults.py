@@ -362,3 +362,13 @@ def test_a_third_interruption_says_its_params_were_not_requeued(
     assert reason == "interrupted; not re-queued: retry limit reached (2 retries of trial 0)"
     assert [t.state for t in study.trials] == [TrialState.RUNNING]  # no fourth attempt queued
     assert not ckpt.exists()  # and no checkpoint kept for one
+
+
+def test_set_reads_exponents_without_a_dot_as_numbers() -> None:
+    from sweeper.cli import parse_sets
+
+    assert parse_sets(["lr_head=3e-3", "backbone=resnet18", "epochs=2"]) == {
+        "lr_head": 0.003,
+        "backbone": "resnet18",
+        "epochs": 2,
+    }
