@@ -10,6 +10,7 @@ temporary file, no staging folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -42,10 +44,24 @@ def own_tmp(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> Path:
     return tmp
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_sweeps() -> Iterator[None]:
+    """A failed test must not leave a paused sweep behind: its process groups are killed."""
+    yield
+    for s in Sweep.started:
+        if s.proc.poll() is None:
+            os.killpg(s.proc.pid, signal.SIGKILL)
+            s.proc.wait()
+    Sweep.started.clear()
+
+
 class Sweep:
     """One ``run-study`` process in its own process group, with faults planted at named points."""
 
+    started: list[Sweep] = []
+
     def __init__(self, args: list[str], faults: str = "", **env: str) -> None:
+        Sweep.started.append(self)
         self.dir = Path(f"faults-{time.monotonic_ns()}")
         self.dir.mkdir()
         self.log = self.dir / "stderr"
@@ -280,12 +296,11 @@ def test_an_mlflow_outage_pauses_the_sweep_and_one_beyond_the_patience_stops_it(
     study = write_tiny_study("ml", image_folder, epochs=1)
     url = f"http://127.0.0.1:{port}"
     args = [study, *TINY, "--tracking-uri", url]
-    server = mlflow_server(backend, artifacts, port)
-    server.__enter__()
-    s = Sweep([*args, "--trials", "1"], "epoch:pause", **quick)
-    s.at("epoch")
-    server.__exit__(None, None, None)  # the server goes away mid-trial...
-    s.go("epoch")
+    with contextlib.ExitStack() as server:
+        server.enter_context(mlflow_server(backend, artifacts, port))
+        s = Sweep([*args, "--trials", "1"], "epoch:pause", **quick)
+        s.at("epoch")
+    s.go("epoch")  # the server went away mid-trial...
     wait_for(lambda: "unreachable" in s.stderr(), 60, "the outage's message")
     with mlflow_server(backend, artifacts, port):  # ...and comes back
         code, err = s.end()
