@@ -10,7 +10,6 @@ temporary file, no staging folder.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
@@ -296,8 +295,7 @@ def test_an_mlflow_outage_pauses_the_sweep_and_one_beyond_the_patience_stops_it(
     study = write_tiny_study("ml", image_folder, epochs=1)
     url = f"http://127.0.0.1:{port}"
     args = [study, *TINY, "--tracking-uri", url]
-    with contextlib.ExitStack() as server:
-        server.enter_context(mlflow_server(backend, artifacts, port))
+    with mlflow_server(backend, artifacts, port):
         s = Sweep([*args, "--trials", "1"], "epoch:pause", **quick)
         s.at("epoch")
     s.go("epoch")  # the server went away mid-trial...
