@@ -66,7 +66,7 @@ class Context:
     out: Path  # the trial process's artifact folder
     tracker: Any
     recorded: set[int] = field(default_factory=set)  # epochs reported to Optuna and MLflow
-    settled: bool = False  # the checkpoint was kept or dropped and the params re-queued, once
+    requeued: bool = False  # the params were queued again (once, however often finish runs)
 
 
 def make_objective(
@@ -97,8 +97,7 @@ def make_objective(
         trial.set_user_attr(rec.WORKER, workers.worker_name(slot, gpu))
         faults.hit("setup-before-run")
         with tracking.staging() as out:
-            ctx = Context(spec, trial, tracking.NO_RUN, Path(), out, tracker)
-            ctx.checkpoint = checkpoint_path(spec, _frozen(trial))
+            ctx = Context(spec, trial, tracking.NO_RUN, checkpoint_path(spec, _frozen(trial)), out, tracker)
             try:
                 ctx.run = _open_run(ctx, cfg)
                 job = workers.Job(cfg, data, spec.metric, out, ctx.checkpoint, gpu, threads)
@@ -242,20 +241,17 @@ def finish(ctx: Context, outcome: Outcome) -> float:
 def _settle(ctx: Context, outcome: Outcome) -> str:
     """Keep the checkpoint and re-queue the params of a trial that did not end on its own (lost,
     interrupted, halted) while its retries last; otherwise drop the checkpoint. Returns what happened,
-    as a note for the trial's reason. Once per trial."""
+    as a note for the trial's reason. The params are queued once, however often this runs."""
     if outcome.state not in ("lost", "interrupted", "halted"):
-        if not ctx.settled:
-            _drop(ctx.checkpoint)
-        ctx.settled = True
+        _drop(ctx.checkpoint)
         return ""
     frozen = _frozen(ctx.trial)
     if not stores.will_requeue(frozen):
         _drop(ctx.checkpoint)
-        ctx.settled = True
         return f"; not re-queued: retry limit reached ({stores.MAX_RETRY} retries of trial {_origin(frozen)})"
-    if not ctx.settled:
+    if not ctx.requeued:
         _requeue(ctx.trial.study, frozen)
-    ctx.settled = True
+        ctx.requeued = True
     return "; the params were re-queued"
 
 
