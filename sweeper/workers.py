@@ -335,13 +335,18 @@ def _exit_with_worker(conn: Any) -> None:
     """
     import select
 
+    rdhup = getattr(select, "POLLRDHUP", 0)  # Linux; elsewhere the parent is watched, as a fallback
+    parent = os.getppid()
+
     def watch() -> None:
         poller = select.poll()
-        poller.register(conn.fileno(), select.POLLRDHUP)
+        poller.register(conn.fileno(), rdhup)
         while True:
-            for _, events in poller.poll():
-                if events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            for _, events in poller.poll(1000 if not rdhup else None):
+                if events & (rdhup | select.POLLHUP | select.POLLERR | select.POLLNVAL):
                     os._exit(3)
+            if not rdhup and os.getppid() != parent:
+                os._exit(3)
 
     threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
