@@ -39,6 +39,7 @@ LOST = "worker_lost"  # the trial process died; its params were re-queued
 OOM_RETRY = "oom_retry"  # how an out-of-memory trial was retried
 INFEASIBLE = "infeasible"  # why a trial's result is infeasible (diverged)
 RESUMED = "resumed_from_epoch"  # the epoch checkpoint a retried trial started from
+DISCARDED = "checkpoint_discarded"  # why a retried trial's checkpoint was not resumed (it started over)
 CONFIG = "config"  # the trial's full resolved config, TrialConfig.flat() as JSON
 DIVERGED = "diverged"  # Optuna constraint on every finished trial: 1.0 = the loss diverged (infeasible)
 
@@ -86,6 +87,13 @@ def borrowed(t: FrozenTrial) -> bool:
 
 def feasible(t: FrozenTrial) -> bool:
     return all(c <= 0 for c in t.constraints.values())
+
+
+def run_state(t: FrozenTrial) -> str:
+    """The state a trial's MLflow run has (tag ``state``): the trial's, INFEASIBLE for a diverged one."""
+    if t.state == TrialState.COMPLETE and t.constraints.get(DIVERGED, 0.0) > 0:
+        return "INFEASIBLE"
+    return t.state.name
 
 
 def top_trials(study: optuna.Study, k: int, direction: str) -> list[FrozenTrial]:

@@ -18,13 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import design as design_lib
 from sweeper import record as record_lib
 from sweeper import space as space_lib
-from sweeper import starts, stores
+from sweeper import starts, stores, tracking
+from sweeper import trial as trial_lib
 from sweeper.errors import SweeperError
 from sweeper.record import FAIL_REASON, LOST, NOT_COUNTED, counts
 from sweeper.spec import Study
@@ -36,21 +37,24 @@ SAME_ERROR_LIMIT = 3  # this many identical failures in a row stop the sweep
 Objective = Callable[[optuna.Trial], float]
 
 
-def sampler_seed(seed: int, worker: int, existing: int) -> int:
-    """The study's seed for a fresh single worker; a distinct, reproducible one for every other worker and
-    for every resumed run, so neither parallel workers nor a resumed sweep propose the same params again."""
-    if worker == 0 and existing == 0:
+def sampler_seed(seed: int, worker: int, existing: int, process: int = 0) -> int:
+    """The study's seed for a fresh single worker; a distinct, reproducible one for every other worker,
+    every resumed run (``existing`` trials in storage) and every process sharing a server storage
+    (``process``: its identity), so no two samplers of a study ever draw the same sequence."""
+    if worker == 0 and existing == 0 and process == 0:
         return seed
     import numpy as np
 
-    return int(np.random.SeedSequence([seed, worker, existing]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, process, worker, existing]).generate_state(1)[0])
 
 
-def build_sampler(spec: Study, worker: int = 0, existing: int = 0) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded per worker and per resume (see :func:`sampler_seed`)."""
+def build_sampler(
+    spec: Study, worker: int = 0, existing: int = 0, process: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per worker, resume and process (see :func:`sampler_seed`)."""
     args = {k: v for k, v in spec.sampler.items() if k != "name"}
     if "seed" in args and args["seed"] is not None:
-        args["seed"] = sampler_seed(int(args["seed"]), worker, existing)
+        args["seed"] = sampler_seed(int(args["seed"]), worker, existing, process)
     name = spec.sampler["name"]
     factories: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
         "tpe": optuna.samplers.TPESampler,
@@ -86,20 +90,24 @@ def build_pruner(spec: Study) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    spec: Study, storage_url: str | None, worker: int = 0, store: optuna.storages.BaseStorage | None = None
+    spec: Study,
+    storage_url: str | None,
+    worker: int = 0,
+    store: optuna.storages.BaseStorage | None = None,
+    process: int = 0,
 ) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # sweeper prints one line per trial
     study = optuna.create_study(
         study_name=spec.name,
         storage=store or stores.storage(storage_url),
-        sampler=build_sampler(spec, worker),
+        sampler=build_sampler(spec, worker, 0, process),
         pruner=build_pruner(spec),
         direction=spec.direction,
         load_if_exists=True,
     )
     existing = len(study.get_trials(deepcopy=False))
     if existing:  # a resumed study: don't replay the first run's random draws
-        study.sampler = build_sampler(spec, worker, existing)
+        study.sampler = build_sampler(spec, worker, existing, process)
     return study
 
 
@@ -144,9 +152,10 @@ def run(
     local = stores.sqlite_path(url) is not None
     lost = _Lost(tracker)
     with stores.single_writer([url, getattr(tracker, "uri", "") or ""]):
-        store = stores.storage(url, on_stale=lost)
-        seed = worker if local else worker + _process_seed_offset()
-        studies = _open_workers(spec, store, seed, len(objectives), record, prepare)
+        _remove_leftovers(spec.name)
+        store = stores.storage(url, on_stale=lost, mark_stale=_mark_stale)
+        process = 0 if local else _process_seed_offset()
+        studies = _open_workers(spec, store, worker, len(objectives), record, process, prepare)
         study = studies[0]
         if local:  # this process holds the only write lock: a RUNNING trial's worker is dead
             _fail_orphans(study, lost)
@@ -188,6 +197,7 @@ class _Crew:
         from sweeper import workers
 
         workers.INTERRUPTED.clear()
+        workers.start_fork_server()  # it imports torch while the workers set up their first trials
         done = [threading.Event() for _ in objectives]
 
         def serve(i: int) -> None:
@@ -207,7 +217,7 @@ class _Crew:
             workers.INTERRUPTED.set()  # each worker kills its trial process and closes its trial
             self.halt.set()
             self.ended.set()
-            _wait_all(done)
+            _wait_closing(done)
             raise
         if self.errors:
             raise self.errors[0]
@@ -225,10 +235,12 @@ def _open_workers(
     seed: int,
     n: int,
     record: record_lib.StudyRecord | None,
+    process: int = 0,
     prepare: Callable[[optuna.Study], None] | None = None,
 ) -> list[optuna.Study]:
-    """One Study object per worker, each with its own sampler; seeds never repeat across runs or workers."""
-    first = open_study(spec, None, seed, store)
+    """One Study object per worker, each with its own sampler; seeds never repeat across runs, workers
+    or processes (:func:`sampler_seed`)."""
+    first = open_study(spec, None, seed, store, process)
     if record is not None:
         record_lib.ensure(first, record)
     if spec.enqueue:
@@ -241,7 +253,7 @@ def _open_workers(
             study_name=spec.name,
             storage=store,
             pruner=build_pruner(spec),
-            sampler=build_sampler(spec, seed + i, existing),
+            sampler=build_sampler(spec, seed + i, existing, process),
         )
         for i in range(1, n)
     ]
@@ -253,6 +265,20 @@ def _wait_all(events: list[threading.Event]) -> None:
             pass
 
 
+def _wait_closing(events: list[threading.Event]) -> None:
+    """Wait for the workers to close their trials; a second Ctrl-C or SIGTERM must not cut that short,
+    or trials and runs stay RUNNING. SIGKILL still ends the process (the next run then closes them)."""
+    while True:
+        try:
+            _wait_all(events)
+            return
+        except KeyboardInterrupt:
+            stores.say(
+                "still closing the running trials (their runs and re-queued params); one moment "
+                "(SIGKILL ends this now: the next run then closes them)"
+            )
+
+
 def _work(study: optuna.Study, objective: Objective, crew: _Crew) -> None:
     """One worker: run trials until the study has its total (or time is up, or another worker failed)."""
 
@@ -262,7 +288,11 @@ def _work(study: optuna.Study, objective: Objective, crew: _Crew) -> None:
         if c["counted"] + c["running"] + c["waiting"] >= crew.trials:
             trial.set_user_attr(NOT_COUNTED, "surplus: the study already had its trials")
             raise Surplus()
-        return objective(trial)
+        try:
+            return objective(trial)
+        except (trial_lib.Halt, stores.StoreDown) as e:  # this trial is closed; the others stop too
+            crew.stop(e)
+            raise
 
     poll = max(1.0, stores.heartbeat_interval() / 2)
     try:
@@ -284,9 +314,12 @@ def _work(study: optuna.Study, objective: Objective, crew: _Crew) -> None:
                 )  # the last trials run elsewhere; if their worker dies they come back here
                 crew.ended.clear()
                 continue
-            study.optimize(
-                guarded, n_trials=1, timeout=remaining, catch=(Exception,), callbacks=crew.callbacks
-            )
+            try:
+                study.optimize(
+                    guarded, n_trials=1, timeout=remaining, catch=(Exception,), callbacks=crew.callbacks
+                )
+            except UpdateFinishedTrialError as e:  # another worker failed it as lost meanwhile
+                stores.say(f"a trial of this worker was taken over by another as lost: {e}")
     except KeyboardInterrupt:
         return
     except BaseException as e:
@@ -299,39 +332,52 @@ def _process_seed_offset() -> int:
 
 
 class _Lost:
-    """A trial whose worker died: Optuna re-queues its params; its MLflow run is closed as failed."""
+    """A trial whose worker died: its params are re-queued (while retries last) and its run closed."""
 
     def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        stores.RETRY(study, trial)
-        run_id = trial.user_attrs.get(record_lib.MLFLOW_RUN)
-        if run_id and self.tracker is not None:
-            self.tracker.close_run(
-                run_id,
-                "FAIL",
-                f"worker lost ({trial.user_attrs.get(record_lib.WORKER, '?')}): "
-                "its heartbeat stopped; the params were re-queued",
-            )
+        trial_lib.close_lost(study, trial, self.tracker)
+
+
+def _mark_stale(storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+    grace = os.environ.get("SWEEPER_GRACE", "60")
+    how = f"its heartbeat stopped for over {grace}s (killed, or its machine lost)"
+    trial_lib.mark_lost(storage, trial_id, how)
 
 
 def _fail_orphans(study: optuna.Study, lost: _Lost) -> None:
     """Fail and re-queue RUNNING trials at once, where no other process can be running them."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         try:
+            trial_lib.mark_lost(study._storage, t._trial_id, "its process ended without closing it (killed)")
             study.tell(t.number, state=TrialState.FAIL)
         except (ValueError, RuntimeError):  # finished meanwhile
             continue
-        lost(study, t)
+        lost(study, study._storage.get_trial(t._trial_id))
 
 
 def _close_lost_runs(study: optuna.Study, tracker: Any) -> None:
-    """Safety net: any MLflow run still RUNNING whose trial has ended takes the trial's final state."""
+    """Safety net: any MLflow run still RUNNING whose trial has ended (or was never created) is closed
+    with the trial's final state and reason."""
     if tracker is None:
         return
-    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    tracker.close_stale_runs(states)
+    trials = study.get_trials(deepcopy=False)
+    states = {t.number: record_lib.run_state(t) for t in trials}
+    reasons = {t.number: str(t.user_attrs.get(FAIL_REASON, "")) for t in trials}
+    tracker.close_stale_runs(states, reasons)
+
+
+def _remove_leftovers(study: str) -> None:
+    """What killed processes left: staging folders (their artifacts never reached MLflow) and
+    half-written checkpoint files."""
+    import shutil
+
+    for d in tracking.stale_staging():
+        shutil.rmtree(d, ignore_errors=True)
+    for f in trial_lib.stale_temporaries(study):
+        f.unlink(missing_ok=True)
 
 
 class _Streak:

@@ -16,9 +16,13 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from sweeper import stores
+
+T = TypeVar("T")
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INFEASIBLE": "FAILED"}
 """A trial's final state -> the MLflow run status it closes with (also kept as tag ``state``).
@@ -38,6 +42,52 @@ def resolve_uri(uri: str | None) -> str:
     return uri
 
 
+STAGING = "sweeper-artifacts-"
+"""Prefix of the temporary folders a trial's artifacts are staged in: ``sweeper-artifacts-PID-*``."""
+
+
+@contextlib.contextmanager
+def staging() -> Iterator[Path]:
+    """A temporary folder whose files are meant to be logged as artifacts; named after this process, so
+    that one left by a killed process is recognised (:func:`stale_staging`) and removed."""
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING}{os.getpid()}-") as d:
+        yield Path(d)
+
+
+def stale_staging() -> list[Path]:
+    """Staging folders whose process is gone (it was killed before it could remove them); folders named
+    without a pid (older sweepers) once they are a day old."""
+    out = []
+    for d in Path(tempfile.gettempdir()).glob(f"{STAGING}*"):
+        pid = d.name[len(STAGING) :].split("-")[0]
+        gone = not _alive(int(pid)) if pid.isdigit() else time.time() - d.stat().st_mtime > 86400
+        if gone:
+            out.append(d)
+    return sorted(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def outage(e: BaseException) -> bool:
+    """The tracking server (or its database) is away: a refused or timed-out connection, a 5xx answer."""
+    text = str(e)
+    if text.startswith("API request to") and (
+        "failed with exception" in text or "timeout exception" in text or "error code 5" in text
+    ):
+        return True
+    if getattr(e, "error_code", None) in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR"):
+        return True
+    return stores.db_outage(e)
+
+
 def _artifact_root(uri: str) -> str | None:
     """Local SQLite stores keep artifacts beside the database; servers choose their own."""
     if uri.startswith("sqlite:///"):
@@ -49,47 +99,55 @@ def _artifact_root(uri: str) -> str | None:
 class TrialRun:
     """One MLflow run. Metrics are sent in one batch call per epoch, not one call per value."""
 
-    def __init__(self, client: Any, run_id: str, lock: Any = None) -> None:
-        self.client, self.run_id = client, run_id
+    def __init__(self, client: Any, run_id: str, lock: Any = None, uri: str = "") -> None:
+        self.client, self.run_id, self.uri = client, run_id, uri
         self.lock = lock if lock is not None else contextlib.nullcontext()
+
+    def _call(self, call: Callable[[], T]) -> T:
+        """One MLflow call; an unreachable server is waited for (:func:`stores.patiently`)."""
+
+        def locked() -> T:
+            with self.lock:
+                return call()
+
+        return stores.patiently(f"MLflow tracking store {stores.display_url(self.uri)}", locked, outage)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        with self.lock:
-            self.client.log_batch(self.run_id, metrics=batch)
+        self._call(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        with self.lock:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._call(lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        with self.lock:
-            for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-                self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+        def send(chunk: list[Any]) -> Callable[[], None]:
+            return lambda: self.client.log_batch(self.run_id, params=chunk)
+
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self._call(send(items[i : i + 100]))
 
     def log_dir(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        with self.lock:
-            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        self._call(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path))
 
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
-        with self.lock:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def end(self, state: str, reason: str = "") -> None:
         tags = {"state": state}
         if reason:
             tags["reason"] = reason
         self.set_tags(tags)
-        with self.lock:
-            self.client.set_terminated(self.run_id, status=STATUS[state])
+        self._call(lambda: self.client.set_terminated(self.run_id, status=STATUS[state]))
 
 
 class Tracker:
@@ -107,10 +165,12 @@ class Tracker:
         # SQLite: this process's workers take turns (one writer); a server handles concurrency itself.
         self.lock: Any = threading.RLock() if self.uri.startswith("sqlite") else contextlib.nullcontext()
 
+    def _call(self, call: Callable[[], T]) -> T:
+        return TrialRun(self.client, "", self.lock, self.uri)._call(call)
+
     @property
     def experiment_id(self) -> str:
-        with self.lock:
-            return self._get_experiment_id()
+        return self._call(self._get_experiment_id)
 
     def _get_experiment_id(self) -> str:
         if self._experiment_id is None:
@@ -131,11 +191,11 @@ class Tracker:
         return self._experiment_id
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> TrialRun:
-        with self.lock:
-            run = self.client.create_run(
-                self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
-            )
-        tr = TrialRun(self.client, run.info.run_id, self.lock)
+        """A new RUNNING run. A trial's run carries the tag ``trial_number`` from its first instant, so a
+        kill before the trial links it (``mlflow_run_id``) still leaves a pair to reconcile."""
+        exp, str_tags = self.experiment_id, {k: str(v) for k, v in tags.items()}
+        run = self._call(lambda: self.client.create_run(exp, run_name=run_name, tags=str_tags))
+        tr = TrialRun(self.client, run.info.run_id, self.lock, self.uri)
         tr.log_params(params)
         return tr
 
@@ -177,6 +237,35 @@ class Tracker:
             f"study {self.experiment!r} has no finished refit in {self.uri}; run `sweeper refit-best` first"
         )
 
+    def trial_runs(self) -> list[Any]:
+        """Every live run of the experiment that belongs to a trial (tag ``trial_number``), oldest first."""
+        from mlflow.entities import ViewType
+
+        exp = self.experiment_id
+        runs = self._call(
+            lambda: self.client.search_runs(
+                [exp], "tags.trial_number != ''", run_view_type=ViewType.ACTIVE_ONLY, max_results=50000
+            )
+        )
+        return sorted(runs, key=lambda r: r.info.start_time or 0)
+
+    def run(self, run_id: str) -> Any:
+        """The run with this id, or None when it is gone (deleted, or from another store)."""
+        try:
+            return self._call(lambda: self.client.get_run(run_id))
+        except stores.StoreDown:
+            raise
+        except Exception:
+            return None
+
+    def delete_run(self, run_id: str) -> None:
+        """Move a run to MLflow's trash (``mlflow gc`` empties it; the UI can restore it)."""
+        self._call(lambda: self.client.delete_run(run_id))
+
+    def end_run(self, run_id: str, state: str, reason: str) -> None:
+        """Give a run its trial's final state (status and ``state`` tag), whatever it had."""
+        TrialRun(self.client, run_id, self.lock, self.uri).end(state, reason)
+
     def download(self, run_id: str, artifact: str, dst: Path) -> Path:
         """Fetch one artifact of a run (a trial's weights or config) into ``dst``; return its local path."""
         from sweeper.errors import SweeperError
@@ -188,48 +277,34 @@ class Tracker:
                 return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
         except Exception as e:  # missing artifact, deleted run, store moved
             raise SweeperError(
-                f"cannot fetch {artifact!r} of MLflow run {run_id} from {self.uri}: "
+                f"cannot fetch {artifact!r} of MLflow run {run_id} from {stores.display_url(self.uri)}: "
                 f"{str(e).splitlines()[0][:200]}; "
                 "pass the --tracking-uri the study ran with"
             ) from None
 
-    @contextlib.contextmanager
-    def staging(self) -> Iterator[Path]:
-        """A temporary folder whose files are meant to be logged as artifacts."""
-        with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as d:
-            yield Path(d)
+    staging = staticmethod(staging)
 
     def close_run(self, run_id: str, state: str, reason: str) -> bool:
         """Close a run that is still RUNNING (its worker died); False when it was already closed."""
-        with self.lock:
-            try:
-                running = self.client.get_run(run_id).info.status == "RUNNING"
-            except Exception:  # deleted, or from another tracking store
-                return False
-            if running:
-                TrialRun(self.client, run_id, self.lock).end(state, reason)
-        return running
+        run = self.run(run_id)
+        if run is None or run.info.status != "RUNNING":
+            return False
+        self.end_run(run_id, state, reason)
+        return True
 
-    def close_stale_runs(self, trial_states: dict[int, str]) -> int:
-        """Close RUNNING runs whose trial has ended (its worker died): they take the trial's state."""
-        from mlflow.entities import ViewType
-
+    def close_stale_runs(self, trial_states: dict[int, str], reasons: dict[int, str] | None = None) -> int:
+        """Close RUNNING runs whose trial has ended or does not exist: they take the trial's state, or
+        FAIL for a run whose trial was never created (a kill between the two)."""
         closed = 0
-        with self.lock:
-            runs = self.client.search_runs(
-                [self.experiment_id],
-                "attributes.status = 'RUNNING'",
-                run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=5000,
-            )
-            for r in runs:
-                number = r.data.tags.get("trial_number")
-                state = trial_states.get(int(number)) if number is not None else None
-                if state in STATUS:
-                    TrialRun(self.client, r.info.run_id, self.lock).end(
-                        state, "worker lost; closed by a later worker"
-                    )
-                    closed += 1
+        for r in self.trial_runs():
+            if r.info.status != "RUNNING":
+                continue
+            number = int(r.data.tags["trial_number"])
+            state = trial_states.get(number, "FAIL")
+            if state in STATUS:
+                why = (reasons or {}).get(number) or "worker lost; closed by a later worker"
+                self.end_run(r.info.run_id, state, why)
+                closed += 1
         return closed
 
 
@@ -241,10 +316,7 @@ class NullTracker:
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> _NullRun:
         return _NullRun()
 
-    @contextlib.contextmanager
-    def staging(self) -> Iterator[Path]:
-        with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as d:
-            yield Path(d)
+    staging = staticmethod(staging)
 
     def close_run(self, run_id: str, state: str, reason: str) -> bool:
         return False
@@ -259,8 +331,11 @@ class NullTracker:
 
         raise SweeperError("trial weights live in MLflow; this needs a tracking store (--tracking-uri)")
 
-    def close_stale_runs(self, trial_states: dict[int, str]) -> int:
+    def close_stale_runs(self, trial_states: dict[int, str], reasons: dict[int, str] | None = None) -> int:
         return 0
+
+    def trial_runs(self) -> list[Any]:
+        return []
 
 
 class _NullRun:
@@ -272,3 +347,7 @@ class _NullRun:
     def log_dir(self, local_dir: Path, artifact_path: str | None = None) -> None: ...
     def log_file(self, path: Path, artifact_path: str | None = None) -> None: ...
     def end(self, state: str, reason: str = "") -> None: ...
+
+
+NO_RUN = _NullRun()
+"""The run of a trial whose run is not created yet: writes go nowhere."""

@@ -21,14 +21,17 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial
 
+from sweeper import faults, stores, tracking
 from sweeper import record as rec
 from sweeper import space as space_lib
-from sweeper import stores
+from sweeper.errors import SweeperError
 from sweeper.progress import Progress
 from sweeper.spec import Study
 
 Objective = Callable[[optuna.Trial], float]
-State = Literal["complete", "pruned", "infeasible", "failed", "lost", "interrupted"]
+State = Literal["complete", "pruned", "infeasible", "failed", "lost", "interrupted", "halted"]
+"""``halted``: the trial cannot go on here (a store stayed away, the disk is full); not counted,
+re-queued, and the sweep stops with the reason."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class TrialFailed(Exception):
     """Raised to Optuna after :func:`finish` so that it records the trial FAIL (its reason is recorded)."""
 
 
+class Halt(SweeperError):
+    """Raised after :func:`finish` of a halted trial: the sweep stops with this one-line reason."""
+
+
 @dataclass
 class Context:
     """What :func:`finish` writes to: the Optuna trial, its MLflow run, its checkpoint and staging folder."""
@@ -59,6 +66,7 @@ class Context:
     out: Path  # the trial process's artifact folder
     tracker: Any
     recorded: set[int] = field(default_factory=set)  # epochs reported to Optuna and MLflow
+    requeued: bool = False  # the params were queued again (once, however often finish runs)
 
 
 def make_objective(
@@ -89,24 +97,35 @@ def make_objective(
         absent = space_lib.absent(spec.space, params)  # conditional, condition false: the default holds
         trial.set_user_attr(rec.CONFIG, rec.config_json(cfg))
         trial.set_user_attr(rec.WORKER, workers.worker_name(slot, gpu))
-        run = tracker.start(
-            run_name=f"trial-{trial.number:04d}",
-            params=cfg.flat(),
-            tags={
-                "study": spec.name,
-                "trial_number": trial.number,
-                "state": "RUNNING",
-                "sweeper.searched": ",".join(sorted(spec.space)),
-                "sweeper.absent": ",".join(absent) or "none",
-            },
-        )
-        trial.set_user_attr(rec.MLFLOW_RUN, run.run_id)
-        with tracker.staging() as out:
-            ctx = Context(spec, trial, run, checkpoint_path(spec, _frozen(trial)), out, tracker)
-            job = workers.Job(cfg, data, spec.metric, out, ctx.checkpoint, gpu, threads)
-            return finish(ctx, attempt(ctx, job, progress, len(data.classes)))
+        faults.hit("setup-before-run")
+        with tracking.staging() as out:
+            ctx = Context(spec, trial, tracking.NO_RUN, checkpoint_path(spec, _frozen(trial)), out, tracker)
+            try:
+                ctx.run = _open_run(ctx, cfg, absent)
+                job = workers.Job(cfg, data, spec.metric, out, ctx.checkpoint, gpu, threads)
+                return finish(ctx, attempt(ctx, job, progress, len(data.classes)))
+            except stores.StoreDown as e:  # a store stayed away: this trial does not count
+                return finish(ctx, Outcome("halted", reason=str(e), kind="store"))
 
     return objective
+
+
+def _open_run(ctx: Context, cfg: Any, absent: list[str]) -> Any:
+    """The trial's MLflow run, tagged with its trial number from the start, then linked to the trial."""
+    run = ctx.tracker.start(
+        run_name=f"trial-{ctx.trial.number:04d}",
+        params=cfg.flat(),
+        tags={
+            "study": ctx.spec.name,
+            "trial_number": ctx.trial.number,
+            "state": "RUNNING",
+            "sweeper.searched": ",".join(sorted(ctx.spec.space)),
+            "sweeper.absent": ",".join(absent) or "none",  # conditional dims whose condition failed
+        },
+    )
+    faults.hit("setup-after-run")
+    ctx.trial.set_user_attr(rec.MLFLOW_RUN, run.run_id)
+    return run
 
 
 def attempt(ctx: Context, job: Any, progress: Progress, num_classes: int) -> Outcome:
@@ -127,6 +146,10 @@ def attempt(ctx: Context, job: Any, progress: Progress, num_classes: int) -> Out
         return Outcome("lost", reason=f"worker lost: {e}", kind="lost")
     except KeyboardInterrupt:
         return Outcome("interrupted", reason="interrupted (Ctrl-C or SIGTERM)", kind="interrupted")
+    except workers.DiskFull as e:
+        return Outcome("halted", reason=e.reason, kind="disk")
+    except stores.StoreDown as e:
+        return Outcome("halted", reason=str(e), kind="store")
     except workers.TrialFailure as e:
         return Outcome("failed", reason=e.reason[:500], kind=e.kind, details=e.details)
     except Exception as e:  # a bug on this side of the process seam
@@ -149,13 +172,19 @@ def _reporter(ctx: Context, progress: Progress) -> Any:
                 _record(ctx, e, metrics)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
+        faults.hit("epoch")
         _record(ctx, epoch, metrics)
         progress.epoch(ctx.trial.number, epoch, metrics)
         value = metrics[ctx.spec.metric]
         if ctx.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: {ctx.spec.metric}={value:.4f}")
 
+    def discarded(reason: str) -> None:
+        ctx.trial.set_user_attr(rec.DISCARDED, reason)
+        ctx.run.set_tags({rec.DISCARDED: reason})
+
     report.restored = restored  # type: ignore[attr-defined]
+    report.discarded = discarded  # type: ignore[attr-defined]
     return report
 
 
@@ -168,15 +197,17 @@ def _record(ctx: Context, epoch: int, metrics: dict[str, float]) -> None:
 def finish(ctx: Context, outcome: Outcome) -> float:
     """Write how the trial ended to Optuna, MLflow and the checkpoint folder; the one place that does.
 
+    Optuna first (the count depends on it), then MLflow: a kill between the two leaves a finished trial
+    with a RUNNING run, which the next run closes with the trial's state. Safe to call again for the
+    same trial (a store that went away mid-way): the params are re-queued once.
+
     Returns the trial's value (complete, infeasible); otherwise raises what makes Optuna record the
-    state: TrialPruned, TrialFailed (FAIL, counted or not as the attributes say), KeyboardInterrupt.
+    state: TrialPruned, TrialFailed (FAIL, counted or not as the attributes say), KeyboardInterrupt,
+    Halt (FAIL, not counted; the sweep stops).
     """
+    faults.hit("finish")
     t, run = ctx.trial, ctx.run
-    keep = outcome.state in ("lost", "interrupted")  # the retry resumes from the checkpoint
-    if keep:
-        _requeue(t)
-    else:
-        _drop(ctx.checkpoint)
+    note = _settle(ctx, outcome)
     if outcome.tags:
         run.set_tags(outcome.tags)
     if outcome.state == "complete":
@@ -191,20 +222,40 @@ def finish(ctx: Context, outcome: Outcome) -> float:
         run.end("INFEASIBLE", outcome.reason)
         assert outcome.value is not None
         return outcome.value
-    t.set_user_attr(rec.FAIL_REASON, outcome.reason)
+    reason = outcome.reason + note
+    t.set_user_attr(rec.FAIL_REASON, reason)
     t.set_user_attr(rec.FAIL_KIND, outcome.kind)
     if outcome.state == "lost":
-        t.set_user_attr(rec.LOST, outcome.reason)
-    if outcome.state == "interrupted":
-        t.set_user_attr(rec.NOT_COUNTED, "interrupted")
+        t.set_user_attr(rec.LOST, reason)
+    if outcome.state in ("interrupted", "halted"):
+        t.set_user_attr(rec.NOT_COUNTED, outcome.state)
     if outcome.details:
-        with ctx.tracker.staging() as d:  # the full traceback, for bugs; the console gets one line
+        with tracking.staging() as d:  # the full traceback, for bugs; the console gets one line
             (d / "error.txt").write_text(outcome.details)
             run.log_dir(d)
-    run.end("FAIL", outcome.reason + ("; the params were re-queued" if keep else ""))
+    run.end("FAIL", reason)
     if outcome.state == "interrupted":
         raise KeyboardInterrupt
-    raise TrialFailed(outcome.reason)
+    if outcome.state == "halted":
+        raise Halt(outcome.reason)
+    raise TrialFailed(reason)
+
+
+def _settle(ctx: Context, outcome: Outcome) -> str:
+    """Keep the checkpoint and re-queue the params of a trial that did not end on its own (lost,
+    interrupted, halted) while its retries last; otherwise drop the checkpoint. Returns what happened,
+    as a note for the trial's reason. The params are queued once, however often this runs."""
+    if outcome.state not in ("lost", "interrupted", "halted"):
+        _drop(ctx.checkpoint)
+        return ""
+    frozen = _frozen(ctx.trial)
+    if not stores.will_requeue(frozen):
+        _drop(ctx.checkpoint)
+        return f"; not re-queued: retry limit reached ({stores.MAX_RETRY} retries of trial {_origin(frozen)})"
+    if not ctx.requeued:
+        _requeue(ctx.trial.study, frozen)
+        ctx.requeued = True
+    return "; the params were re-queued"
 
 
 def _complete(ctx: Context, outcome: Outcome) -> float:
@@ -279,27 +330,89 @@ def worst_value(spec: Study) -> float:
     return float("inf") if spec.direction == "minimize" else float("-inf")
 
 
+def checkpoint_dir(study: str) -> Path:
+    """Where a study's epoch checkpoints live (``$SWEEPER_CHECKPOINTS``, default ``./checkpoints``)."""
+    return (Path(os.environ.get("SWEEPER_CHECKPOINTS") or "checkpoints") / study).resolve()
+
+
 def checkpoint_path(spec: Study, trial: FrozenTrial) -> Path:
     """A trial's epoch checkpoint, named after the first trial of its retry chain so that a retry on any
-    worker sharing the folder (``$SWEEPER_CHECKPOINTS``, default ``./checkpoints``) resumes it."""
-    origin = trial.system_attrs.get("failed_trial", trial.number)
-    root = Path(os.environ.get("SWEEPER_CHECKPOINTS") or "checkpoints")
-    return (root / spec.name / f"trial-{origin:04d}.pt").resolve()
+    worker sharing the folder resumes it."""
+    return checkpoint_dir(spec.name) / f"trial-{_origin(trial):04d}.pt"
+
+
+def stale_temporaries(study: str) -> list[Path]:
+    """Temporary checkpoint files (``.trial-NNNN.pt.PID.tmp``) whose writer is gone (killed mid-write)."""
+    folder = checkpoint_dir(study)
+    out = []
+    for f in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+        pid = f.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            out.append(f)
+    return out
+
+
+def _origin(trial: FrozenTrial) -> int:
+    return int(trial.system_attrs.get("failed_trial", trial.number))
 
 
 def _drop(checkpoint: Path) -> None:
     """A finished trial's checkpoint, and the study's checkpoint folder once it is empty."""
-    checkpoint.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        checkpoint.parent.rmdir()
+    if checkpoint.name:
+        checkpoint.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            checkpoint.parent.rmdir()
 
 
 def _frozen(trial: optuna.Trial) -> FrozenTrial:
     return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
 
 
-def _requeue(trial: optuna.Trial) -> None:
-    """Queue a running trial's params again, the way Optuna retries a stale trial; the notes stay here."""
-    frozen = copy.copy(_frozen(trial))
+def _requeue(study: optuna.Study, frozen: FrozenTrial) -> None:
+    """Queue a trial's params again, the way Optuna retries a stale trial; the notes stay on the trial."""
+    frozen = copy.copy(frozen)
     frozen.user_attrs = {}
-    stores.RETRY(trial.study, frozen)
+    stores.RETRY(study, frozen)
+
+
+# ---- trials whose worker died ---------------------------------------------------------------------
+
+
+def mark_lost(storage: optuna.storages.BaseStorage, trial_id: int, how: str) -> None:
+    """Record why a RUNNING trial is about to be failed as lost (before: a finished trial is frozen)."""
+    worker = storage.get_trial(trial_id).user_attrs.get(rec.WORKER, "?")
+    reason = f"worker lost ({worker}): {how}"
+    storage.set_trial_user_attr(trial_id, rec.FAIL_REASON, reason)
+    storage.set_trial_user_attr(trial_id, rec.FAIL_KIND, "lost")
+    storage.set_trial_user_attr(trial_id, rec.LOST, reason)
+
+
+def close_lost(study: optuna.Study, frozen: FrozenTrial, tracker: Any) -> None:
+    """After a lost trial was failed (by this process, once): re-queue its params while its retries
+    last, else drop its checkpoint; close its MLflow run, or record one when it died before creating it."""
+    if stores.will_requeue(frozen):
+        _requeue(study, frozen)
+        note = "; the params were re-queued"
+    else:
+        _drop(checkpoint_dir(study.study_name) / f"trial-{_origin(frozen):04d}.pt")
+        note = f"; not re-queued: retry limit reached ({stores.MAX_RETRY} retries)"
+    if tracker is None:
+        return
+    reason = frozen.user_attrs.get(rec.FAIL_REASON) or "worker lost: its heartbeat stopped"
+    run_id = frozen.user_attrs.get(rec.MLFLOW_RUN) or _tagged_run(tracker, frozen.number)
+    if run_id:
+        tracker.close_run(run_id, "FAIL", reason + note)
+        return
+    run = tracker.start(
+        run_name=f"trial-{frozen.number:04d}",
+        params=frozen.params,
+        tags={"study": study.study_name, "trial_number": frozen.number, "state": "RUNNING"},
+    )
+    run.end("FAIL", reason + note + " (its worker died before creating this run)")
+
+
+def _tagged_run(tracker: Any, number: int) -> str | None:
+    for r in tracker.trial_runs():
+        if r.data.tags.get("trial_number") == str(number):
+            return str(r.info.run_id)
+    return None

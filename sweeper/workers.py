@@ -7,6 +7,7 @@ the bookkeeping with it, and each child sees only its own GPU through ``CUDA_VIS
 
 Parent and child talk over a pipe::
 
+    child  -> ("discarded", reason)         a checkpoint failed its checks; the trial starts over
     child  -> ("resumed", epoch, history)   restored from an epoch checkpoint (its epochs' metrics)
     child  -> ("epoch", epoch, metrics)     parent answers True (go on) or False (stop: pruned)
     child  -> ("done", Trained) | ("error", kind, reason, traceback)
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,7 +81,18 @@ class WorkerLost(TrialFailure):
     kind = "lost"
 
 
-_KINDS: dict[str, type[TrialFailure]] = {"oom": OutOfMemory, "diverged": Diverged, "error": Crashed}
+class DiskFull(TrialFailure):
+    """No space left for the trial's checkpoint or artifacts: the machine's problem, not the params'."""
+
+    kind = "error"
+
+
+_KINDS: dict[str, type[TrialFailure]] = {
+    "oom": OutOfMemory,
+    "diverged": Diverged,
+    "error": Crashed,
+    "disk": DiskFull,
+}
 
 
 # ---- one trial in a child process -------------------------------------------------------------
@@ -125,8 +138,17 @@ def train_in_process(job: Job, report: Report, restored: Restored | None = None)
     ctx = _context()
     here, there = ctx.Pipe()
     proc = ctx.Process(target=_child_main, args=(there, job), name="sweeper-trial")
-    proc.start()
-    there.close()
+    try:
+        proc.start()
+    except (EOFError, OSError) as e:  # the fork server died while it started (Ctrl-C hits it too)
+        here.close()
+        if INTERRUPTED.wait(5.0):  # the main thread is about to say so, if that is what it was
+            raise KeyboardInterrupt from None
+        raise WorkerLost(
+            f"the fork server of trial processes died while starting ({type(e).__name__})"
+        ) from None
+    finally:
+        there.close()
     try:
         return _serve(proc, here, report, restored)
     finally:
@@ -152,7 +174,11 @@ def _serve(proc: Any, conn: Any, report: Report, restored: Restored | None) -> T
         except (EOFError, OSError):
             proc.join(timeout=5)
             raise WorkerLost(_death(proc)) from None
-        if msg[0] == "resumed":
+        if msg[0] == "discarded":
+            discarded = getattr(report, "discarded", None)
+            if discarded is not None:
+                discarded(msg[1])
+        elif msg[0] == "resumed":
             resumed = msg[1]
             if restored is not None:
                 restored(msg[1], msg[2])
@@ -201,8 +227,25 @@ def _context() -> Any:
     holds threads and maybe CUDA, is not).
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "timm", "sweeper.train", "sweeper.artifacts"])
+    ctx.set_forkserver_preload(["sweeper.faults", "torch", "timm", "sweeper.train", "sweeper.artifacts"])
     return ctx
+
+
+def start_fork_server() -> None:
+    """Start the fork server now, from the main thread, with Ctrl-C ignored: it keeps that through its
+    start, so a Ctrl-C while it imports torch is the sweep's to handle (trials closed as interrupted),
+    not a traceback from the server and a trial that fails for want of it."""
+    from multiprocessing import forkserver
+
+    _context()
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _child_main(conn: Any, job: Job) -> None:
@@ -212,7 +255,7 @@ def _child_main(conn: Any, job: Job) -> None:
     os.environ.update(job.env)
     if job.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu  # before anything touches CUDA
-    _exit_with_parent()
+    _exit_with_worker(conn)
     import torch
 
     from sweeper import artifacts, checkpoints, train
@@ -227,6 +270,10 @@ def _child_main(conn: Any, job: Job) -> None:
 
     try:
         if job.checkpoint is not None:
+            bad = checkpoints.verify(job.checkpoint, job.cfg)
+            if bad:
+                print(f"trial checkpoint {job.checkpoint} discarded: {bad}", file=sys.stderr, flush=True)
+                conn.send(("discarded", bad))
             epoch, history = checkpoints.saved_state(job.checkpoint, job.cfg)
             if epoch:
                 conn.send(("resumed", epoch, history))
@@ -247,12 +294,24 @@ def _child_main(conn: Any, job: Job) -> None:
     except (_Stop, EOFError, BrokenPipeError):
         pass
     except BaseException as e:
-        kind = "oom" if is_oom(e) else "diverged" if isinstance(e, train.DivergedError) else "error"
+        kind = _kind(e, train.DivergedError)
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        if kind == "disk":
+            reason = f"no space left on the device: {e}; free space, or set SWEEPER_CHECKPOINTS elsewhere"
         with contextlib.suppress(OSError):
             conn.send(("error", kind, reason, traceback.format_exc()))
     finally:
         conn.close()
+
+
+def _kind(e: BaseException, diverged: type[BaseException]) -> str:
+    if is_oom(e):
+        return "oom"
+    if isinstance(e, diverged):
+        return "diverged"
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return "disk"
+    return "error"
 
 
 def is_oom(e: BaseException) -> bool:
@@ -266,17 +325,30 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
 
 
-def _exit_with_parent() -> None:
-    """A trial process must not outlive its worker (SIGKILL, node loss): its GPU would stay taken."""
+def _exit_with_worker(conn: Any) -> None:
+    """A trial process must not outlive its worker (SIGKILL, node loss): its GPU would stay taken.
+
+    The trial process is the fork server's child, not the worker's, so its parent says nothing about
+    the worker (nor does ``PR_SET_PDEATHSIG``, which follows the parent). Instead it watches its pipe:
+    only the worker holds the other end, and the kernel closes that when the worker dies, however it
+    dies. ``POLLRDHUP`` sees the close without reading, so the pipe's messages are left alone.
+    """
+    import select
+
+    rdhup = getattr(select, "POLLRDHUP", 0)  # Linux; elsewhere the parent is watched, as a fallback
     parent = os.getppid()
 
     def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), rdhup)
         while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
+            for _, events in poller.poll(1000 if not rdhup else None):
+                if events & (rdhup | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    os._exit(3)
+            if not rdhup and os.getppid() != parent:
                 os._exit(3)
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
 def halve_micro_batch(cfg: TrialConfig) -> TrialConfig | None:

@@ -8,6 +8,7 @@ tracking server is ``mlflow server`` from the project's own environment, backed 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -47,58 +48,53 @@ def require_postgres() -> Path:
     return bindir
 
 
+class Cluster:
+    """A throwaway PostgreSQL cluster that a test can stop and start again (a database outage)."""
+
+    def __init__(self) -> None:
+        self.bindir = require_postgres()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.root = Path(tempfile.mkdtemp(prefix="sweeper-pg-", dir="/tmp"))  # not under a root-only folder
+        if self.as_user:
+            shutil.chown(self.root, "postgres")
+        self.data, self.port = self.root / "data", free_port()
+        self.url = f"postgresql://sweeper@127.0.0.1:{self.port}"
+        self._ctl("initdb", "-D", str(self.data), "-U", "sweeper", "--auth=trust", "-E", "UTF8", "--no-sync")
+
+    def _ctl(self, program: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bindir / program), *args], check=True, capture_output=True)
+
+    def start(self) -> None:
+        opts = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        )
+        log = str(self.root / "log")
+        self._ctl("pg_ctl", "-D", str(self.data), "-o", opts, "-l", log, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.remove()
+
+
 @contextmanager
 def postgres() -> Iterator[str]:
     """A throwaway PostgreSQL cluster; yields ``postgresql://sweeper@127.0.0.1:PORT`` (no database)."""
-    bindir = require_postgres()
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="sweeper-pg-"))  # not under pytest's root-only tmp folder
-    if as_user:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", free_port()
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "sweeper",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            opts,
-            "-l",
-            str(root / "log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql://sweeper@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    with cluster() as c:
+        yield c.url
 
 
 def create_database(server: str, name: str) -> str:
@@ -110,9 +106,9 @@ def create_database(server: str, name: str) -> str:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path) -> Iterator[str]:
-    """``mlflow server`` on a free port, backed by ``backend_uri``; yields its http URL."""
-    port = free_port()
+def mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None) -> Iterator[str]:
+    """``mlflow server`` on ``port`` (default: a free one), backed by ``backend_uri``; yields its http URL."""
+    port = port or free_port()
     log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [

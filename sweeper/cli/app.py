@@ -10,6 +10,7 @@ stderr); 130 interrupted; 1 a bug (with its traceback).
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,6 +30,9 @@ ENVIRONMENT = {  # every variable sweeper reads; the top-level --help and the RE
     "SWEEPER_CHECKPOINTS": "trial checkpoints that interrupted trials resume from (default ./checkpoints)",
     "SWEEPER_HEARTBEAT": "seconds between a running trial's heartbeats (default 20)",
     "SWEEPER_GRACE": "seconds without a heartbeat before a trial counts as lost and is redone (default 60)",
+    "SWEEPER_STORE_PATIENCE": "seconds a sweep waits for an unreachable store before it stops (default 300)",
+    "SWEEPER_FAULT": "test-only: faults to inject at named points (see sweeper/faults.py); never set it",
+    "SWEEPER_FAULT_DIR": "test-only: where SWEEPER_FAULT's pauses leave their markers",
 }
 
 app = typer.Typer(
@@ -121,12 +125,18 @@ TrackingOpt = Annotated[
 ]
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 3e-3, 1E5: YAML 1.1 says str
+
+
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in sets or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SweeperError(f"--set {item!r}: expected KEY=VALUE, e.g. --set backbone=resnet18")
+        if _YAML11_FLOAT.fullmatch(raw.strip()):
+            out[key.strip()] = float(raw)
+            continue
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:

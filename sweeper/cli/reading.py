@@ -122,7 +122,7 @@ def report(
     """Write one self-contained HTML report of a study (plots, ablation, trials) and log it to MLflow."""
     from sweeper import record as record_lib
     from sweeper import report as report_lib
-    from sweeper import tracking
+    from sweeper import stores, tracking
 
     src = record_lib.open_recorded(study, storage)
     spec, st = src.spec, src.study
@@ -134,7 +134,7 @@ def report(
     run_id = report_lib.write(spec, st, tracker, out, top)
     typer.echo(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline); logged to MLflow experiment "
-        f"{spec.name!r} as run {report_lib.REPORT_RUN!r} ({run_id}) in {tracker.uri}"
+        f"{spec.name!r} as run {report_lib.REPORT_RUN!r} ({run_id}) in {stores.display_url(tracker.uri)}"
     )
 
 
@@ -211,6 +211,35 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     typer.echo("  space:")
     for k, d in spec.space.items():
         typer.echo(f"    {k}: {space_lib.describe(d)}")
+
+
+@app.command("doctor")
+def doctor(
+    study: StudyArg,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Fix what is safe: close RUNNING leftovers of dead workers as FAIL and re-queue their "
+            "params, close or trash orphan runs, record missing runs, delete stale checkpoints and "
+            "staging folders.",
+        ),
+    ] = False,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Check a study's invariants in Optuna and MLflow; exit 1 while problems remain."""
+    from sweeper import doctor as doctor_lib
+
+    try:
+        name = spec_lib.load(study).name
+    except SweeperError:
+        name = study  # a name in storage only (e.g. a study run with --name)
+    lines, left = doctor_lib.check(name, storage, tracking_uri, repair)
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"study {name}: " + (f"{left} problem{'s' if left != 1 else ''}" if left else "clean"))
+    raise typer.Exit(1 if left else 0)
 
 
 @app.command("export-best")

@@ -177,8 +177,9 @@ def _sweep(progress: Any, run: Any) -> Any:
             return run()
     except KeyboardInterrupt:
         typer.echo(
-            "\ninterrupted: running trials were closed as failed and their params re-queued; "
-            "re-run the same command to finish the study (they resume from their last epoch)",
+            "\ninterrupted: the running trials were closed as failed, not counted, and their params "
+            "re-queued (unless a trial's reason says its retries were used up); re-run the same command "
+            "to finish the study (they resume from their last epoch)",
             err=True,
         )
         raise typer.Exit(130) from None

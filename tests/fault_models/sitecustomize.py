@@ -40,3 +40,19 @@ def broken_resnet(pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
     model = timm.create_model("test_resnet", pretrained=False, **kwargs)
     model.fc = torch.nn.Linear(model.num_features + 1, model.fc.out_features)
     return model
+
+
+@register_model
+def fault_resnet(pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """``test_resnet`` that passes the fault point ``mid-epoch`` on every training step (see
+    ``sweeper/faults.py``): a test pauses a trial process there, inside an epoch, to kill it."""
+    from sweeper import faults
+
+    model = timm.create_model("test_resnet", pretrained=False, **kwargs)
+
+    def step(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if module.training:
+            faults.hit("mid-epoch")
+
+    model.register_forward_pre_hook(step)
+    return model

@@ -1,0 +1,116 @@
+"""sweeper doctor: each kind of leftover, planted in real stores, is found; --repair fixes what is safe."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from sweeper import record as rec
+from sweeper import stores, tracking
+
+
+@pytest.fixture
+def own_tmp(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> Path:
+    """A private temp folder: the doctor looks at staging folders there, never at other processes'."""
+    tmp = isolated / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    return tmp
+
+
+DEAD_PID = "4194300"  # above the default pid_max: never a live process
+
+
+def add(study: optuna.Study, tracker: tracking.Tracker, x: float, state: TrialState, run: str | None) -> int:
+    """A finished trial with param ``x``; ``run``: its run's MLflow state (None: no run)."""
+    number = len(study.get_trials(deepcopy=False))
+    attrs: dict[str, object] = {rec.FAIL_REASON: "ValueError: planted"} if state == TrialState.FAIL else {}
+    if run is not None:
+        r = tracker.start(f"trial-{number:04d}", {"x": x}, {"trial_number": number, "state": "RUNNING"})
+        r.end(run)
+        attrs[rec.MLFLOW_RUN] = r.run_id
+    study.add_trial(
+        create_trial(
+            state=state,
+            value=0.5 if state == TrialState.COMPLETE else None,
+            params={"x": x},
+            distributions={"x": FloatDistribution(0, 1)},
+            user_attrs=attrs,
+        )
+    )
+    return number
+
+
+def plant(tmp: Path) -> tuple[optuna.Study, tracking.Tracker]:
+    """One study with every kind of leftover a killed sweep can leave."""
+    study = optuna.create_study(study_name="planted", storage=stores.storage(None))
+    tracker = tracking.Tracker(None, "planted")
+    add(study, tracker, 0.1, TrialState.COMPLETE, "COMPLETE")  # 0: clean
+    running = study.ask()  # 1: RUNNING, its process killed; its run RUNNING too
+    running.suggest_float("x", 0, 1)
+    r = tracker.start("trial-0001", {}, {"trial_number": 1, "state": "RUNNING"})
+    running.set_user_attr(rec.MLFLOW_RUN, r.run_id)
+    add(study, tracker, 0.2, TrialState.FAIL, None)  # 2: no run
+    tracker.start("trial-0099", {}, {"trial_number": 99, "state": "RUNNING"})  # a run with no trial
+    mismatch = add(study, tracker, 0.3, TrialState.COMPLETE, "COMPLETE")  # 3: run says FAILED
+    MlflowClient(tracker.uri).set_terminated(study.trials[mismatch].user_attrs[rec.MLFLOW_RUN], "FAILED")
+    add(study, tracker, 0.1, TrialState.COMPLETE, "COMPLETE")  # 4: trial 0's params, counted twice
+    folder = Path("checkpoints/planted")
+    folder.mkdir(parents=True)
+    (folder / "trial-0000.pt").write_bytes(b"x")  # trial 0 is finished: stale
+    (folder / "trial-0001.pt").write_bytes(b"x")  # trial 1 will be re-queued: kept
+    (folder / f".trial-0003.pt.{DEAD_PID}.tmp").write_bytes(b"x")  # half-written
+    (tmp / f"sweeper-artifacts-{DEAD_PID}-abc").mkdir()
+    (tmp / f"sweeper-artifacts-{os.getpid()}-live").mkdir()  # this process is alive: not stale
+    return study, tracker
+
+
+@pytest.mark.slow
+def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: Path) -> None:
+    study, tracker = plant(own_tmp)
+    env = {"TMPDIR": str(own_tmp)}
+    r = cli("doctor", "planted", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    kinds = sorted(line.split(":")[0] for line in lines[:-1])
+    assert kinds == [
+        "checkpoint",
+        "checkpoint",
+        "duplicate",
+        "mismatch",
+        "no-run",
+        "orphan-run",
+        "running",
+        "staging",
+    ], r.stdout
+    assert "running: trial 1: RUNNING with no live worker" in lines
+    assert "no-run: trial 2: FAIL with no MLflow run" in lines
+    assert "duplicate: trial 4: the same params as trial 0, both counted (not repairable)" in lines
+    assert lines[-1] == "study planted: 8 problems"
+
+    r = cli("doctor", "planted", "--repair", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr  # the duplicate needs a person
+    assert r.stdout.count("repaired ") == 7, r.stdout
+    assert r.stdout.splitlines()[-2:] == [
+        "duplicate: trial 4: the same params as trial 0, both counted (not repairable)",
+        "study planted: 1 problem",
+    ]
+    trials = study.get_trials()
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs[rec.FAIL_KIND] == "lost"
+    assert "found RUNNING by `sweeper doctor`" in trials[1].user_attrs[rec.FAIL_REASON]
+    (retry,) = [t for t in trials if t.state == TrialState.WAITING]
+    assert retry.params == trials[1].params  # re-queued, and its checkpoint kept for it
+    assert sorted(p.name for p in Path("checkpoints/planted").iterdir()) == ["trial-0001.pt"]
+    assert [p.name for p in own_tmp.iterdir()] == [f"sweeper-artifacts-{os.getpid()}-live"]
+    client = MlflowClient(tracker.uri)
+    runs = client.search_runs([tracker.experiment_id])
+    assert "RUNNING" not in {x.info.status for x in runs}
+    assert sorted(x.data.tags["trial_number"] for x in runs) == ["0", "1", "2", "3", "4"]  # 99 trashed
