@@ -88,6 +88,26 @@ def outage(e: BaseException) -> bool:
     return stores.db_outage(e)
 
 
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+"""Tracking URI schemes MLflow serves (the part before ``+driver``); a plain path is a file store."""
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail at once, in one line, on a tracking URI that cannot work: an unknown scheme, or a server that
+    does not answer within a few seconds (an outage during a sweep is waited out instead)."""
+    from sweeper import reach
+    from sweeper.errors import SweeperError
+
+    kind = reach.scheme(uri) if "://" in uri else "file"
+    if kind not in SCHEMES:
+        raise SweeperError(
+            f"tracking URI {stores.display_url(uri)!r}: unknown scheme {kind!r}; use http://HOST:5000 "
+            "(an MLflow server), sqlite:///PATH/mlflow.db, postgresql://... or a folder"
+        )
+    if kind in ("http", "https", "postgresql", "mysql", "mssql"):
+        reach.check(uri, "the MLflow tracking store")
+
+
 def _artifact_root(uri: str) -> str | None:
     """Local SQLite stores keep artifacts beside the database; servers choose their own."""
     if uri.startswith("sqlite:///"):
@@ -157,6 +177,7 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = resolve_uri(uri)
+        _check_reachable(self.uri)
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)

@@ -1,0 +1,38 @@
+"""Stores that cannot work fail at once, in one line naming the URL (password masked), before any trial."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from sweeper import stores, tracking
+from sweeper.errors import SweeperError
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (
+            "http://127.0.0.1:9",
+            r"the MLflow tracking store http://127.0.0.1:9 is not reachable .*Connection refused",
+        ),
+        (
+            "postgresql://u:secret@127.0.0.1:9/db",
+            r"postgresql\+psycopg://u:\*\*\*@127.0.0.1:9/db is not reachable",
+        ),
+        ("foo://bar", r"tracking URI 'foo://bar': unknown scheme 'foo'"),
+    ],
+)
+def test_an_unusable_tracking_uri_is_one_line_within_seconds(uri: str, message: str) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(SweeperError, match=message) as e:
+        tracking.Tracker(uri, "x")
+    assert time.monotonic() - t0 < 10 and "\n" not in str(e.value) and "secret" not in str(e.value)
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:secret@127.0.0.1:9/db", "foo://bar"])
+def test_an_unusable_study_storage_is_one_line(url: str) -> None:
+    with pytest.raises(SweeperError, match="cannot open study storage") as e:
+        stores.storage(url)
+    assert "\n" not in str(e.value) and "secret" not in str(e.value)
