@@ -139,6 +139,13 @@ def run_study(
         f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {stores.display_url(tracker.uri)}  "
         f"(experiment {spec.name!r})"
     )
+    if not c["complete"]:  # nothing to refit: a script must not go on as if the sweep had worked
+        typer.echo(
+            f"error: study {spec.name!r} has no complete trial ({c['pruned']} pruned, {c['fail']} failed); "
+            "their reasons are above and in `sweeper show`",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 def _print_model(uri: str, register: str | None) -> None:
