@@ -37,6 +37,9 @@ from sweeper import spec as spec_lib  # noqa: E402
 from sweeper import sweep  # noqa: E402
 from sweeper.dims import Dim  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from pruning import compute_to_reach as needed  # noqa: E402  # the same measure as the real-data bench
+
 SPACE = {
     "lr_backbone": Dim("float", low=1e-6, high=1e-3, log=True),
     "lr_head": Dim("float", low=1e-4, high=3e-2, log=True),
@@ -83,15 +86,6 @@ def sweep_once(spec: spec_lib.Study, seed: int, trials: int, pruned: bool) -> li
     while sum(e for e, _ in out) < budget:
         study.optimize(objective, n_trials=1)
     return out
-
-
-def needed(trials: list[tuple[int, float | None]], target: float) -> int | None:
-    spent = 0
-    for epochs, value in trials:
-        spent += epochs
-        if value is not None and value >= target:
-            return spent
-    return None
 
 
 def main() -> None:
