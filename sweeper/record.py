@@ -54,7 +54,10 @@ MEANING = ("objective", "epochs", "fixed", "space", "constraints")
 
 
 def counts(trials: list[FrozenTrial], before: int | None = None) -> dict[str, int]:
-    """Trials by state; ``counted`` is what ``--trials N`` compares against.
+    """Trials by state; ``counted`` (complete and pruned trials) is what ``--trials N`` compares against.
+
+    A failed trial does not count: after "fix it and re-run the command" the study still gets N trials
+    that ran. Failures are reported as ``fail``; the sweep's failure stops guard against endless retries.
 
     Args:
         before: count only trials numbered below this (a retry's link to its lost original is still seen).
@@ -68,7 +71,7 @@ def counts(trials: list[FrozenTrial], before: int | None = None) -> dict[str, in
             out["not_counted"] += 1
         else:
             out[t.state.name.lower()] += 1
-    out["counted"] = out["complete"] + out["pruned"] + out["fail"]
+    out["counted"] = out["complete"] + out["pruned"]
     return out
 
 

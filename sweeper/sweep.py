@@ -1,8 +1,10 @@
 """The sweep loop: samplers, pruners, exactly N counted trials across workers, failure streaks, lost trials.
 
 ``--trials N`` is the study's total: re-running the same command after an interruption finishes the
-study instead of adding N more. Trials that were interrupted, lost with their worker (and re-queued),
-or surplus from a race between workers do not count towards N.
+study instead of adding N more. Only complete and pruned trials count towards N: a failed trial, one
+interrupted or lost with its worker (and re-queued), or surplus from a race between workers does not.
+Failures stop the sweep when the same error repeats 3 times in a row, or after 2N (at least 10) failures
+in one run.
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ class _Crew:
         on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None,
     ) -> None:
         self.trials, self.deadline = trials, deadline
-        self.streak = _Streak(SAME_ERROR_LIMIT)
+        self.streak = _Streak(SAME_ERROR_LIMIT, total=trials)
         self.ended = threading.Event()  # a trial ended here: a waiting worker looks again at once
         self.halt = threading.Event()
         self.errors: list[BaseException] = []
@@ -383,8 +385,10 @@ def _remove_leftovers(study: str) -> None:
 class _Streak:
     """The same error in ``limit`` trials in a row is a broken configuration, not bad luck: stop."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, total: int | None = None) -> None:
         self.limit = limit
+        self.total = total  # 2 x this many failures (at least 10) in one run, whatever their errors, stop it
+        self.failed = 0
         self.keys: list[str | None] = []
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -394,6 +398,13 @@ class _Streak:
             return  # surplus, interrupted, lost and re-queued: says nothing about the configuration
         reason = trial.user_attrs.get(FAIL_REASON) if trial.state == TrialState.FAIL else None
         with self._lock:
+            self.failed += reason is not None
+            if self.total is not None and self.failed >= max(2 * self.total, 10) and self.error is None:
+                self.error = (
+                    f"stopped after {self.failed} failed trials in this run (failed trials do not count "
+                    f"towards --trials, so the sweep would go on retrying): last, trial {trial.number}: "
+                    f"{reason}. `sweeper show` lists every reason; fix them and re-run the command"
+                )
             self.keys = [*self.keys, re.sub(r"\d+", "#", reason) if reason else None][-self.limit :]
             if len(self.keys) == self.limit and self.keys[0] is not None and len(set(self.keys)) == 1:
                 self.error = (

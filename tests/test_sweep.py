@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_counts_leave_out_interrupted_surplus_and_retried_trials() -> None:
         "running": 0,
         "waiting": 1,
         "not_counted": 2,
-        "counted": 3,
+        "counted": 2,  # complete and pruned: a failed trial does not count
     }
 
 
@@ -255,3 +256,31 @@ def test_a_resumed_study_does_not_repeat_its_params(tmp_path) -> None:
     assert drawn[0] != drawn[1]
     assert sweep.sampler_seed(0, 0, 0) == 0
     assert len({sweep.sampler_seed(0, w, n) for w in range(3) for n in range(3)}) == 9
+
+
+def test_failed_trials_do_not_count_and_many_failures_stop_the_sweep(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    spec = tiny_study(tmp_path, image_folder, "flaky")
+    calls = {"n": 0}
+
+    def flaky(trial: optuna.Trial) -> float:  # every other trial fails, each with its own message
+        calls["n"] += 1
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if calls["n"] % 2:
+            trial.set_user_attr("fail_reason", f"ValueError: flake {'abc'[calls['n'] % 3]}")
+            raise ValueError("flake")
+        return x
+
+    st = sweep.run(spec, 3, flaky)
+    c = record_lib.counts(st.get_trials())
+    assert c["counted"] == 3 and c["complete"] == 3 and c["fail"] == 3  # N trials that ran, failures aside
+
+    def broken(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 1.0)
+        calls["n"] += 1
+        trial.set_user_attr("fail_reason", f"RuntimeError: {'abcdefg'[calls['n'] % 7]}")  # never twice alike
+        raise RuntimeError("broken")
+
+    with pytest.raises(SweeperError, match="stopped after 10 failed trials in this run"):
+        sweep.run(dataclasses.replace(spec, name="broken"), 5, broken)
