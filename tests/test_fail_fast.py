@@ -36,3 +36,18 @@ def test_an_unusable_study_storage_is_one_line(url: str) -> None:
     with pytest.raises(SweeperError, match="cannot open study storage") as e:
         stores.storage(url)
     assert "\n" not in str(e.value) and "secret" not in str(e.value)
+
+
+def test_an_unwritable_checkpoint_folder_is_one_line_before_any_trial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pathlib import Path
+
+    from sweeper.cli import running
+
+    monkeypatch.setenv("SWEEPER_CHECKPOINTS", "/proc/sweeper-cannot-write-here/checkpoints")  # even for root
+    with pytest.raises(
+        SweeperError, match=r"cannot write to /proc/sweeper-cannot-write-here/checkpoints: "
+    ) as e:
+        running._check_writable(None, None)
+    assert "\n" not in str(e.value) and not Path("sweeper.db").exists()

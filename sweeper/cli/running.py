@@ -94,6 +94,7 @@ def run_study(
             raise SweeperError("--name must not be empty")
         spec = dataclasses.replace(spec, name=name.strip())
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
+    _check_writable(storage, tracking_uri)
     ds = data_lib.hold_out(data_lib.scan(spec.data_root, max_pixels=spec.max_pixels), spec.val_from_train)
     overrides = {"set": parse_sets(set_), "epochs": epochs, "data": str(data) if data else None, "name": name}
     rec = record_lib.StudyRecord.of(spec, ds, overrides)
@@ -190,6 +191,30 @@ def _sweep(progress: Any, run: Any) -> Any:
             err=True,
         )
         raise typer.Exit(130) from None
+
+
+def _check_writable(storage: str | None, tracking_uri: str | None) -> None:
+    """The folders a sweep writes (checkpoints, local stores) take a file, or one line says so now, not
+    after the first trial failed on them."""
+    import os
+    import tempfile
+
+    from sweeper import stores, tracking
+
+    places = [Path(os.environ.get("SWEEPER_CHECKPOINTS") or "checkpoints")]
+    for url in (stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)):
+        db = stores.sqlite_path(url)
+        if db is not None:
+            places.append(db.parent)
+    for place in places:
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=place).close()
+        except OSError as e:
+            raise SweeperError(
+                f"cannot write to {place.resolve()}: {e.strerror or e}; run from a writable folder, or point "
+                "SWEEPER_CHECKPOINTS, --storage and --tracking-uri somewhere writable"
+            ) from None
 
 
 def _skipped(ds: Any) -> str:
