@@ -201,6 +201,18 @@ class StudyRecord:
             bases=list(spec.bases),
         )
 
+    def summary(self) -> dict[str, Any]:
+        """The record as one JSON document (the study's MLflow run keeps it as ``study/study.json``)."""
+        return {
+            "study": self.document,
+            "path": self.path,
+            "overrides": self.overrides,
+            "data": self.data,
+            "versions": self.versions,
+            "bases": self.bases,
+            "study_file": self.study_file,
+        }
+
     def spec(self) -> spec_lib.Study:
         """The study exactly as it ran, rebuilt from the record."""
         return spec_lib.parse(self.document, Path(self.path))

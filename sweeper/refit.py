@@ -114,6 +114,7 @@ def refit_best(
         tags={
             "study": study_name,
             "refit_of_trial": p.trial.number,
+            "sweeper.kind": "refit",
             "state": "RUNNING",
             "sweeper.refit.data": "train+val",
             "sweeper.refit.stop_epoch": p.stop_epoch,
@@ -245,6 +246,7 @@ def combine(
         tags={
             "study": spec.name,
             "combine": how,
+            "sweeper.kind": "combine",
             "state": "RUNNING",
             "members": ",".join(str(t.number) for t in trials),
         },

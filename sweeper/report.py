@@ -7,7 +7,7 @@ MLflow artifacts), and a table of every trial with its state and why it was prun
 
 plotly.js is inlined once and the confusion matrix is a data URI, so the file opens offline, from
 an e-mail attachment or an MLflow artifact view alike. The same file is logged to the study's MLflow
-experiment as the artifact ``report.html`` of one run named ``study-report``.
+experiment as the artifact ``report.html`` of the study's own run (the parent of its trial runs).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from sweeper import record as record_lib
 from sweeper.report_figures import best_artifacts, figures, learning_curves, run_id_of
 from sweeper.spec import Study
 
-REPORT_RUN = "study-report"  # the MLflow run that holds the study's report
-REPORT_TAG = "sweeper.kind"  # tag = "report" marks it, so it is found again and never taken for a trial
 WORST_CLASSES = 10  # rows of the worst-classes table
 
 
@@ -305,21 +303,15 @@ def _plot(div: str, title: str, fig: Any) -> str:
 
 
 def log_report(tracker: Any, spec: Study, path: Path) -> str:
-    """Log ``path`` as ``report.html`` of the experiment's ``study-report`` run (made once, then reused)."""
-    client = tracker.client
-    exp = tracker.experiment_id
-    found = client.search_runs([exp], f"tags.`{REPORT_TAG}` = 'report'", max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-    else:
-        run = client.create_run(exp, run_name=REPORT_RUN, tags={REPORT_TAG: "report", "study": spec.name})
-        run_id = run.info.run_id
-        client.set_terminated(run_id, status="FINISHED")
+    """Log ``path`` as ``report.html`` of the study's own MLflow run (the parent of its trials)."""
+    run_id = tracker.study_run_id()
     with tempfile.TemporaryDirectory(prefix="sweeper-report-") as d:
         target = Path(d) / "report.html"
         target.write_bytes(path.read_bytes())
-        client.log_artifact(run_id, str(target))
-    client.set_tag(run_id, "updated", dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+        tracker.client.log_artifact(run_id, str(target))
+    tracker.client.set_tag(
+        run_id, "report_updated", dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    )
     return run_id
 
 

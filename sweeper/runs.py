@@ -203,6 +203,13 @@ class Run:
         assert self.ema is not None
         self.ema.update(self.model, step=self.steps)
 
+    def learning_rates(self) -> dict[str, float]:
+        """The LR each group name trains at after this epoch (``lr/backbone``, ``lr/head``): metrics named
+        apart from the configured ``lr_backbone``/``lr_head`` params, so MLflow's views keep them apart."""
+        groups = self.trainers[0][1].param_groups
+        out = {f"lr/{g['name']}": float(g["lr"]) for g in groups if g.get("name") in ("backbone", "head")}
+        return out or {"lr/backbone": float(groups[0]["lr"])}
+
     def epoch(self, epoch: int, val_dl: Any, metric: str) -> tuple[dict[str, float], np.ndarray | None]:
         """Train every replica one epoch, score each, merge them, validate; the epoch's metrics, confusion."""
         t0 = time.perf_counter()
@@ -222,9 +229,7 @@ class Run:
         train_loss = loss_sum / max(seen, 1)
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch}; lower the learning rate")
-        groups = self.trainers[0][1].param_groups
-        lr = next((g["lr"] for g in groups if g.get("name") == "backbone"), groups[0]["lr"])
-        metrics = {"train_loss": train_loss, "train_acc": correct / max(seen, 1), "lr_backbone": lr}
+        metrics = {"train_loss": train_loss, "train_acc": correct / max(seen, 1), **self.learning_rates()}
         cm = None
         if val_dl is not None:
             tta = self.cfg.eval.tta

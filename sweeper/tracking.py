@@ -42,6 +42,9 @@ def resolve_uri(uri: str | None) -> str:
     return uri
 
 
+KIND = "sweeper.kind"  # what a run is: study (the parent), trial, refit, combine
+STUDY_KIND = "study"
+
 STAGING = "sweeper-artifacts-"
 """Prefix of the temporary folders a trial's artifacts are staged in: ``sweeper-artifacts-PID-*``."""
 
@@ -183,6 +186,8 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment = experiment
         self._experiment_id: str | None = None
+        self._study_run: str | None = None
+        self._context: dict[str, str] | None = None
         # SQLite: this process's workers take turns (one writer); a server handles concurrency itself.
         self.lock: Any = threading.RLock() if self.uri.startswith("sqlite") else contextlib.nullcontext()
 
@@ -212,13 +217,75 @@ class Tracker:
         return self._experiment_id
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> TrialRun:
-        """A new RUNNING run. A trial's run carries the tag ``trial_number`` from its first instant, so a
-        kill before the trial links it (``mlflow_run_id``) still leaves a pair to reconcile."""
-        exp, str_tags = self.experiment_id, {k: str(v) for k, v in tags.items()}
+        """A new RUNNING run, a child of the study's run (``sweeper.kind`` says what it is: trial by
+        default, refit, combine), with MLflow's lineage tags (user, source, git commit). A trial's run
+        carries the tag ``trial_number`` from its first instant, so a kill before the trial links it
+        (``mlflow_run_id``) still leaves a pair to reconcile."""
+        exp = self.experiment_id
+        str_tags = {**self.context_tags(), **{k: str(v) for k, v in tags.items()}}
+        str_tags.setdefault(KIND, "trial")
+        str_tags["mlflow.parentRunId"] = self.study_run_id()
         run = self._call(lambda: self.client.create_run(exp, run_name=run_name, tags=str_tags))
         tr = TrialRun(self.client, run.info.run_id, self.lock, self.uri)
         tr.log_params(params)
         return tr
+
+    def context_tags(self) -> dict[str, str]:
+        """MLflow's own lineage tags for this process: user, source (name, type) and git commit."""
+        if self._context is None:
+            from mlflow.tracking.context.registry import resolve_tags
+
+            self._context = {k: str(v) for k, v in resolve_tags().items() if k != "mlflow.runName"}
+        return self._context
+
+    def study_run_id(self) -> str:
+        """The study's own run, parent of its trials, refits and ensembles: found by its tag, else made.
+        Workers starting together may each make one; every one of them then keeps the oldest."""
+        if self._study_run is None:
+            exp = self.experiment_id
+            query = f"tags.`{KIND}` = '{STUDY_KIND}'"
+
+            def find() -> list[Any]:
+                return self.client.search_runs([exp], query, order_by=["attributes.start_time ASC"])
+
+            runs = self._call(find)
+            if not runs:
+                tags = {**self.context_tags(), KIND: STUDY_KIND, "study": self.experiment}
+                made = self._call(lambda: self.client.create_run(exp, run_name=self.experiment, tags=tags))
+                self._call(lambda: self.client.set_terminated(made.info.run_id, status="FINISHED"))
+                runs = self._call(find)
+                if runs[0].info.run_id != made.info.run_id:  # another worker's came first
+                    self._call(lambda: self.client.delete_run(made.info.run_id))
+            self._study_run = runs[0].info.run_id
+        return self._study_run
+
+    def log_study(self, record_doc: dict[str, Any], description: str) -> None:
+        """What defines the study, on its run: the study as it ran (overrides applied), its record
+        (overrides, data fingerprint, versions), and the experiment's description."""
+        import json
+
+        run_id = self.study_run_id()
+        with staging() as d:
+            (d / "study.json").write_text(json.dumps(record_doc, indent=2, default=str))
+            self._call(lambda: self.client.log_artifacts(run_id, str(d), "study"))
+        if description:
+            exp = self.experiment_id
+            self._call(lambda: self.client.set_experiment_tag(exp, "mlflow.note.content", description))
+
+    def log_study_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Study-level numbers on the study's run (the best value so far, trials by state), one step per
+        counted trial."""
+        TrialRun(self.client, self.study_run_id(), self.lock, self.uri).log_metrics(step, metrics)
+
+    def log_dataset(self, run_id: str, name: str, source: str, digest: str, profile: dict[str, Any]) -> None:
+        """The data a run trained on, as an MLflow dataset input (name, source path, digest, split sizes)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name, digest, "local", source, None, json.dumps(profile))
+        inp = DatasetInput(ds, [InputTag("mlflow.data.context", "training")])
+        self._call(lambda: self.client.log_inputs(run_id, datasets=[inp]))
 
     def log_model(self, run_id: str, folder: Path, register: str | None = None) -> str:
         """Log a model folder ``refit-best`` wrote as an MLflow model of run ``run_id`` (an MLflow 3
@@ -346,6 +413,12 @@ class NullTracker:
         from sweeper.errors import SweeperError
 
         raise SweeperError("an MLflow model needs a tracking store (--tracking-uri)")
+
+    def log_study(self, record_doc: dict[str, Any], description: str) -> None: ...
+    def log_study_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_dataset(
+        self, run_id: str, name: str, source: str, digest: str, profile: dict[str, Any]
+    ) -> None: ...
 
     def download(self, run_id: str, artifact: str, dst: Path) -> Path:
         from sweeper.errors import SweeperError

@@ -89,6 +89,7 @@ def make_objective(
     from sweeper import workers
 
     progress = progress or Progress(0, spec.epochs, spec.metric)
+    dataset = _dataset(data)  # the MLflow dataset input of every trial run (fingerprinted once)
 
     def objective(trial: optuna.Trial) -> float:
         progress.trial_started(trial.number)
@@ -102,12 +103,25 @@ def make_objective(
             ctx = Context(spec, trial, tracking.NO_RUN, checkpoint_path(spec, _frozen(trial)), out, tracker)
             try:
                 ctx.run = _open_run(ctx, cfg, absent)
+                tracker.log_dataset(ctx.run.run_id, **dataset)
                 job = workers.Job(cfg, data, spec.metric, out, ctx.checkpoint, gpu, threads)
                 return finish(ctx, attempt(ctx, job, progress, len(data.classes)))
             except stores.StoreDown as e:  # a store stayed away: this trial does not count
                 return finish(ctx, Outcome("halted", reason=str(e), kind="store"))
 
     return objective
+
+
+def _dataset(data: Any) -> dict[str, Any]:
+    """The data a study trains on, as MLflow records a dataset: name, source path, digest, split sizes."""
+    fp = rec.fingerprint(data)
+    profile = {**fp["images"], "classes": len(fp["classes"])}
+    return {
+        "name": Path(data.root).name,
+        "source": str(data.root),
+        "digest": fp["digest"],
+        "profile": profile,
+    }
 
 
 def _open_run(ctx: Context, cfg: Any, absent: list[str]) -> Any:

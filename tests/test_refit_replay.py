@@ -37,7 +37,7 @@ def runs_by_name(experiment: str) -> dict[str, object]:
 
 def lr_history(run_id: str) -> list[float]:
     client = MlflowClient(f"sqlite:///{Path.cwd()}/mlruns/mlflow.db")
-    return [m.value for m in sorted(client.get_metric_history(run_id, "lr_backbone"), key=lambda m: m.step)]
+    return [m.value for m in sorted(client.get_metric_history(run_id, "lr/backbone"), key=lambda m: m.step)]
 
 
 def test_refit_without_the_overrides_trains_the_winning_trial_as_it_ran(
@@ -91,9 +91,10 @@ def test_a_refit_stopped_mid_schedule_follows_the_trials_learning_rates(image_fo
     cfg = dataclasses.replace(tiny_cfg(epochs=4), warmup_epochs=1.0, lr_schedule="cosine")
     trial = train.run_trial(cfg, data)
     refit = train.run_trial(cfg, data, train_on_val=True, stop_epoch=2)
-    lrs = [h["lr_backbone"] for h in trial.history]
+    lrs = [h["lr/backbone"] for h in trial.history]
     assert len(refit.history) == 2
-    assert [h["lr_backbone"] for h in refit.history] == pytest.approx(lrs[:2])
+    assert [h["lr/backbone"] for h in refit.history] == pytest.approx(lrs[:2])
+    assert all(h["lr/head"] > h["lr/backbone"] for h in trial.history)  # the head's own LR, logged apart
     assert lrs[1] > 0.4 * cfg.lr_backbone  # mid-schedule: the refit did not anneal to zero by its end
 
 

@@ -200,7 +200,9 @@ def table(page: Chromium, table_id: str) -> list[list[str]]:
 @pytest.mark.slow
 def test_report_opens_offline_with_every_plot_drawn(built: Built, page: Chromium) -> None:
     assert built.report.stat().st_size > 3_000_000  # plotly.js is inside
-    assert "study-report" in built.report_stdout and "opens offline" in built.report_stdout
+    assert (
+        "on the study's run 'results-e2e'" in built.report_stdout and "opens offline" in built.report_stdout
+    )
     schemes = {u.split(":", 1)[0] for u in page.requested_urls()}
     assert schemes <= {"file", "data"}, page.requested_urls()  # nothing fetched from a network
     drawn = plots(page)
@@ -329,13 +331,17 @@ def test_report_is_logged_to_the_studys_mlflow_experiment(built: Built) -> None:
 
     client = MlflowClient(built.tracking_uri)
     exp = client.get_experiment_by_name("results-e2e")
-    runs = client.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'report'")
-    assert len(runs) == 1 and runs[0].info.run_name == "study-report"
+    runs = client.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'study'")
+    assert len(runs) == 1 and runs[0].info.run_name == "results-e2e"  # the study's own run holds it
     logged = client.download_artifacts(runs[0].info.run_id, "report.html", str(built.dir / "dl"))
     assert Path(logged).read_bytes() == built.report.read_bytes()
     again = sweeper(built.dir, "report", str(built.study_file), "--out", str(built.dir / "again.html"))
     assert again.returncode == 0, again.stderr
-    assert len(client.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'report'")) == 1  # reused
+    assert len(client.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'study'")) == 1  # reused
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{runs[0].info.run_id}'")
+    assert {r.data.tags["sweeper.kind"] for r in children} == {"trial"} and len(children) == len(
+        built.study().trials
+    )
 
 
 # ---- show --ablation ---------------------------------------------------------------------------
@@ -411,7 +417,7 @@ def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
         for t in study.trials:
             assert by_name[f"trial-{t.number:04d}"]["status"] == status[t.state.name]
-        assert "study-report" in by_name
+        assert "results-e2e" in by_name  # the study's own run, parent of the trial runs
 
         # pointed at a tracking server, ui starts nothing and prints that server's pages
         direct = sweeper(built.dir, "ui", str(built.study_file), "--tracking-uri", base)

@@ -71,7 +71,18 @@ def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_f
     assert record_lib.counts(trials)["counted"] == 4, why  # anything else was surplus, never trained
     assert {t.user_attrs["worker"].split("/")[1] for t in done} == {"0", "1"}  # both workers trained
     runs = mlflow_runs(mlflow_url, "local")
-    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
+    (parent,) = [r for r in runs if r.data.tags.get("sweeper.kind") == "study"]  # one, for both workers
+    trial_runs = [r for r in runs if r is not parent]
+    assert sorted(r.info.status for r in trial_runs) == ["FINISHED"] * 4
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trial_runs)
+    assert all(
+        r.data.tags["mlflow.user"] and r.data.tags["mlflow.source.name"] for r in trial_runs
+    )  # lineage
+    client = MlflowClient(mlflow_url)
+    (dataset,) = client.get_run(trial_runs[0].info.run_id).inputs.dataset_inputs
+    assert dataset.dataset.source == str(image_folder) and '"train": 30' in dataset.dataset.profile
+    assert "study/study.json" in [a.path for a in client.list_artifacts(parent.info.run_id, "study")]
+    assert client.get_metric_history(parent.info.run_id, "trials_complete")[-1].value == 4.0
 
 
 def test_a_second_sweep_on_the_same_sqlite_files_is_refused(cli, image_folder: Path) -> None:

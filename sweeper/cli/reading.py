@@ -134,7 +134,7 @@ def report(
     run_id = report_lib.write(spec, st, tracker, out, top)
     typer.echo(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline); logged to MLflow experiment "
-        f"{spec.name!r} as run {report_lib.REPORT_RUN!r} ({run_id}) in {stores.display_url(tracker.uri)}"
+        f"{spec.name!r}, on the study's run {spec.name!r} ({run_id}) in {stores.display_url(tracker.uri)}"
     )
 
 

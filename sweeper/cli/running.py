@@ -121,9 +121,16 @@ def run_study(
         for i, g in enumerate(slots)
     ]
 
+    tracker.log_study(rec.summary(), spec.description)
+
     def on_trial_end(st: Any, t: Any) -> None:
         counts = record_lib.counts(st.get_trials(deepcopy=False))
-        progress.trial_finished(t.number, t.state.name, t.value, record_lib.why(t), counts, _best_value(st))
+        best = _best_value(st)
+        progress.trial_finished(t.number, t.state.name, t.value, record_lib.why(t), counts, best)
+        study_metrics = {f"trials_{k}": float(counts[k]) for k in ("complete", "pruned", "fail")}
+        tracker.log_study_metrics(
+            counts["counted"], study_metrics | ({} if best is None else {f"best_{spec.metric}": best})
+        )
 
     prepare = _warm_start(warm_start, spec, storage) if warm_start else None
     st = _sweep(
