@@ -80,6 +80,7 @@ TOP_KEYS = (
     "fixed",
     "space",
     "enqueue",
+    "keep_weights",
     "design",
 )
 CONSTRAINTS = ("max_params",)
@@ -121,6 +122,7 @@ class Study:
     description: str = ""
     max_params: int | None = None  # parameter budget: a config over it is recorded, never trained
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: the largest image (width x height) accepted
+    keep_weights: int | None = 5  # complete trials whose weights MLflow keeps (the best); None = all
     enqueue: tuple[dict[str, Any], ...] = ()  # partial configurations tried first (starts.parse_enqueue)
     bases: tuple[str, ...] = field(
         default=(), compare=False
@@ -207,6 +209,12 @@ def parse(raw: Any, path: Path) -> Study:
     max_params = _parse_constraints(raw.get("constraints", {}) or {}, fail)
     design, pruner = _parse_designed(raw, space, fixed, sampler, fail)
     enqueue = starts.parse_enqueue(raw.get("enqueue"), space, fixed, fail)
+    keep = raw.get("keep_weights", 5)
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise fail(
+            "keep_weights",
+            f"must be an integer >= 1 (the best trials whose weights stay) or null, got {keep!r}",
+        )
     return Study(
         name=name,
         path=path,
@@ -222,6 +230,7 @@ def parse(raw: Any, path: Path) -> Study:
         max_params=max_params,
         max_pixels=max_pixels,
         enqueue=enqueue,
+        keep_weights=keep,
         design=design,
         val_from_train=val_from_train,
     )
@@ -415,4 +424,5 @@ def to_document(study: Study) -> dict[str, Any]:
         doc["constraints"] = {"max_params": study.max_params}
     if study.enqueue:
         doc["enqueue"] = plain(list(study.enqueue))
+    doc["keep_weights"] = study.keep_weights
     return doc

@@ -12,6 +12,7 @@ calls take turns through one lock, so SQLite never answers "database is locked".
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import threading
@@ -286,6 +287,25 @@ class Tracker:
         ds = Dataset(name, digest, "local", source, None, json.dumps(profile))
         inp = DatasetInput(ds, [InputTag("mlflow.data.context", "training")])
         self._call(lambda: self.client.log_inputs(run_id, datasets=[inp]))
+
+    def delete_artifacts(self, run_id: str, suffixes: tuple[str, ...], reason: str) -> bool:
+        """Delete a run's artifacts whose names end with ``suffixes`` (once: the run is tagged with
+        ``reason``); False when there was nothing to do."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        run = self._call(lambda: self.client.get_run(run_id))
+        if run.data.tags.get("sweeper.weights", "").startswith("deleted"):
+            return False
+        names = [
+            a.path
+            for a in self._call(lambda: self.client.list_artifacts(run_id))
+            if a.path.endswith(suffixes)
+        ]
+        repo = get_artifact_repository(run.info.artifact_uri)
+        for name in names:
+            self._call(functools.partial(repo.delete_artifacts, name))
+        TrialRun(self.client, run_id, self.lock, self.uri).set_tags({"sweeper.weights": reason})
+        return bool(names)
 
     def log_model(self, run_id: str, folder: Path, register: str | None = None) -> str:
         """Log a model folder ``refit-best`` wrote as an MLflow model of run ``run_id`` (an MLflow 3

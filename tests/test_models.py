@@ -98,3 +98,23 @@ def _mlflow_models_predict(uri: str, files: list[Path], tracking: str) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "pred_label" in r.stdout
+
+
+def test_only_the_best_k_trials_keep_their_weights(cli, tmp_path: Path, image_folder: Path) -> None:
+    study = tmp_path / "keep.yaml"
+    study.write_text(
+        STUDY.format(root=image_folder).replace("name: models", "name: keep") + "keep_weights: 1\n"
+    )
+    assert cli("run-study", str(study), "--trials", "3", "--epochs", "1", *TINY).returncode == 0
+    client = MlflowClient(f"sqlite:///{Path.cwd()}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("keep").experiment_id
+    trials = client.search_runs([exp], "tags.`sweeper.kind` = 'trial'")
+    kept = [
+        r for r in trials if any(a.path == "best.safetensors" for a in client.list_artifacts(r.info.run_id))
+    ]
+    assert len(trials) == 3 and len(kept) == 1
+    gone = [r for r in trials if r not in kept]
+    assert all(r.data.tags["sweeper.weights"].startswith("deleted: not among the 1 best") for r in gone)
+    assert all(any(a.path == "config.yaml" for a in client.list_artifacts(r.info.run_id)) for r in gone)
+    best = max(trials, key=lambda r: r.data.metrics["best_val_acc"])
+    assert kept[0].data.metrics["best_val_acc"] == best.data.metrics["best_val_acc"]

@@ -84,7 +84,7 @@ def run_study(
     from sweeper import data as data_lib
     from sweeper import progress as progress_lib
     from sweeper import record as record_lib
-    from sweeper import stores, sweep, tracking
+    from sweeper import retention, stores, sweep, tracking
     from sweeper import trial as trial_lib
     from sweeper import workers as workers_lib
 
@@ -128,6 +128,7 @@ def run_study(
         best = _best_value(st)
         progress.trial_finished(t.number, t.state.name, t.value, record_lib.why(t), counts, best)
         study_metrics = {f"trials_{k}": float(counts[k]) for k in ("complete", "pruned", "fail")}
+        retention.prune_weights(st, tracker, spec.keep_weights, spec.direction)
         tracker.log_study_metrics(
             counts["counted"], study_metrics | ({} if best is None else {f"best_{spec.metric}": best})
         )
