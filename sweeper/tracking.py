@@ -307,6 +307,24 @@ class Tracker:
         TrialRun(self.client, run_id, self.lock, self.uri).set_tags({"sweeper.weights": reason})
         return bool(names)
 
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str) -> Iterator[None]:
+        """MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) on the run while the
+        block runs, every 10 s, where the ``system`` extra (psutil) is installed; nothing otherwise."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:  # psutil missing: pip install 'sweeper[system]'
+            yield
+            return
+        interval = float(os.environ.get("SWEEPER_SYSTEM_METRICS_S", "10"))
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # metrics about the run must never fail the run
+                monitor.finish()
+
     def log_model(self, run_id: str, folder: Path, register: str | None = None) -> str:
         """Log a model folder ``refit-best`` wrote as an MLflow model of run ``run_id`` (an MLflow 3
         LoggedModel, ``pyfunc`` flavour loaded by :mod:`sweeper.predictor`, no pickled code), registered
@@ -435,6 +453,11 @@ class NullTracker:
         raise SweeperError("an MLflow model needs a tracking store (--tracking-uri)")
 
     def log_study(self, record_doc: dict[str, Any], description: str) -> None: ...
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str) -> Iterator[None]:
+        yield
+
     def log_study_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
     def log_dataset(
         self, run_id: str, name: str, source: str, digest: str, profile: dict[str, Any]

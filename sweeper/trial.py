@@ -105,7 +105,9 @@ def make_objective(
                 ctx.run = _open_run(ctx, cfg, absent)
                 tracker.log_dataset(ctx.run.run_id, **dataset)
                 job = workers.Job(cfg, data, spec.metric, out, ctx.checkpoint, gpu, threads)
-                return finish(ctx, attempt(ctx, job, progress, len(data.classes)))
+                with tracker.system_metrics(ctx.run.run_id):
+                    outcome = attempt(ctx, job, progress, len(data.classes))
+                return finish(ctx, outcome)
             except stores.StoreDown as e:  # a store stayed away: this trial does not count
                 return finish(ctx, Outcome("halted", reason=str(e), kind="store"))
 

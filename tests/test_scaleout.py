@@ -58,7 +58,9 @@ def mlflow_runs(uri: str, experiment: str) -> list:
 
 def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_folder: Path) -> None:
     study = write_tiny_study("local", image_folder)
-    r = cli("run-study", study, "--trials", "4", "--workers", "2", *TINY)
+    r = cli(
+        "run-study", study, "--trials", "4", "--workers", "2", *TINY, env={"SWEEPER_SYSTEM_METRICS_S": "0.5"}
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "2 workers on CPU" in r.stdout
@@ -83,6 +85,8 @@ def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_f
     assert dataset.dataset.source == str(image_folder) and '"train": 30' in dataset.dataset.profile
     assert "study/study.json" in [a.path for a in client.list_artifacts(parent.info.run_id, "study")]
     assert client.get_metric_history(parent.info.run_id, "trials_complete")[-1].value == 4.0
+    metrics = set(client.get_run(trial_runs[0].info.run_id).data.metrics)  # MLflow's system metrics (psutil)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= metrics, metrics
 
 
 def test_a_second_sweep_on_the_same_sqlite_files_is_refused(cli, image_folder: Path) -> None:
