@@ -68,7 +68,9 @@ def test_malformed_study_file(cli, tmp_path: Path) -> None:
 
 def test_pretrained_unavailable(cli, image_folder: Path) -> None:
     r = run(cli, image_folder, "--set", "pretrained=true")
-    assert_one_line_error(r, "pretrained weights for 'test_resnet'", "weights_file")
+    assert_one_line_error(
+        r, "test_resnet: pretrained weights are not in the Hugging Face hub cache", "weights_file"
+    )
 
 
 def test_bad_set_syntax(cli, image_folder: Path) -> None:
