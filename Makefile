@@ -19,7 +19,7 @@ demo: $(STAMP)  ## the quickstart study on the built-in digits, then the submiss
 	@echo "open out/quickstart/report.html in a browser, or the MLflow UI: $(BIN)/sweeper ui quickstart"
 
 test: $(STAMP)  ## every test, slow ones included (real training on tiny data, real servers)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/pytest -q -m 'not slow'
