@@ -188,6 +188,7 @@ class Tracker:
         self.experiment = experiment
         self._experiment_id: str | None = None
         self._study_run: str | None = None
+        self._emptied: set[str] = set()  # runs whose weight files this process has already deleted
         self._context: dict[str, str] | None = None
         # SQLite: this process's workers take turns (one writer); a server handles concurrency itself.
         self.lock: Any = threading.RLock() if self.uri.startswith("sqlite") else contextlib.nullcontext()
@@ -293,7 +294,10 @@ class Tracker:
         ``reason``); False when there was nothing to do."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+        if run_id in self._emptied:  # every trial end looks at all trials: no MLflow call for known ones
+            return False
         run = self._call(lambda: self.client.get_run(run_id))
+        self._emptied.add(run_id)
         if run.data.tags.get("sweeper.weights", "").startswith("deleted"):
             return False
         names = [
