@@ -195,6 +195,13 @@ def fetch_members(
     run_id = trial.user_attrs.get("mlflow_run_id")
     if not run_id:
         raise SweeperError(f"trial {trial.number} has no MLflow run; it ran without tracking")
+    run = tracker.run(run_id) if hasattr(tracker, "run") else None
+    gone = run.data.tags.get("sweeper.weights", "") if run is not None else ""
+    if gone.startswith("deleted"):
+        raise SweeperError(
+            f"trial {trial.number}'s weights were {gone}: --combine uses the kept ones; lower --top to at "
+            "most the study's keep_weights (or raise keep_weights before the sweep)"
+        )
     where = dst / f"trial-{trial.number:04d}"
     cfg_path = tracker.download(run_id, "config.yaml", where)
     cfg, trial_classes, dcfg = artifacts.read_config(cfg_path)
