@@ -57,10 +57,13 @@ class Predictor:
         cfg, classes, dcfg = artifacts.read_config(cfg_path)
         return cls(classes, (Member(cfg, dcfg, folder / "model.safetensors"),))
 
-    def probs(self, files: list[Path]) -> torch.Tensor:
-        """``[N, C]`` class probabilities, each member seeing the images through its own eval transform."""
+    def probs(self, files: list[Path], on_member: Any = None) -> torch.Tensor:
+        """``[N, C]`` class probabilities, each member seeing the images through its own eval transform
+        (batched on the GPU when there is one); ``on_member(i, member)`` hears of each member in turn."""
         total = torch.zeros(len(files), len(self.classes))
-        for m in self.members:
+        for i, m in enumerate(self.members):
+            if on_member is not None:
+                on_member(i, m)
             net = evaluation.load_for_inference(m.cfg, len(self.classes), artifacts.load_weights(m.weights))
             total += evaluation.predict_files(net, files, m.cfg, m.data_config)
         return total / len(self.members)

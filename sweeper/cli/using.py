@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,6 +30,7 @@ def predict(
 ) -> None:
     """Predict the class of new images with a refit, a soup or an ensemble."""
     import csv
+    import time
 
     from sweeper import predictor
 
@@ -39,7 +40,12 @@ def predict(
         f"predicting {len(files)} images with {source} "
         f"({len(net.members)} model(s), {len(net.classes)} classes)"
     )
-    p = net.probs(files)
+    t0 = time.monotonic()
+
+    def progress(i: int, m: Any) -> None:
+        typer.echo(f"  model {i + 1}/{len(net.members)}: {m.cfg.backbone} ({time.monotonic() - t0:.0f} s)")
+
+    p = net.probs(files, progress)
     with out.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image_name", "pred_label", *([f"p_{c}" for c in net.classes] if probs else [])])
