@@ -64,7 +64,9 @@ def test_three_workers_on_postgres_run_exactly_n_trials(
     assert all(t.user_attrs.get("not_counted", "").startswith("surplus") for t in trials if t not in done)
 
     client = MlflowClient(mlflow_url)
-    runs = client.search_runs([client.get_experiment_by_name("dist-three").experiment_id])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("dist-three").experiment_id], "tags.`sweeper.kind` != 'study'"
+    )
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5  # every run closed, with its state
     assert {r.data.tags["trial_number"] for r in runs} == {str(t.number) for t in done}
     assert all(r.data.tags["state"] == "COMPLETE" for r in runs)
@@ -116,7 +118,9 @@ def test_a_worker_killed_mid_trial_is_recovered_by_another(
     assert record_lib.counts(trials)["counted"] == 3
 
     client = MlflowClient(mlflow_url)
-    runs = client.search_runs([client.get_experiment_by_name("dist-kill").experiment_id])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("dist-kill").experiment_id], "tags.`sweeper.kind` != 'study'"
+    )
     assert "RUNNING" not in {r.info.status for r in runs}
     lost = client.get_run(trial.user_attrs["mlflow_run_id"])
     assert lost.info.status == "FAILED" and "worker lost" in lost.data.tags["reason"]

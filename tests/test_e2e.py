@@ -59,7 +59,10 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
 
     client = MlflowClient(tracking_uri=mlflow_uri())
     exp = client.get_experiment_by_name("e2e")
-    runs = {int(r.data.tags["trial_number"]): r for r in client.search_runs([exp.experiment_id])}
+    runs = {
+        int(r.data.tags["trial_number"]): r
+        for r in client.search_runs([exp.experiment_id], "tags.`sweeper.kind` != 'study'")
+    }
     assert sorted(runs) == [0, 1, 2, 3, 4]
     param_names = {frozenset(r.data.params) for r in runs.values()}
     assert len(param_names) == 1 and {"lr_head", "aug.hflip", "backbone"} <= next(iter(param_names))
@@ -135,7 +138,9 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(cli, tmp_path: Path, 
     assert len(st.trials) == 4 + len(failed)
     assert all("freeze_depth=9" in t.user_attrs["fail_reason"] for t in failed)
     client = MlflowClient(tracking_uri=mlflow_uri())
-    runs = client.search_runs([client.get_experiment_by_name("fails").experiment_id])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("fails").experiment_id], "tags.`sweeper.kind` != 'study'"
+    )
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert sum(r.info.status == "FAILED" for r in runs) == len(failed)
 
@@ -174,7 +179,9 @@ def test_ctrl_c_closes_the_running_trial_and_rerun_finishes(tmp_path: Path, stud
     t0 = optuna.load_study(study_name="e2e", storage=optuna_url()).trials[0]
     assert t0.state == TrialState.FAIL and t0.user_attrs["not_counted"] == "interrupted"
     client = MlflowClient(tracking_uri=mlflow_uri())
-    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("e2e").experiment_id], "tags.`sweeper.kind` != 'study'"
+    )
     assert [r.info.status for r in runs] == ["FAILED"]
 
     again = [*cmd[:-1], "1"]  # the same study (changing --epochs would be another experiment): 1 trial

@@ -229,7 +229,9 @@ def check_study(name: str, storage: str, tracking: str, n: int) -> list[optuna.t
     assert record_lib.counts(trials)["counted"] == n, task_logs()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     client = MlflowClient(tracking)
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    runs = client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id], "tags.`sweeper.kind` != 'study'"
+    )
     assert "RUNNING" not in {r.info.status for r in runs}
     started = [t for t in trials if "mlflow_run_id" in t.user_attrs]
     assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in started)
