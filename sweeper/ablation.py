@@ -28,6 +28,8 @@ from typing import Literal
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.record import curve
+
 Direction = Literal["maximize", "minimize"]
 Verdict = Literal["helps", "hurts", "unclear", "too few trials"]
 
@@ -76,7 +78,7 @@ class Ablation:
 
 def _finished(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     ok = (TrialState.COMPLETE, TrialState.PRUNED)
-    return [t for t in trials if t.state in ok and t.intermediate_values]
+    return [t for t in trials if t.state in ok and curve(t)]
 
 
 def comparison_epoch(trials: Sequence[FrozenTrial], params: Sequence[str]) -> int:
@@ -87,22 +89,22 @@ def comparison_epoch(trials: Sequence[FrozenTrial], params: Sequence[str]) -> in
         return 0
 
     def comparable(epoch: int) -> int:
-        reached = [t for t in finished if epoch in t.intermediate_values]
+        reached = [t for t in finished if epoch in curve(t)]
         return sum(
             min(sum(t.params.get(p) is True for t in reached), sum(t.params.get(p) is False for t in reached))
             >= MIN_PER_ARM
             for p in params
         )
 
-    deepest = max(max(t.intermediate_values) for t in finished)
+    deepest = max(max(curve(t)) for t in finished)
     return max(range(1, deepest + 1), key=lambda e: (comparable(e), e))
 
 
 def value_at(trial: FrozenTrial, epoch: int, direction: Direction) -> float | None:
     """The trial's best reported value up to ``epoch``; None if it never reported that epoch."""
-    if epoch not in trial.intermediate_values:
+    if epoch not in curve(trial):
         return None
-    values = [v for step, v in trial.intermediate_values.items() if step <= epoch and math.isfinite(v)]
+    values = [v for step, v in curve(trial).items() if step <= epoch and math.isfinite(v)]
     if not values:
         return None
     return max(values) if direction == "maximize" else min(values)

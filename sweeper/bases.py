@@ -16,12 +16,17 @@ from sweeper.errors import SweeperError
 NOT_INHERITED = ("name", "base")
 
 
+EITHER = {"objective": "objectives", "objectives": "objective"}  # a child's choice replaces the base's
+
+
 def merge(base: dict[str, Any], child: dict[str, Any], groups: tuple[str, ...]) -> dict[str, Any]:
     """The child study document over its base's."""
     out = {k: v for k, v in base.items() if k not in NOT_INHERITED}
     for key, value in child.items():
         if key in ("fixed", "space", "base"):
             continue
+        if key in EITHER:  # objective and objectives replace each other
+            out.pop(EITHER[key], None)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep(out[key], value)
         else:

@@ -90,8 +90,9 @@ def ranking(study: optuna.Study, direction: str, n_val: int | None = None) -> li
         n = origin(t, by_number)
         if n is not None:
             values[n]  # noqa: B018 - a queued configuration is listed before any of its runs completes
-            if t.state == TrialState.COMPLETE and t.value is not None and record.feasible(t):
-                values[n].append(float(t.value))
+            v = record.primary(t)
+            if t.state == TrialState.COMPLETE and v is not None and record.feasible(t):
+                values[n].append(v)
     sd, df = _pooled(list(values.values()))
     sign = 1 if direction == "maximize" else -1
     out = []
@@ -103,7 +104,7 @@ def ranking(study: optuna.Study, direction: str, n_val: int | None = None) -> li
             bound = (
                 mean - sign * t_quantile(LEVEL, d) * noise / math.sqrt(len(vs)) if noise is not None else None
             )
-        out.append(Ranked(n, float(by_number[n].value or math.nan), len(vs), mean, bound))
+        out.append(Ranked(n, float(record.primary(by_number[n]) or math.nan), len(vs), mean, bound))
     out.sort(key=lambda r: (r.bound is None, -sign * (r.bound if r.bound is not None else 0.0)))
     return out
 

@@ -72,8 +72,8 @@ def design_trials(trials: Sequence[FrozenTrial], dims: Sequence[str]) -> tuple[l
         t
         for t in ours
         if t.state == TrialState.COMPLETE
-        and t.value is not None
-        and math.isfinite(t.value)
+        and t.values
+        and math.isfinite(t.values[0])
         and all(c <= 0 for c in t.constraints.values())
     ]
     gone = sum(
@@ -137,7 +137,7 @@ def fit(
         interactions: add the two-way interactions of the two-level dimensions (needs enough runs).
     """
     used, gone = design_trials(trials, design.dims)
-    y = np.array([float(t.value) for t in used])  # type: ignore[arg-type]
+    y = np.array([float(t.values[0]) for t in used])
     x, names, scales = columns([t.params for t in used], space, design.dims, interactions)
     rank = np.linalg.matrix_rank(x) if len(used) else 0
     df = len(used) - rank

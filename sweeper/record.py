@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper import objectives as objectives_lib
 from sweeper import spec as spec_lib
 from sweeper.errors import SweeperError
 from sweeper.starts import WARM  # a trial borrowed from another study by a warm start
@@ -41,6 +42,7 @@ INFEASIBLE = "infeasible"  # why a trial's result is infeasible (diverged)
 RESUMED = "resumed_from_epoch"  # the epoch checkpoint a retried trial started from
 DISCARDED = "checkpoint_discarded"  # why a retried trial's checkpoint was not resumed (it started over)
 CONFIG = "config"  # the trial's full resolved config, TrialConfig.flat() as JSON
+CURVE = "curve"  # a multi-objective trial's metric per epoch (Optuna keeps intermediate values for one)
 DIVERGED = "diverged"  # Optuna constraint on every finished trial: 1.0 = the loss diverged (infeasible)
 
 # ---- study user attributes: the record ------------------------------------------------------------
@@ -49,7 +51,7 @@ RECORD = "sweeper:record"  # the study as it ran, overrides and versions
 STUDY_FILE = "sweeper:study_file"  # the study file's text, as it was when the study was created
 DATA = "sweeper:data"  # the data root and fingerprint
 
-MEANING = ("objective", "epochs", "fixed", "space", "constraints")
+MEANING = ("objective", "objectives", "epochs", "fixed", "space", "constraints")
 """Study-file sections that define what a trial means; changing one on resume is refused."""
 
 
@@ -99,35 +101,64 @@ def run_state(t: FrozenTrial) -> str:
     return t.state.name
 
 
+def primary(t: FrozenTrial) -> float | None:
+    """A trial's value of the study's metric (its first objective); None when it has none."""
+    return float(t.values[0]) if t.values else None
+
+
 def top_trials(study: optuna.Study, k: int, direction: str) -> list[FrozenTrial]:
-    """The ``k`` best complete trials that satisfy the study's constraints, best first."""
+    """The ``k`` best complete trials that satisfy the study's constraints, best first, by the metric
+    (a multi-objective study's first objective)."""
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-        if feasible(t) and t.value is not None and not borrowed(t)
+        if feasible(t) and primary(t) is not None and not borrowed(t)
     ]
-    done.sort(key=lambda t: float(t.value), reverse=direction == "maximize")  # type: ignore[arg-type]
+    done.sort(key=lambda t: primary(t) or 0.0, reverse=direction == "maximize")
     if not done:
         raise SweeperError(f"study {study.study_name!r} has no complete trial yet; run more trials")
     return done[:k]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The study's best trial of its own (borrowed warm-start trials never win)."""
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise SweeperError(f"study {study.study_name!r} has no complete trial yet; run more trials") from None
-    if not borrowed(best):
-        return best
+    """The study's best trial of its own (borrowed warm-start trials never win).
+
+    A multi-objective study has a Pareto front instead: choosing from it takes a rule (``--pick``).
+    """
+    if len(study.directions) > 1:
+        raise SweeperError(
+            f"study {study.study_name!r} trades off several objectives, so it has a Pareto front, not one "
+            "best trial (`sweeper show` lists it): choose with --pick, e.g. "
+            "--pick 'val_acc>=0.9,min:latency_ms'"
+        )
     own = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]) if not borrowed(t)]
-    own = [t for t in own if t.value is not None and feasible(t)]
+    own = [t for t in own if primary(t) is not None and feasible(t)]
     if not own:
         raise SweeperError(
             f"study {study.study_name!r} has no complete trial of its own yet; run more trials"
         )
     pick = max if study.direction.name == "MAXIMIZE" else min
-    return pick(own, key=lambda t: float(t.value))  # type: ignore[arg-type]
+    return pick(own, key=lambda t: primary(t) or 0.0)
+
+
+def curve(t: FrozenTrial) -> dict[int, float]:
+    """The metric per epoch as the trial reported it: Optuna's intermediate values, or for a
+    multi-objective trial (which Optuna keeps none for) the copy in its attributes."""
+    if t.intermediate_values:
+        return dict(t.intermediate_values)
+    return {int(k): float(v) for k, v in (t.user_attrs.get(CURVE) or {}).items()}
+
+
+def own_complete(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete, feasible trials of the study's own (not borrowed by a warm start), in trial order."""
+    done = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    return [t for t in done if not borrowed(t) and feasible(t) and primary(t) is not None]
+
+
+def pareto_front(study: optuna.Study, objectives: list[tuple[str, str]]) -> list[FrozenTrial]:
+    """The study's own trials that no other beats on every objective (borrowed trials excluded)."""
+    own = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]) if not borrowed(t)]
+    return objectives_lib.front(own, objectives)
 
 
 def trial_config(t: FrozenTrial) -> spec_lib.TrialConfig | None:

@@ -21,7 +21,7 @@ import optuna
 import torch
 import yaml
 
-from sweeper import artifacts, averaging, evaluation, record, train
+from sweeper import artifacts, averaging, evaluation, objectives, record, train
 from sweeper import space as space_lib
 from sweeper import spec as spec_lib
 from sweeper.data import ImageFolderData
@@ -46,10 +46,10 @@ class RefitPlan:
         return None if recorded is None else recorded.flat().get(key)
 
 
-def plan(src: record.Recorded, sets: dict[str, Any] | None = None) -> RefitPlan:
-    """Replay the best trial (the confirmed winner once `sweeper confirm` ran): its recorded config, else
-    (older trials) its params through the space."""
-    best, why = _chosen(src)
+def plan(src: record.Recorded, sets: dict[str, Any] | None = None, pick: str | None = None) -> RefitPlan:
+    """Replay the best trial (the confirmed winner once `sweeper confirm` ran, the trial a ``--pick`` rule
+    chooses when given): its recorded config, else (older trials) its params through the space."""
+    best, why = chosen(src, pick)
     notes = list(src.notes)
     cfg = record.trial_config(best)
     if cfg is None:
@@ -68,10 +68,15 @@ def plan(src: record.Recorded, sets: dict[str, Any] | None = None) -> RefitPlan:
     return RefitPlan(best, cfg, max(1, min(stop, cfg.epochs)), overrides, notes, why)
 
 
-def _chosen(src: record.Recorded) -> tuple[optuna.trial.FrozenTrial, str]:
-    """The trial to refit and why: the confirmed winner when a confirmation ran, else the best trial."""
+def chosen(src: record.Recorded, pick: str | None = None) -> tuple[optuna.trial.FrozenTrial, str]:
+    """The trial to refit (or export) and why: the one a ``--pick`` rule chooses, else the confirmed winner
+    when a confirmation ran, else the best trial (a multi-objective study needs a rule)."""
     from sweeper import confirm
 
+    if pick is not None:
+        return _picked(src, pick)
+    if src.spec.multi:
+        return record.best_trial(src.study), ""  # raises: a Pareto front has no one best trial
     n_val = src.record.data.get("images", {}).get("val") if src.record is not None else None
     ranked = [r for r in confirm.ranking(src.study, src.spec.direction, n_val) if r.bound is not None]
     if not ranked:
@@ -82,6 +87,23 @@ def _chosen(src: record.Recorded) -> tuple[optuna.trial.FrozenTrial, str]:
         f"the confirmed winner of {src.spec.name!r}: the best confidence bound ({won.bound:.4f}, mean "
         f"{won.mean:.4f} over {won.runs} paired-seed re-runs) of the {len(ranked)} configurations re-run"
     )
+
+
+def _picked(src: record.Recorded, text: str) -> tuple[optuna.trial.FrozenTrial, str]:
+    """The trial a rule picks: from the Pareto front of a multi-objective study, else from every complete
+    trial of the study's own (so ``val_acc>=0.9,min:num_params`` works on any study)."""
+    names = [m for m, _ in src.spec.objectives]
+    if src.spec.multi:
+        candidates, where = record.pareto_front(src.study, src.spec.objectives), "the Pareto front"
+    else:
+        candidates, where = record.own_complete(src.study), "the complete trials"
+    if not candidates:
+        raise SweeperError(f"study {src.spec.name!r} has no complete trial yet; run more trials")
+    known = list(dict.fromkeys([*names, *(k for t in candidates for k in objectives.values(t, names))]))
+    trial, why = objectives.pick(candidates, objectives.parse_rule(text, known), names)
+    if trial is None:
+        raise SweeperError(f"{why}; loosen the rule (`sweeper show {src.spec.name}` lists {where})")
+    return trial, f"{why.replace('candidates', f'trials of {where}', 1)}"
 
 
 def _replayed(spec: Study, best: optuna.trial.FrozenTrial) -> TrialConfig:
@@ -118,6 +140,7 @@ def refit_best(
             "state": "RUNNING",
             "sweeper.refit.data": "train+val",
             "sweeper.refit.stop_epoch": p.stop_epoch,
+            "sweeper.refit.chosen": p.why[:5000],
             "sweeper.refit.overrides": json.dumps(spec_lib.plain(p.overrides)) if p.overrides else "none",
         },
     )
@@ -133,7 +156,7 @@ def refit_best(
     run.end("COMPLETE")
     return {
         "trial": p.trial.number,
-        "value": p.trial.value,
+        "value": record.primary(p.trial),
         "epochs": p.stop_epoch,
         "out": out,
         "files": wrote,
@@ -156,7 +179,8 @@ def _log_submission(tracker: Any, run: Any, out: Path, wrote: list[str], registe
 def _write_refit(p: RefitPlan, data: ImageFolderData, out: Path, result: Any) -> list[str]:
     extra = {
         "refit_of_trial": p.trial.number,
-        "best_trial_value": p.trial.value,
+        "best_trial_value": record.primary(p.trial),
+        "chosen": p.why,
         "stop_epoch": p.stop_epoch,
         "overrides": spec_lib.plain(p.overrides),
     }

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import ablation as ablation_lib
 from sweeper import effects as effects_lib
+from sweeper import objectives
 from sweeper import record as record_lib
 from sweeper.report_figures import best_artifacts, figures, learning_curves, run_id_of
 from sweeper.spec import Study
@@ -58,11 +59,13 @@ def trial_rows(
     """The trials table: one row per trial, with the reason it was pruned or failed, and beside an
     accuracy its binomial standard error on the validation set."""
     keys = list(spec.space)
+    costs = [c for c, _ in spec.costs]
     head = [
         "trial",
         "state",
         spec.metric,
         *(["± SE (binomial)"] if _binomial(spec, n_val) else []),
+        *costs,
         "best epoch",
         "epochs run",
         "seconds",
@@ -74,14 +77,17 @@ def trial_rows(
     for t in sorted(trials, key=lambda t: t.number):
         why = t.user_attrs.get(record_lib.FAIL_REASON) or t.user_attrs.get(record_lib.PRUNE_REASON) or ""
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration is not None else ""
-        value = f"{t.value:.4f}" if t.value is not None and t.state == TrialState.COMPLETE else ""
-        epochs = str(max(t.intermediate_values)) if t.intermediate_values else ""
+        v = record_lib.primary(t)
+        value = f"{v:.4f}" if v is not None and t.state == TrialState.COMPLETE else ""
+        measured = objectives.values(t, [m for m, _ in spec.objectives])
+        epochs = str(max(record_lib.curve(t))) if record_lib.curve(t) else ""
         rows.append(
             [
                 str(t.number),
                 t.state.name,
                 value,
-                *([_se(t.value, n_val) if value else ""] if _binomial(spec, n_val) else []),
+                *([_se(v, n_val) if value else ""] if _binomial(spec, n_val) else []),
+                *(objectives.fmt(measured[c]) if c in measured else "" for c in costs),
                 _fmt(t.user_attrs.get(record_lib.BEST_EPOCH)),
                 epochs,
                 seconds,
@@ -177,7 +183,7 @@ def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    complete.sort(key=lambda t: float(t.value or 0.0), reverse=spec.direction == "maximize")
+    complete.sort(key=lambda t: record_lib.primary(t) or 0.0, reverse=spec.direction == "maximize")
     best = complete[0] if complete else None
     bools = [k for k, d in spec.space.items() if d.kind == "bool"]
     n_val = _n_val(study)
@@ -217,12 +223,13 @@ def _header(
     parts = [f"<h1>Study {_e(spec.name)}</h1>"]
     if spec.description:
         parts.append(f'<p class="meta">{_e(spec.description.strip())}</p>')
-    ran = max((max(t.intermediate_values) for t in trials if t.intermediate_values), default=0)
+    ran = max((max(record_lib.curve(t)) for t in trials if record_lib.curve(t)), default=0)
     budget = f"{spec.epochs} epochs per trial" + (
         f" in the study file, at most {ran} in these trials" if 0 < ran < spec.epochs else ""
     )
+    goal = ", ".join(f"{d} {m}" for m, d in spec.objectives)
     parts.append(
-        f'<p class="meta">{spec.direction} {_e(spec.metric)}; {budget}; '
+        f'<p class="meta">{_e(goal)}; {budget}; '
         f"sampler {_e(spec.sampler.get('name'))}, pruner {_e(spec.pruner.get('name'))}; "
         f"report of {now}</p>"
     )
@@ -231,8 +238,10 @@ def _header(
         ("pruned", c["pruned"]),
         ("failed", c["fail"]),
         ("running", c["running"]),
-        (f"best {spec.metric}", f"{best.value:.4f}{_pm(spec, best.value, n_val)}" if best else "-"),
+        (f"best {spec.metric}", f"{_v(best):.4f}{_pm(spec, _v(best), n_val)}" if best else "-"),
     ]
+    if spec.multi:
+        cards.append(("on the Pareto front", len({t.number for t in _front(trials, spec)})))
     parts.append(
         '<div class="cards" id="counts">'
         + "".join(f'<div class="card" data-key="{_e(k)}"><b>{_e(v)}</b>{_e(k)}</div>' for k, v in cards)
@@ -245,6 +254,14 @@ def _header(
             f"(epoch {_e(best.user_attrs.get(record_lib.BEST_EPOCH, '?'))}): {_e(params)}</p>"
         )
     return parts
+
+
+def _v(t: FrozenTrial) -> float:
+    return record_lib.primary(t) or 0.0
+
+
+def _front(trials: list[FrozenTrial], spec: Study) -> list[FrozenTrial]:
+    return objectives.front([t for t in trials if not record_lib.borrowed(t)], spec.objectives)
 
 
 def _pm(spec: Study, value: float | None, n_val: int | None) -> str:

@@ -14,6 +14,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import ablation as ablation_lib
+from sweeper import objectives
+from sweeper import record as record_lib
 from sweeper.spec import Study
 
 
@@ -52,7 +54,7 @@ def learning_curves(client: Any, trials: list[FrozenTrial], metric: str) -> list
     keys = [metric, metric.replace("val_", "train_", 1)]
     out = []
     for t in trials:
-        c = Curves(t.number, float(t.value) if t.value is not None else float("nan"))
+        c = Curves(t.number, float(t.values[0]) if t.values else float("nan"))
         try:
             for key in keys:
                 history = sorted(client.get_metric_history(run_id_of(t), key), key=lambda m: m.step)
@@ -61,7 +63,7 @@ def learning_curves(client: Any, trials: list[FrozenTrial], metric: str) -> list
         except Exception:  # no run id, or the run is in another store
             c.series = {}
         if not c.series.get(metric):
-            c.series = {metric: sorted((int(s), float(v)) for s, v in t.intermediate_values.items())}
+            c.series = {metric: sorted(record_lib.curve(t).items())}
             c.source = "Optuna"
         out.append(c)
     return out
@@ -163,11 +165,12 @@ def figures(
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     name = spec.metric
+    target: dict[str, Any] = {"target": lambda t: t.values[0]} if spec.multi else {}  # the metric
     optuna_plots: list[tuple[str, str, Any]] = [
         (
             "plot-history",
             "Optimization history",
-            lambda: vis.plot_optimization_history(study, target_name=name),
+            lambda: vis.plot_optimization_history(study, target_name=name, **target),
         ),
         (
             "plot-intermediate",
@@ -177,27 +180,37 @@ def figures(
         (
             "plot-parallel",
             "Parallel coordinates",
-            lambda: vis.plot_parallel_coordinate(study, target_name=name),
+            lambda: vis.plot_parallel_coordinate(study, target_name=name, **target),
         ),
         (
             "plot-importance",
             "Parameter importances",
-            lambda: vis.plot_param_importances(study, target_name=name),
+            lambda: vis.plot_param_importances(study, target_name=name, **target),
         ),
         (
             "plot-slice",
             "Slices: the objective against each parameter",
-            lambda: vis.plot_slice(study, target_name=name),
+            lambda: vis.plot_slice(study, target_name=name, **target),
         ),
     ]
     reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
     out: list[tuple[str, str, Any]] = []
+    if spec.multi:
+        out.append(
+            ("plot-pareto", "Pareto front: the trade-off of each cost against " + name, pareto(study, spec))
+        )
     if ab is not None and any(r.low is not None for r in ab.rows):
         out.append(("plot-ablation", "Ablation: effect of each on/off option", _ablation_figure(ab)))
     for div, title, make in optuna_plots:
         if div == "plot-intermediate":
             fig = make().update_layout(xaxis={"title": "epoch", "dtick": 1}) if reported else None
-            out.append((div, title, fig or "no trial has reported an epoch yet"))
+            none = (
+                "a multi-objective study reports no epochs to Optuna (it prunes single objectives only); "
+                "the learning curves come from MLflow"
+                if spec.multi
+                else "no trial has reported an epoch yet"
+            )
+            out.append((div, title, fig or none))
         elif len(complete) < (2 if div == "plot-importance" else 1):
             need = "two complete trials" if div == "plot-importance" else "one complete trial"
             out.append((div, title, f"needs at least {need}"))
@@ -212,6 +225,41 @@ def figures(
             top = f"top {len(curves)} " if curves else "top "
             out.append(("plot-curves", f"Learning curves of the {top}trials", curves_fig))
     return out
+
+
+def pareto(study: optuna.Study, spec: Study) -> Any:
+    """One panel per cost: every complete trial's cost against the metric, the Pareto front marked and
+    joined (the same front `sweeper show` lists), each point labelled with its trial number."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = [m for m, _ in spec.objectives]
+    front = {t.number for t in record_lib.pareto_front(study, spec.objectives)}
+    done = [t for t in record_lib.own_complete(study) if t.values and len(t.values) == len(names)]
+    if not done:
+        return "needs at least one complete trial"
+    fig = make_subplots(rows=1, cols=len(spec.costs), shared_yaxes=True)
+    for col, (cost, _) in enumerate(spec.costs, start=1):
+        pts = sorted(((objectives.values(t, names), t) for t in done), key=lambda p: p[0][cost])
+        for on, label, style in ((False, "other trials", "markers"), (True, "Pareto front", "lines+markers")):
+            sel = [(v, t) for v, t in pts if (t.number in front) == on]
+            fig.add_trace(
+                go.Scatter(
+                    x=[v[cost] for v, _ in sel],
+                    y=[v[spec.metric] for v, _ in sel],
+                    mode=style,
+                    name=label,
+                    text=[f"trial {t.number}" for _, t in sel],
+                    marker={"color": "#d62728" if on else "#9aa0a6", "size": 9 if on else 7},
+                    legendgroup=label,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text=f"{cost} ({objectives.COST_UNITS[cost]})", row=1, col=col)
+    fig.update_yaxes(title_text=spec.metric, row=1, col=1)
+    return fig.update_layout(height=420, margin={"t": 30})
 
 
 # ---- html ------------------------------------------------------------------------------------

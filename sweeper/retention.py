@@ -17,8 +17,15 @@ TAG = "sweeper.weights"  # run tag: "deleted: ..." once a run's weight files are
 WEIGHTS = (".safetensors",)
 
 
-def prune_weights(study: optuna.Study, tracker: Any, keep: int | None, direction: str) -> list[int]:
-    """Delete the weight files of complete trials outside the best ``keep``; returns the trials pruned now."""
+def prune_weights(
+    study: optuna.Study,
+    tracker: Any,
+    keep: int | None,
+    direction: str,
+    objectives: list[tuple[str, str]] | None = None,
+) -> list[int]:
+    """Delete the weight files of complete trials outside the best ``keep`` (and, for a multi-objective
+    study, off its Pareto front: any of those may be the one picked); returns the trials pruned now."""
     if keep is None or tracker is None or not hasattr(tracker, "delete_artifacts"):
         return []
     done = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
@@ -26,11 +33,15 @@ def prune_weights(study: optuna.Study, tracker: Any, keep: int | None, direction
         top = {t.number for t in record_lib.top_trials(study, keep, direction)}
     except Exception:  # no complete trial yet
         return []
+    why = f"not among the {keep} best (keep_weights)"
+    if objectives and len(objectives) > 1:
+        top |= {t.number for t in record_lib.pareto_front(study, objectives)}
+        why = f"not among the {keep} best (keep_weights) nor on the Pareto front"
     pruned = []
     for t in done:
         run_id = t.user_attrs.get(record_lib.MLFLOW_RUN)
         if t.number in top or not run_id or record_lib.borrowed(t):
             continue
-        if tracker.delete_artifacts(run_id, WEIGHTS, f"deleted: not among the {keep} best (keep_weights)"):
+        if tracker.delete_artifacts(run_id, WEIGHTS, f"deleted: {why}"):
             pruned.append(t.number)
     return pruned

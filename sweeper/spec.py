@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sweeper import bases, starts, studyfiles
+from sweeper import objectives as objectives_lib
 from sweeper.checks import (
     _NON_NEG,
     _ONE_UP,
@@ -65,14 +66,15 @@ __all__ = [  # the schema's public names, wherever they are defined
 
 # ---- the study file ---------------------------------------------------------------------------
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsga2")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none")
-METRICS = ("val_acc", "val_loss")
+METRICS = objectives_lib.METRICS
 TOP_KEYS = (
     "name",
     "description",
     "data",
     "objective",
+    "objectives",
     "epochs",
     "sampler",
     "pruner",
@@ -100,6 +102,10 @@ SECTION_ARGS: dict[str, tuple[type, Range, str | None]] = {
     "bootstrap_count": (int, _NON_NEG, None),
     "p_threshold": (float, _PROB, None),
     "n_startup_steps": (int, _NON_NEG, None),
+    "population_size": (int, Range(2), None),
+    "mutation_prob": (float, _PROB, None),
+    "crossover_prob": (float, _PROB, None),
+    "swapping_prob": (float, _PROB, None),
 }
 """Numeric arguments of Optuna's samplers and pruners, checked when a study loads (others pass through)."""
 DATA_KEYS = ("root", "max_pixels", "val_from_train")
@@ -114,6 +120,7 @@ class Study:
     data_root: str
     metric: Literal["val_acc", "val_loss"] = "val_acc"
     direction: Literal["maximize", "minimize"] = "maximize"
+    costs: tuple[tuple[str, str], ...] = ()  # objectives after the metric: (num_params|latency_ms|gmacs, dir)
     epochs: int = 10
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
@@ -129,6 +136,16 @@ class Study:
     )  # base files merged under this one, nearest first
     design: Design | None = None  # toggles run as a balanced design (space then holds the repeats' seed)
     val_from_train: float = 0.0  # data.val_from_train: fraction of train (per class) added to val
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """Every objective as (metric, direction), the training metric first: Optuna's values, in order."""
+        return [(self.metric, self.direction), *self.costs]
+
+    @property
+    def multi(self) -> bool:
+        """A trade-off (several objectives): a Pareto front, no pruning."""
+        return bool(self.costs)
 
     def with_overrides(
         self, sets: dict[str, Any] | None = None, epochs: int | None = None, data_root: str | None = None
@@ -199,7 +216,7 @@ def parse(raw: Any, path: Path) -> Study:
     if not isinstance(name, str) or not name:
         raise fail("name", f"must be a non-empty string, got {name!r}")
     root, max_pixels, val_from_train = _parse_data(raw.get("data"), path, fail)
-    metric, direction = _parse_objective(raw.get("objective", {}) or {}, fail)
+    metric, direction, costs = objectives_lib.parse(raw, fail)
     epochs = raw.get("epochs", 10)
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs not in _ONE_UP:
         raise fail("epochs", f"must be an integer {_ONE_UP}, got {epochs!r}")
@@ -207,7 +224,9 @@ def parse(raw: Any, path: Path) -> Study:
     fixed = _parse_fixed(raw.get("fixed", {}) or {}, fail)
     space = _parse_space(raw.get("space", {}) or {}, fixed, sampler["name"] == "grid", fail)
     max_params = _parse_constraints(raw.get("constraints", {}) or {}, fail)
-    design, pruner = _parse_designed(raw, space, fixed, sampler, fail)
+    if costs:
+        objectives_lib.check_multi(raw, sampler["name"], fail)
+    design, pruner = _parse_designed(raw, space, fixed, sampler, fail, "none" if costs else "median")
     enqueue = starts.parse_enqueue(raw.get("enqueue"), space, fixed, fail)
     keep = raw.get("keep_weights", 5)
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
@@ -219,8 +238,9 @@ def parse(raw: Any, path: Path) -> Study:
         name=name,
         path=path,
         data_root=root,
-        metric=metric,
-        direction=direction,
+        metric=metric,  # type: ignore[arg-type]  # checked by objectives_lib.parse
+        direction=direction,  # type: ignore[arg-type]
+        costs=costs,
         epochs=epochs,
         sampler=sampler,
         pruner=pruner,
@@ -237,7 +257,12 @@ def parse(raw: Any, path: Path) -> Study:
 
 
 def _parse_designed(
-    raw: dict[str, Any], space: dict[str, Dim], fixed: dict[str, Any], sampler: dict[str, Any], fail: Any
+    raw: dict[str, Any],
+    space: dict[str, Dim],
+    fixed: dict[str, Any],
+    sampler: dict[str, Any],
+    fail: Any,
+    default_pruner: str = "median",
 ) -> tuple[Design | None, dict[str, Any]]:
     """The design (it adds the repeats' seed to ``space``) and the pruner, which a design allows only off.
 
@@ -245,7 +270,7 @@ def _parse_designed(
     start slowly and pay off late: pruning under a design would cut one arm more than the other.
     """
     if raw.get("design") is None:
-        return None, _named_section(raw.get("pruner", "median"), "pruner", PRUNERS, fail)
+        return None, _named_section(raw.get("pruner", default_pruner), "pruner", PRUNERS, fail)
     design = _parse_design(raw["design"], space, fixed, fail)
     if sampler["name"] == "grid":
         raise fail("sampler.name", "grid does not combine with a design; the design already picks the runs")
@@ -258,23 +283,6 @@ def _parse_designed(
         )
     space["seed"] = _seed_dim(design)
     return design, pruner
-
-
-def _parse_objective(objective: Any, fail: Any) -> tuple[Any, Any]:
-    if not isinstance(objective, dict):
-        raise fail(
-            "objective", f"must be a mapping {{metric: val_acc, direction: maximize}}, got {objective!r}"
-        )
-    for k in objective:
-        if k not in ("metric", "direction"):
-            raise fail(f"objective.{k}", f"unknown key{did_you_mean(str(k), ['metric', 'direction'])}")
-    metric = objective.get("metric", "val_acc")
-    if metric not in METRICS:
-        raise fail("objective.metric", f"must be one of {', '.join(METRICS)}, got {metric!r}")
-    direction = objective.get("direction", "maximize" if metric == "val_acc" else "minimize")
-    if direction not in ("maximize", "minimize"):
-        raise fail("objective.direction", f"must be maximize or minimize, got {direction!r}")
-    return metric, direction
 
 
 def _parse_constraints(constraints: Any, fail: Any) -> int | None:
@@ -411,7 +419,11 @@ def to_document(study: Study) -> dict[str, Any]:
             "max_pixels": study.max_pixels,
             **({"val_from_train": study.val_from_train} if study.val_from_train else {}),
         },
-        "objective": {"metric": study.metric, "direction": study.direction},
+        **(
+            {"objectives": [{"metric": m, "direction": d} for m, d in study.objectives]}
+            if study.multi
+            else {"objective": {"metric": study.metric, "direction": study.direction}}
+        ),
         "epochs": study.epochs,
         "sampler": plain(study.sampler),
         "pruner": plain(study.pruner),

@@ -116,16 +116,18 @@ def distributions(space: dict[str, Dim]) -> dict[str, BaseDistribution]:
     return out
 
 
-def warm_start(study: optuna.Study, other: optuna.Study, space: dict[str, Dim], direction: str) -> int:
+def warm_start(study: optuna.Study, other: optuna.Study, space: dict[str, Dim]) -> int:
     """Add ``other``'s finished trials whose params all fit ``space`` (and cover its unconditional
     dimensions) to ``study``, tagged so they are not counted and never win; each is added once."""
     import optuna
     from optuna.trial import TrialState
 
-    if other.direction.name.lower() != direction:
+    theirs = [d.name.lower() for d in other.directions]
+    ours = [d.name.lower() for d in study.directions]
+    if theirs != ours:
         raise SweeperError(
-            f"--warm-start {other.study_name}: it {other.direction.name.lower()}s its objective, this "
-            f"study {direction}s; only a study with the same objective can inform this one"
+            f"--warm-start {other.study_name}: its objectives go {', '.join(theirs)}, this study's "
+            f"{', '.join(ours)}; only a study with the same objectives can inform this one"
         )
     have = {t.user_attrs.get(WARM) for t in study.get_trials(deepcopy=False)}
     dists = distributions(space)
@@ -133,7 +135,9 @@ def warm_start(study: optuna.Study, other: optuna.Study, space: dict[str, Dim], 
     for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         tag = f"{other.study_name}#{t.number}"
         usable = (
-            t.value is not None and math.isfinite(t.value) and all(c <= 0 for c in t.constraints.values())
+            bool(t.values)
+            and all(math.isfinite(v) for v in t.values)
+            and all(c <= 0 for c in t.constraints.values())
         )
         if tag in have or not usable or not _fits_space(t.params, space):
             continue
@@ -141,7 +145,7 @@ def warm_start(study: optuna.Study, other: optuna.Study, space: dict[str, Dim], 
             optuna.trial.create_trial(
                 params=dict(t.params),
                 distributions={k: dists[k] for k in t.params},
-                value=t.value,
+                values=list(t.values),
                 user_attrs={WARM: tag},
             )
         )

@@ -36,7 +36,7 @@ warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats an
 
 SAME_ERROR_LIMIT = 3  # this many identical failures in a row stop the sweep
 
-Objective = Callable[[optuna.Trial], float]
+Objective = Callable[[optuna.Trial], "float | list[float]"]
 
 
 def sampler_seed(seed: int, worker: int, existing: int, process: int = 0) -> int:
@@ -63,6 +63,7 @@ def build_sampler(
         "random": optuna.samplers.RandomSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
         "gp": optuna.samplers.GPSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
         "grid": lambda **kw: optuna.samplers.GridSampler(space_lib.grid(spec.space), **kw),
     }
     cls = factories[name]
@@ -104,7 +105,7 @@ def open_study(
         storage=store or stores.storage(storage_url),
         sampler=build_sampler(spec, worker, 0, process),
         pruner=build_pruner(spec),
-        direction=spec.direction,
+        directions=[d for _, d in spec.objectives],  # type: ignore[misc]  # checked by the parser
         load_if_exists=True,
     )
     existing = len(study.get_trials(deepcopy=False))
@@ -284,7 +285,7 @@ def _wait_closing(events: list[threading.Event]) -> None:
 def _work(study: optuna.Study, objective: Objective, crew: _Crew) -> None:
     """One worker: run trials until the study has its total (or time is up, or another worker failed)."""
 
-    def guarded(trial: optuna.Trial) -> float:
+    def guarded(trial: optuna.Trial) -> float | list[float]:
         # Exactly N across workers: a trial numbered past the N-th countable one is surplus.
         c = counts(study.get_trials(deepcopy=False), before=trial.number)
         if c["counted"] + c["running"] + c["waiting"] >= crew.trials:

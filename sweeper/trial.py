@@ -21,14 +21,14 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial
 
-from sweeper import faults, stores, tracking
+from sweeper import faults, objectives, stores, tracking
 from sweeper import record as rec
 from sweeper import space as space_lib
 from sweeper.errors import SweeperError
 from sweeper.progress import Progress
 from sweeper.spec import Study
 
-Objective = Callable[[optuna.Trial], float]
+Objective = Callable[[optuna.Trial], "float | list[float]"]
 State = Literal["complete", "pruned", "infeasible", "failed", "lost", "interrupted", "halted"]
 """``halted``: the trial cannot go on here (a store stayed away, the disk is full); not counted,
 re-queued, and the sweep stops with the reason."""
@@ -91,7 +91,7 @@ def make_objective(
     progress = progress or Progress(0, spec.epochs, spec.metric)
     dataset = _dataset(data)  # the MLflow dataset input of every trial run (fingerprinted once)
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | list[float]:
         progress.trial_started(trial.number)
         params = space_lib.suggest(trial, spec.space)
         cfg = spec.resolve(params)
@@ -104,7 +104,9 @@ def make_objective(
             try:
                 ctx.run = _open_run(ctx, cfg, absent)
                 tracker.log_dataset(ctx.run.run_id, **dataset)
-                job = workers.Job(cfg, data, spec.metric, out, ctx.checkpoint, gpu, threads)
+                job = workers.Job(
+                    cfg, data, spec.metric, out, ctx.checkpoint, gpu, threads, latency=_timed(spec)
+                )
                 with tracker.system_metrics(ctx.run.run_id):
                     outcome = attempt(ctx, job, progress, len(data.classes))
                 return finish(ctx, outcome)
@@ -145,14 +147,14 @@ def _open_run(ctx: Context, cfg: Any, absent: list[str]) -> Any:
 
 
 def attempt(ctx: Context, job: Any, progress: Progress, num_classes: int) -> Outcome:
-    """Check the budget, then train; every way a trial can end comes back as an :class:`Outcome`."""
+    """Count the costs, check the budget, then train; every way a trial can end comes back as an
+    :class:`Outcome`."""
     from sweeper import workers
 
-    if ctx.spec.max_params is not None:
-        over = check_budget(ctx.trial, job.cfg, num_classes, ctx.spec.max_params)
+    try:
+        over = _before_training(ctx, job.cfg, num_classes)
         if over is not None:
             return over
-    try:
         trained = _train(ctx, job, _reporter(ctx, progress))
     except optuna.TrialPruned as e:
         return Outcome("pruned", reason=str(e))
@@ -179,6 +181,18 @@ def attempt(ctx: Context, job: Any, progress: Progress, num_classes: int) -> Out
     return Outcome("complete", value=trained.best[ctx.spec.metric], trained=trained)
 
 
+def _before_training(ctx: Context, cfg: Any, num_classes: int) -> Outcome | None:
+    """The costs counted without weights (for a trade-off study), then the parameter budget."""
+    counted = tuple(c for c, _ in ctx.spec.costs if c in ("num_params", "gmacs"))
+    if counted:
+        from sweeper import costs
+
+        _measured(ctx, costs.counted(cfg, num_classes, counted))
+    if ctx.spec.max_params is None:
+        return None
+    return check_budget(ctx.trial, cfg, num_classes, ctx.spec.max_params)
+
+
 def _reporter(ctx: Context, progress: Progress) -> Any:
     """The trial process's two messages: restored epochs (recorded once, never pruned on) and new ones."""
 
@@ -192,7 +206,7 @@ def _reporter(ctx: Context, progress: Progress) -> Any:
         _record(ctx, epoch, metrics)
         progress.epoch(ctx.trial.number, epoch, metrics)
         value = metrics[ctx.spec.metric]
-        if ctx.trial.should_prune():
+        if not ctx.spec.multi and ctx.trial.should_prune():  # Optuna prunes single objectives only
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: {ctx.spec.metric}={value:.4f}")
 
     def discarded(reason: str) -> None:
@@ -201,16 +215,41 @@ def _reporter(ctx: Context, progress: Progress) -> Any:
 
     report.restored = restored  # type: ignore[attr-defined]
     report.discarded = discarded  # type: ignore[attr-defined]
+    report.costs = lambda measured: _measured(ctx, measured)  # type: ignore[attr-defined]
     return report
 
 
 def _record(ctx: Context, epoch: int, metrics: dict[str, float]) -> None:
     ctx.recorded.add(epoch)
     ctx.run.log_metrics(epoch, metrics)
-    ctx.trial.report(metrics[ctx.spec.metric], epoch)
+    value = metrics[ctx.spec.metric]
+    if not ctx.spec.multi:
+        ctx.trial.report(value, epoch)
+    else:  # Trial.report takes one objective: keep the curve beside it (the ablation reads it)
+        ctx.trial.set_user_attr(rec.CURVE, {**ctx.trial.user_attrs.get(rec.CURVE, {}), str(epoch): value})
 
 
-def finish(ctx: Context, outcome: Outcome) -> float:
+def _timed(spec: Study) -> bool:
+    return any(c == "latency_ms" for c, _ in spec.costs)
+
+
+def _measured(ctx: Context, measured: dict[str, float]) -> None:
+    """Costs measured before training: kept on the trial (one dict) and logged to its run."""
+    before = ctx.trial.user_attrs.get(objectives.MEASURED) or {}
+    ctx.trial.set_user_attr(objectives.MEASURED, {**before, **measured})
+    ctx.run.log_metrics(0, measured)
+
+
+def _values(ctx: Context, metric_value: float) -> float | list[float]:
+    """What Optuna records: the metric alone, or the metric then each cost objective."""
+    if not ctx.spec.multi:
+        return metric_value
+    measured = ctx.trial.user_attrs.get(objectives.MEASURED) or {}
+    worst = {"minimize": float("inf"), "maximize": float("-inf")}
+    return [metric_value, *(float(measured.get(c, worst[d])) for c, d in ctx.spec.costs)]
+
+
+def finish(ctx: Context, outcome: Outcome) -> float | list[float]:
     """Write how the trial ended to Optuna, MLflow and the checkpoint folder; the one place that does.
 
     Optuna first (the count depends on it), then MLflow: a kill between the two leaves a finished trial
@@ -237,7 +276,7 @@ def finish(ctx: Context, outcome: Outcome) -> float:
         t.set_user_attr(rec.INFEASIBLE, outcome.reason)
         run.end("INFEASIBLE", outcome.reason)
         assert outcome.value is not None
-        return outcome.value
+        return _values(ctx, outcome.value)
     reason = outcome.reason + note
     t.set_user_attr(rec.FAIL_REASON, reason)
     t.set_user_attr(rec.FAIL_KIND, outcome.kind)
@@ -274,7 +313,7 @@ def _settle(ctx: Context, outcome: Outcome) -> str:
     return "; the params were re-queued"
 
 
-def _complete(ctx: Context, outcome: Outcome) -> float:
+def _complete(ctx: Context, outcome: Outcome) -> float | list[float]:
     trained, metric = outcome.trained, ctx.spec.metric
     ctx.trial.set_constraint(rec.DIVERGED, 0.0)
     ctx.trial.set_user_attr(rec.BEST_EPOCH, trained.best_epoch)
@@ -284,7 +323,7 @@ def _complete(ctx: Context, outcome: Outcome) -> float:
     ctx.run.log_metrics(trained.best_epoch, {f"best_{metric}": trained.best[metric]})
     ctx.run.end("COMPLETE")
     assert outcome.value is not None
-    return outcome.value
+    return _values(ctx, outcome.value)
 
 
 def _train(ctx: Context, job: Any, report: Any) -> Any:

@@ -11,45 +11,54 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper import objectives
 from sweeper import record as record_lib
 from sweeper import spec as spec_lib
 from sweeper.errors import SweeperError
 
 
-def trial_view(t: FrozenTrial) -> dict[str, Any]:
-    """One trial: number, state, value, best epoch, searched params, and why it ended as it did."""
-    return {
+def trial_view(t: FrozenTrial, names: list[str] | None = None) -> dict[str, Any]:
+    """One trial: number, state, value (of the metric), best epoch, searched params, why it ended as it
+    did, and with ``names`` (a multi-objective study) every objective's value and measured cost."""
+    view = {
         "number": t.number,
         "state": t.state.name,
-        "value": t.value,
+        "value": record_lib.primary(t),
         "best_epoch": t.user_attrs.get(record_lib.BEST_EPOCH),
         "params": dict(t.params),
         "why": record_lib.why(t),
     }
+    if names:
+        view["objectives"] = objectives.values(t, names)
+    return view
 
 
 def study_view(src: record_lib.Recorded, top: int) -> dict[str, Any]:
     """A stored study: its counts, what it ran with, the best trial and the ``top`` complete trials."""
     spec, st = src.spec, src.study
     trials = st.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    done.sort(key=lambda t: float(t.value), reverse=spec.direction == "maximize")  # type: ignore[arg-type]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and record_lib.primary(t) is not None]
+    done.sort(key=lambda t: record_lib.primary(t) or 0.0, reverse=spec.direction == "maximize")
     try:
-        best: FrozenTrial | None = record_lib.best_trial(st)
+        best: FrozenTrial | None = None if spec.multi else record_lib.best_trial(st)
     except SweeperError:
         best = None
     rec = src.record
+    names = [m for m, _ in spec.objectives] if spec.multi else None
+    front = record_lib.pareto_front(st, spec.objectives) if spec.multi else None
     return {
         "study": spec.name,
         "metric": spec.metric,
         "direction": spec.direction,
+        "objectives": [{"metric": m, "direction": d} for m, d in spec.objectives],
+        "pareto_front": None if front is None else [trial_view(t, names) for t in front],
         "searched": sorted(spec.space),
         "counts": record_lib.counts(trials),
         "record": None
         if rec is None
         else {"path": rec.path, "overrides": rec.overrides, "data": rec.data, "versions": rec.versions},
         "best": None if best is None else trial_view(best),
-        "top": [trial_view(t) for t in done[:top]],
+        "top": [trial_view(t, names) for t in done[:top]],
     }
 
 
@@ -61,7 +70,9 @@ def show_lines(view: dict[str, Any]) -> list[str]:
     ]
     lines += _record_lines(view["record"])
     best, metric = view["best"], view["metric"]
-    if best is None:
+    if view.get("pareto_front") is not None:
+        lines += front_lines(view)
+    elif best is None:
         lines.append("no complete trial yet")
     else:
         lines.append(
@@ -77,6 +88,30 @@ def show_lines(view: dict[str, Any]) -> list[str]:
         cells += [_fmt(t["params"].get(k)).rjust(len(k)) for k in keys]
         lines.append("  ".join(cells))
     return lines
+
+
+def front_lines(view: dict[str, Any]) -> list[str]:
+    """A multi-objective study's Pareto front: each trial no other beats on every objective."""
+    front, objs = view["pareto_front"], view["objectives"]
+    if not front:
+        return ["no complete trial yet: the Pareto front is empty"]
+    names = [o["metric"] for o in objs]
+    goal = ", ".join(f"{o['direction'][:3]} {o['metric']}" for o in objs)
+    keys = view["searched"]
+    out = [
+        f"Pareto front ({len(front)} trial{'s' if len(front) != 1 else ''}; {goal}); choose one with "
+        "`sweeper refit-best --pick 'val_acc>=X,min:COST'`",
+        "  ".join([f"{'trial':>5}", *(f"{n:>10}" for n in names), *keys]),
+    ]
+    for t in front:
+        cells = [f"{t['number']:>5}", *(f"{_cost(t['objectives'].get(n)):>10}" for n in names)]
+        cells += [_fmt(t["params"].get(k)).rjust(len(k)) for k in keys]
+        out.append("  ".join(cells))
+    return out
+
+
+def _cost(v: float | None) -> str:
+    return "-" if v is None else objectives.fmt(v)
 
 
 def _record_lines(rec: dict[str, Any] | None) -> list[str]:
@@ -127,7 +162,9 @@ def _row(name: str, path: Path | None, exists: bool, store: Any) -> dict[str, An
         st = optuna.load_study(study_name=name, storage=store)
         c = record_lib.counts(st.get_trials(deepcopy=False))
         if c["complete"]:
-            best = float(st.best_value)
+            top = record_lib.own_complete(st)
+            pick = max if st.directions[0].name == "MAXIMIZE" else min
+            best = pick((record_lib.primary(t) or 0.0 for t in top), default=None)
     keys = ("complete", "pruned", "fail", "running")
     return {"study": name, "file": str(path) if path else None, **{k: c[k] for k in keys}, "best": best}
 
@@ -149,11 +186,10 @@ def studies_lines(rows: list[dict[str, Any]]) -> list[str]:
 # ---- the winner as a study file --------------------------------------------------------------------
 
 
-def best_document(src: record_lib.Recorded) -> dict[str, Any]:
-    """A study file that pins the best trial: every parameter it trained with (where it differs from the
-    default), nothing searched. ``run-study`` on it trains that configuration again."""
+def best_document(src: record_lib.Recorded, best: FrozenTrial, why: str = "") -> dict[str, Any]:
+    """A study file that pins trial ``best`` (the winner): every parameter it trained with (where it
+    differs from the default), nothing searched. ``run-study`` on it trains that configuration again."""
     spec = src.spec
-    best = record_lib.best_trial(src.study)
     cfg = record_lib.trial_config(best)
     if cfg is None:  # a trial from before configs were recorded: its params through the study
         cfg = spec.resolve(dict(best.params))
@@ -166,7 +202,8 @@ def best_document(src: record_lib.Recorded) -> dict[str, Any]:
     doc = spec_lib.to_document(spec)
     doc.update(
         name=f"{spec.name}-best",
-        description=f"Trial {best.number} of {spec.name!r} ({spec.metric}={best.value:.4f}), pinned.",
+        description=f"Trial {best.number} of {spec.name!r} ({_values_text(best, spec)}), pinned."
+        + (f" {why[0].upper()}{why[1:]}." if why else ""),
         epochs=cfg.epochs,
         sampler={"name": "random", "seed": cfg.seed},
         pruner={"name": "none"},
@@ -174,3 +211,13 @@ def best_document(src: record_lib.Recorded) -> dict[str, Any]:
         space={},
     )
     return doc
+
+
+def _values_text(t: FrozenTrial, spec: spec_lib.Study) -> str:
+    names = [m for m, _ in spec.objectives]
+    vals = objectives.values(t, names)
+    return ", ".join(
+        f"{k}={objectives.fmt(vals[k]) if k != spec.metric else format(vals[k], '.4f')}"
+        for k in names
+        if k in vals
+    )

@@ -110,6 +110,7 @@ class Job:
     gpu: str | None = None  # CUDA_VISIBLE_DEVICES for the child; None = inherit the parent's
     threads: int | None = None  # torch CPU threads; None = torch's default (all cores)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # the parent's, at submit time
+    latency: bool = False  # time the model's forward pass before training (a latency_ms objective)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,10 @@ def _serve(proc: Any, conn: Any, report: Report, restored: Restored | None) -> T
             discarded = getattr(report, "discarded", None)
             if discarded is not None:
                 discarded(msg[1])
+        elif msg[0] == "costs":
+            measured = getattr(report, "costs", None)
+            if measured is not None:
+                measured(msg[1])
         elif msg[0] == "resumed":
             resumed = msg[1]
             if restored is not None:
@@ -251,6 +256,10 @@ def start_fork_server() -> None:
 def _child_main(conn: Any, job: Job) -> None:
     """Entry point of a trial process: train, stream epochs to the parent, classify any failure."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
+    # So is SIGTERM: Slurm's scancel and time limit signal every process of the step at once, and a trial
+    # process dying of it first would look like a lost worker instead of an interrupted trial. The
+    # worker kills this process when it stops; if the worker dies, the pipe watch below ends it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.clear()  # the fork server's environment is from when it started; use the parent's now
     os.environ.update(job.env)
     if job.gpu is not None:
@@ -277,6 +286,10 @@ def _child_main(conn: Any, job: Job) -> None:
             epoch, history = checkpoints.saved_state(job.checkpoint, job.cfg)
             if epoch:
                 conn.send(("resumed", epoch, history))
+        if job.latency:  # before training, on the trial's device, with nothing else of this trial running
+            from sweeper import costs, loaders
+
+            conn.send(("costs", costs.latency(job.cfg, len(job.data.classes), loaders.pick_device())))
         result = train.run_trial(job.cfg, job.data, report, metric=job.metric, checkpoint=job.checkpoint)
         artifacts.write_trial(job.out_dir, job.cfg, job.data.classes, result)
         conn.send(

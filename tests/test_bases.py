@@ -125,7 +125,8 @@ def test_export_best_round_trips_to_the_winning_config(tmp_path: Path, image_fol
         attrs = {record_lib.CONFIG: record_lib.config_json(dataclasses.replace(cfg, seed=7))}
         st.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
     exported = tmp_path / "best.yaml"
-    exported.write_text(yaml.safe_dump(views.best_document(record_lib.open_recorded("leaf", None))))
+    src = record_lib.open_recorded("leaf", None)
+    exported.write_text(yaml.safe_dump(views.best_document(src, record_lib.best_trial(src.study))))
     pinned = spec_lib.load(str(exported))
     assert pinned.name == "leaf-best" and pinned.space == {}
     assert pinned.resolve({}) == dataclasses.replace(configs[0], seed=7)

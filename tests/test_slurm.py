@@ -284,6 +284,7 @@ def test_a_cancelled_task_s_trial_is_finished_by_the_others(
 
     trials = check_study("slurm-cancel", storage, mlflow_url, 3)
     assert trials[trial.number].state == TrialState.FAIL
+    assert trials[trial.number].user_attrs["fail_kind"] == "interrupted", trials[trial.number].user_attrs
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
     assert retry.state == TrialState.COMPLETE and retry.params == trial.params
     assert retry.user_attrs["resumed_from_epoch"] >= 1  # from the checkpoint in the shared folder

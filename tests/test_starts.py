@@ -94,7 +94,7 @@ def test_a_warm_start_changes_the_first_sampled_trial_and_never_counts_or_wins(t
     warm_spec = dataclasses.replace(cold_spec, name="warm")
 
     def prepare(st: optuna.Study) -> None:
-        assert starts.warm_start(st, donor, warm_spec.space, warm_spec.direction) == 8
+        assert starts.warm_start(st, donor, warm_spec.space) == 8
 
     st = sweep.run(warm_spec, 1, objective(warm_spec), prepare=prepare)
     own = [t for t in st.trials if not record_lib.borrowed(t)]
@@ -103,4 +103,4 @@ def test_a_warm_start_changes_the_first_sampled_trial_and_never_counts_or_wins(t
     assert record_lib.best_trial(st).number == own[0].number
     assert st.user_attrs[starts.WARM_LOG] == [{"from": "donor", "trials": 8}]
     again = optuna.load_study(study_name="warm", storage=stores.storage(None))
-    assert starts.warm_start(again, donor, warm_spec.space, warm_spec.direction) == 0  # once only
+    assert starts.warm_start(again, donor, warm_spec.space) == 0  # once only

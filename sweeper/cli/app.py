@@ -113,6 +113,14 @@ StorageOpt = Annotated[
     ),
 ]
 Combine = Literal["refit", "folds", "top", "soup"]
+PickOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pick",
+        help="Choose the trial by a rule instead of the best: filters then orders, e.g. "
+        "'val_acc>=0.88,min:latency_ms' (a multi-objective study picks from its Pareto front).",
+    ),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document instead of text, for scripts.")
 ]

@@ -10,6 +10,7 @@ import typer
 from sweeper import spec as spec_lib
 from sweeper.cli.app import (
     JsonOpt,
+    PickOpt,
     SetOpt,
     StorageOpt,
     StudyArg,
@@ -194,7 +195,9 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     if spec.description:
         typer.echo(f"  {spec.description.strip()}")
     typer.echo(f"  data: {spec.data_root}")
-    typer.echo(f"  objective: {spec.direction} {spec.metric}; {spec.epochs} epochs per trial")
+    goal = ", ".join(f"{d} {m}" for m, d in spec.objectives)
+    front = " (a Pareto front; no pruning: Optuna prunes single objectives only)" if spec.multi else ""
+    typer.echo(f"  objective{'s' if spec.multi else ''}: {goal}{front}; {spec.epochs} epochs per trial")
     typer.echo(f"  sampler: {spec.sampler}; pruner: {spec.pruner}")
     if spec.design is not None:
         from sweeper import design as design_lib
@@ -247,16 +250,17 @@ def export_best(
     study: StudyArg,
     out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None,
     storage: StorageOpt = None,
+    pick: PickOpt = None,
 ) -> None:
     """Print a study file that pins the best trial's configuration (runnable with run-study)."""
     import yaml
 
     from sweeper import record as record_lib
-    from sweeper import views
+    from sweeper import refit, views
 
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
-    doc = views.best_document(src)
+    doc = views.best_document(src, *refit.chosen(src, pick))
     text = f"# exported by `sweeper export-best {study}`\n" + yaml.safe_dump(doc, sort_keys=False)
     if out is None:
         typer.echo(text, nl=False)

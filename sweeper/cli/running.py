@@ -12,6 +12,7 @@ import typer
 from sweeper.cli.app import (
     Combine,
     DataOpt,
+    PickOpt,
     SetOpt,
     StorageOpt,
     StudyArg,
@@ -126,9 +127,13 @@ def run_study(
     def on_trial_end(st: Any, t: Any) -> None:
         counts = record_lib.counts(st.get_trials(deepcopy=False))
         best = _best_value(st)
-        progress.trial_finished(t.number, t.state.name, t.value, record_lib.why(t), counts, best)
+        progress.trial_finished(
+            t.number, t.state.name, record_lib.primary(t), record_lib.why(t), counts, best
+        )
         study_metrics = {f"trials_{k}": float(counts[k]) for k in ("complete", "pruned", "fail")}
-        retention.prune_weights(st, tracker, spec.keep_weights, spec.direction)
+        if spec.multi:
+            study_metrics["pareto_front"] = float(len(record_lib.pareto_front(st, spec.objectives)))
+        retention.prune_weights(st, tracker, spec.keep_weights, spec.direction, spec.objectives)
         tracker.log_study_metrics(
             counts["counted"], study_metrics | ({} if best is None else {f"best_{spec.metric}": best})
         )
@@ -143,7 +148,7 @@ def run_study(
         f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
         f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)"
     )
-    _print_best(st, spec.metric)
+    _print_best(st, spec)
     typer.echo(
         f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {stores.display_url(tracker.uri)}  "
         f"(experiment {spec.name!r})"
@@ -174,7 +179,7 @@ def _warm_start(other_name: str, spec: Any, storage: str | None) -> Any:
         raise SweeperError(f"--warm-start {other_name}: that is this study; name another study")
 
     def prepare(st: Any) -> None:
-        n = starts.warm_start(st, other.study, spec.space, spec.direction)
+        n = starts.warm_start(st, other.study, spec.space)
         typer.echo(f"warm start: {n} finished trials of {other.spec.name!r} inform the sampler (not counted)")
 
     return prepare
@@ -244,22 +249,36 @@ def _existing(name: str, storage: str | None) -> Any:
 
 
 def _best_value(st: Any) -> float | None:
-    try:
-        return float(st.best_value)
-    except ValueError:  # no complete trial yet
-        return None
-
-
-def _print_best(st: Any, metric: str) -> None:
+    """The best value of the metric (a multi-objective study's first objective) among own trials."""
     from sweeper import record as record_lib
 
+    values = [record_lib.primary(t) or 0.0 for t in record_lib.own_complete(st)]
+    pick = max if st.directions[0].name == "MAXIMIZE" else min
+    return pick(values, default=None)
+
+
+def _print_best(st: Any, spec: Any) -> None:
+    from sweeper import record as record_lib
+    from sweeper import views
+
+    metric = spec.metric
+    if spec.multi:
+        view = {"pareto_front": [], "objectives": [], "searched": sorted(spec.space)}
+        names = [m for m, _ in spec.objectives]
+        view["objectives"] = [{"metric": m, "direction": d} for m, d in spec.objectives]
+        view["pareto_front"] = [
+            views.trial_view(t, names) for t in record_lib.pareto_front(st, spec.objectives)
+        ]
+        for line in views.front_lines(view):
+            typer.echo(line)
+        return
     try:
         best = record_lib.best_trial(st)
     except SweeperError:
         typer.echo("no complete trial yet")
         return
     typer.echo(
-        f"best trial {best.number}: {metric}={best.value:.4f} at epoch "
+        f"best trial {best.number}: {metric}={record_lib.primary(best):.4f} at epoch "
         f"{best.user_attrs.get(record_lib.BEST_EPOCH, '?')}"
     )
     for k, v in sorted(best.params.items()):
@@ -294,6 +313,7 @@ def refit_best(
             "--allow-over-budget", help="Write an ensemble even when its members together exceed max_params."
         ),
     ] = False,
+    pick: PickOpt = None,
 ) -> None:
     """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
     from sweeper import data as data_lib
@@ -302,6 +322,10 @@ def refit_best(
 
     if set_ and combine != "refit":
         raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
+    if pick and combine != "refit":
+        raise SweeperError(
+            f"--pick applies to --combine refit only; --combine {combine} takes the --top best"
+        )
     src = record_lib.open_recorded(study, storage)
     ds = data_lib.scan(str(data) if data else src.spec.data_root, max_pixels=src.spec.max_pixels)
     ds = data_lib.hold_out(ds, src.spec.val_from_train)  # the split the trials saw (soup picks on val)
@@ -317,10 +341,11 @@ def refit_best(
         )
         _print_model(summary["model_uri"], register)
         return
-    p = refit.plan(src, parse_sets(set_))
+    p = refit.plan(src, parse_sets(set_), pick)
     _warn(p.notes)
+    value = record_lib.primary(p.trial) or 0.0
     typer.echo(
-        f"refitting trial {p.trial.number} ({src.spec.metric}={p.trial.value:.4f}, {p.why}) with its "
+        f"refitting trial {p.trial.number} ({src.spec.metric}={value:.4f}, {p.why}) with its "
         f"recorded config on train+val, {p.stop_epoch} of its {p.cfg.epochs} epochs (its best epoch, on its "
         f"own LR schedule); data {ds.root}"
     )
