@@ -214,3 +214,25 @@ def test_a_two_cost_study_has_a_front_and_refit_picks_by_the_rule(
     report = cli("report", str(study), "--out", "report.html")
     assert report.returncode == 0, report.stderr
     assert 'id="plot-pareto"' in Path("report.html").read_text()
+
+
+def test_a_warm_start_carries_every_objective_and_refuses_other_directions(tmp_path: Path) -> None:
+    from sweeper import starts
+
+    space = parse(
+        tmp_path, "objective: {metric: val_acc}\nspace: {lr_head: {float: [1.0e-4, 1.0e-1]}}\n"
+    ).space
+    donor = optuna.create_study(study_name="donor", directions=["maximize", "minimize"])
+    for n, (acc, ms) in enumerate([(0.9, 10.0), (0.8, 2.0)]):
+        donor.add_trial(
+            create_trial(
+                values=[acc, ms],
+                params={"lr_head": 0.01 * (n + 1)},
+                distributions={"lr_head": FloatDistribution(1e-4, 1e-1)},
+            )
+        )
+    st = optuna.create_study(directions=["maximize", "minimize"])
+    assert starts.warm_start(st, donor, space) == 2
+    assert sorted(t.values for t in st.trials) == [[0.8, 2.0], [0.9, 10.0]]
+    with pytest.raises(SweeperError, match="same objectives"):
+        starts.warm_start(optuna.create_study(direction="maximize"), donor, space)
