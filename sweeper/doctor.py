@@ -165,7 +165,9 @@ def _record_run(study: optuna.Study, tracker: Any, t: FrozenTrial) -> None:
 
 
 def _duplicates(trials: list[FrozenTrial]) -> list[Finding]:
-    """Params counted twice, and retry chains longer than the documented retries."""
+    """Params that sweeper queued (an enqueued start, a design run, a retry) counted a second time, and
+    retry chains longer than the documented retries. A sampler may propose params again (a small
+    discrete space, the random sampler): that is its choice, not a double count, and is not reported."""
     seen: dict[str, int] = {}
     out = []
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
@@ -174,7 +176,8 @@ def _duplicates(trials: list[FrozenTrial]) -> list[Finding]:
         if not counted or not t.params:
             continue
         key = json.dumps(t.params, sort_keys=True, default=str)
-        if key in seen:
+        queued = "fixed_params" in t.system_attrs or "failed_trial" in t.system_attrs
+        if key in seen and queued:
             detail = f"the same params as trial {seen[key]}, both counted"
             out.append(Finding("duplicate", f"trial {t.number}", detail))
         seen.setdefault(key, t.number)

@@ -29,8 +29,16 @@ def own_tmp(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> Path:
 DEAD_PID = "4194300"  # above the default pid_max: never a live process
 
 
-def add(study: optuna.Study, tracker: tracking.Tracker, x: float, state: TrialState, run: str | None) -> int:
-    """A finished trial with param ``x``; ``run``: its run's MLflow state (None: no run)."""
+def add(
+    study: optuna.Study,
+    tracker: tracking.Tracker,
+    x: float,
+    state: TrialState,
+    run: str | None,
+    queued: bool = False,
+) -> int:
+    """A finished trial with param ``x``; ``run``: its run's MLflow state (None: no run); ``queued``:
+    its params were enqueued (as sweeper queues starts, design runs and retries)."""
     number = len(study.get_trials(deepcopy=False))
     attrs: dict[str, object] = {rec.FAIL_REASON: "ValueError: planted"} if state == TrialState.FAIL else {}
     if run is not None:
@@ -44,6 +52,7 @@ def add(study: optuna.Study, tracker: tracking.Tracker, x: float, state: TrialSt
             params={"x": x},
             distributions={"x": FloatDistribution(0, 1)},
             user_attrs=attrs,
+            system_attrs={"fixed_params": {"x": x}} if queued else None,
         )
     )
     return number
@@ -62,7 +71,8 @@ def plant(tmp: Path) -> tuple[optuna.Study, tracking.Tracker]:
     tracker.start("trial-0099", {}, {"trial_number": 99, "state": "RUNNING"})  # a run with no trial
     mismatch = add(study, tracker, 0.3, TrialState.COMPLETE, "COMPLETE")  # 3: run says FAILED
     MlflowClient(tracker.uri).set_terminated(study.trials[mismatch].user_attrs[rec.MLFLOW_RUN], "FAILED")
-    add(study, tracker, 0.1, TrialState.COMPLETE, "COMPLETE")  # 4: trial 0's params, counted twice
+    add(study, tracker, 0.1, TrialState.COMPLETE, "COMPLETE", queued=True)  # 4: 0's params queued again
+    add(study, tracker, 0.1, TrialState.COMPLETE, "COMPLETE")  # 5: the sampler proposed them again: fine
     folder = Path("checkpoints/planted")
     folder.mkdir(parents=True)
     (folder / "trial-0000.pt").write_bytes(b"x")  # trial 0 is finished: stale
@@ -116,4 +126,5 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
     trial_runs = [
         x for x in runs if x.data.tags.get("sweeper.kind") != "study"
     ]  # the study run is their parent
-    assert sorted(x.data.tags["trial_number"] for x in trial_runs) == ["0", "1", "2", "3", "4"]  # 99 trashed
+    numbers = sorted(x.data.tags["trial_number"] for x in trial_runs)
+    assert numbers == ["0", "1", "2", "3", "4", "5"]  # 99 trashed
