@@ -44,6 +44,12 @@ class Ranked:
 
 def spec_for(spec: Study) -> Study:
     """The study as confirmation runs it: every param fixed by the queued trial, the seed searched too."""
+    if spec.multi:
+        raise SweeperError(
+            f"confirm re-runs the best by one metric, and {spec.name!r} trades off several objectives: "
+            "choose from its Pareto front with `sweeper refit-best --pick RULE` (re-runs would only join "
+            "the front)"
+        )
     if "seed" in spec.space and spec.space["seed"].kind != "int":
         raise SweeperError("confirm needs the seed as an integer dimension (or fixed); this study's is not")
     return dataclasses.replace(spec, design=None, space={**spec.space, "seed": SEED_DIM})

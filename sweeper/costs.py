@@ -4,7 +4,8 @@
 milliseconds even for a 100M-parameter model); ``gmacs`` is half the FLOPs PyTorch's FlopCounterMode
 counts for one image at the trial's input size. ``latency_ms`` is timed in the trial's own process, on its
 device and memory format, in eval mode with the autocast inference uses: the median of repeated forward
-passes at batch 1 (the objective) and at the study's batch size (``latency_ms_batch``, per batch).
+passes at batch 1 (the objective) and at the trial's batch size (``latency_ms_batch``, per batch; the
+micro-batch when the trial accumulates gradients).
 """
 
 from __future__ import annotations
@@ -67,13 +68,14 @@ def latency(cfg: TrialConfig, num_classes: int, device: torch.device) -> dict[st
     loaders.setup_model(model, dataclasses.replace(cfg, compile=False), device)
     fmt = torch.channels_last if loaders.use_channels_last(cfg, device) else torch.contiguous_format
     out = {}
+    batch_size = cfg.micro_batch or cfg.batch_size  # what the trial's device holds at once
     for key, batch, repeats in (
         ("latency_ms", 1, REPEATS),
-        ("latency_ms_batch", cfg.batch_size, BATCH_REPEATS),
+        ("latency_ms_batch", batch_size, BATCH_REPEATS),
     ):
         x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
         out[key] = _median_ms(model, x, device, repeats)
-    out["latency_batch"] = float(cfg.batch_size)
+    out["latency_batch"] = float(batch_size)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -2,7 +2,8 @@
 
 - no trial or run RUNNING without a live worker;
 - one MLflow run per trial that ran (surplus trials never do), one trial per run, states matching;
-- no params sweeper queued (a start, a design run, a retry) trained and counted twice, and no chain retried more than the documented retries;
+- no params sweeper queued (a start, a design run, a retry) trained and counted twice, and no chain
+  retried more than the documented retries;
 - no checkpoint of a finished trial, no half-written checkpoint, no staging folder of a dead process.
 
 :func:`examine` lists the violations as :class:`Finding` values; each safe repair is attached

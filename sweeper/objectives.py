@@ -187,9 +187,14 @@ def parse_rule(text: str, known: Sequence[str]) -> Rule:
 
 
 def pick(
-    candidates: Sequence[FrozenTrial], rule: Rule, names: Sequence[str]
+    candidates: Sequence[FrozenTrial], rule: Rule, objectives: Sequence[tuple[str, str]]
 ) -> tuple[FrozenTrial | None, str]:
-    """The candidate the rule chooses, and why in words (or None and why none passed)."""
+    """The candidate the rule chooses, and why in words (or None and why none passed).
+
+    Ties on the rule's orders (trials of one architecture share ``num_params`` and ``gmacs``) go to the
+    better trial on the study's objectives, metric first, then to the earlier trial.
+    """
+    names = [m for m, _ in objectives]
     scored = [(t, values(t, names)) for t in candidates]
     passing = [
         (t, v)
@@ -202,7 +207,9 @@ def pick(
 
     def key(item: tuple[FrozenTrial, dict[str, float]]) -> tuple[float, ...]:
         v = item[1]
-        return (*(v[k] if how == "min" else -v[k] for k, how in rule.orders), float(item[0].number))
+        ordered = (v[k] if how == "min" else -v[k] for k, how in rule.orders)
+        better = (v.get(m, math.inf) if d == "minimize" else -v.get(m, -math.inf) for m, d in objectives)
+        return (*ordered, *better, float(item[0].number))
 
     chosen, v = min(passing, key=key)
     shown = ", ".join(f"{k}={fmt(v[k])}" for k in dict.fromkeys([*names, *(k for k, _ in rule.orders)]))
@@ -217,8 +224,13 @@ def _none_passed(scored: list[tuple[FrozenTrial, dict[str, float]]], rule: Rule)
     for k, op, limit in rule.filters:
         have = [v[k] for _, v in scored if k in v]
         if have:
-            best = max(have) if op in (">=", ">") else min(have)
-            notes.append(f"{k}{op}{limit:g} (the candidates' best: {fmt(best)})")
+            near = max(have) if op in (">=", ">") else min(have) if op in ("<=", "<") else None
+            seen = (
+                f"the candidates' best: {fmt(near)}"
+                if near is not None
+                else f"{len(have)} values, none equal"
+            )
+            notes.append(f"{k}{op}{limit:g} ({seen})")
     detail = "; ".join(notes) or "the metrics it names were not measured"
     return f"no candidate of {len(scored)} passes {rule.text!r}: {detail}"
 

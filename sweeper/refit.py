@@ -90,17 +90,22 @@ def chosen(src: record.Recorded, pick: str | None = None) -> tuple[optuna.trial.
 
 
 def _picked(src: record.Recorded, text: str) -> tuple[optuna.trial.FrozenTrial, str]:
-    """The trial a rule picks: from the Pareto front of a multi-objective study, else from every complete
-    trial of the study's own (so ``val_acc>=0.9,min:num_params`` works on any study)."""
+    """The trial a rule picks: from the Pareto front of a multi-objective study when the rule names its
+    objectives only, else from every complete trial of the study's own (a rule on another cost, such as
+    ``min:num_params`` in an accuracy-latency study, may prefer a trial off that front; and
+    ``val_acc>=0.9,min:num_params`` works on any study)."""
     names = [m for m, _ in src.spec.objectives]
-    if src.spec.multi:
+    everything = record.own_complete(src.study)
+    if not everything:
+        raise SweeperError(f"study {src.spec.name!r} has no complete trial yet; run more trials")
+    known = list(dict.fromkeys([*names, *(k for t in everything for k in objectives.values(t, names))]))
+    rule = objectives.parse_rule(text, known)
+    named = {k for k, _, _ in rule.filters} | {k for k, _ in rule.orders}
+    if src.spec.multi and named <= set(names):
         candidates, where = record.pareto_front(src.study, src.spec.objectives), "the Pareto front"
     else:
-        candidates, where = record.own_complete(src.study), "the complete trials"
-    if not candidates:
-        raise SweeperError(f"study {src.spec.name!r} has no complete trial yet; run more trials")
-    known = list(dict.fromkeys([*names, *(k for t in candidates for k in objectives.values(t, names))]))
-    trial, why = objectives.pick(candidates, objectives.parse_rule(text, known), names)
+        candidates, where = everything, "the complete trials"
+    trial, why = objectives.pick(candidates, rule, src.spec.objectives)
     if trial is None:
         raise SweeperError(f"{why}; loosen the rule (`sweeper show {src.spec.name}` lists {where})")
     return trial, f"{why.replace('candidates', f'trials of {where}', 1)}"

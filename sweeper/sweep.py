@@ -69,7 +69,7 @@ def build_sampler(
     cls = factories[name]
     try:
         return cls(**args)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise SweeperError(f"{spec.path}: sampler: bad arguments for {name}: {e}") from None
 
 
@@ -108,6 +108,13 @@ def open_study(
         directions=[d for _, d in spec.objectives],  # type: ignore[misc]  # checked by the parser
         load_if_exists=True,
     )
+    stored = [d.name.lower() for d in study.directions]
+    if stored != [d for _, d in spec.objectives]:  # create_study keeps a stored study's own directions
+        raise SweeperError(
+            f"study {spec.name!r} in storage has {len(stored)} objective(s) ({', '.join(stored)}); the study "
+            f"file now has {', '.join(f'{d} {m}' for m, d in spec.objectives)}: run it under a new name "
+            "with --name NEW"
+        )
     existing = len(study.get_trials(deepcopy=False))
     if existing:  # a resumed study: don't replay the first run's random draws
         study.sampler = build_sampler(spec, worker, existing, process)

@@ -178,6 +178,10 @@ def attempt(ctx: Context, job: Any, progress: Progress, num_classes: int) -> Out
             kind="error",
             details=traceback.format_exc(),
         )
+    measured = ctx.trial.user_attrs.get(objectives.MEASURED) or {}
+    missing = [c for c, _ in ctx.spec.costs if c not in measured]
+    if missing:  # never recorded as a made-up value: the front would be silently wrong
+        return Outcome("failed", reason=f"trained, but {', '.join(missing)} was not measured", kind="error")
     return Outcome("complete", value=trained.best[ctx.spec.metric], trained=trained)
 
 

@@ -94,7 +94,7 @@ def front_lines(view: dict[str, Any]) -> list[str]:
     """A multi-objective study's Pareto front: each trial no other beats on every objective."""
     front, objs = view["pareto_front"], view["objectives"]
     if not front:
-        return ["no complete trial yet: the Pareto front is empty"]
+        return ["the Pareto front is empty: no complete trial with finite values that met the constraints"]
     names = [o["metric"] for o in objs]
     goal = ", ".join(f"{o['direction'][:3]} {o['metric']}" for o in objs)
     keys = view["searched"]

@@ -168,6 +168,8 @@ def _serve(proc: Any, conn: Any, report: Report, restored: Restored | None) -> T
             raise KeyboardInterrupt
         if not conn.poll(POLL_S):
             if not proc.is_alive() and not conn.poll(0):
+                if INTERRUPTED.wait(2.0):  # a signal to the whole group (Slurm) reached it first
+                    raise KeyboardInterrupt
                 raise WorkerLost(_death(proc))
             continue
         try:
@@ -237,9 +239,11 @@ def _context() -> Any:
 
 
 def start_fork_server() -> None:
-    """Start the fork server now, from the main thread, with Ctrl-C ignored: it keeps that through its
-    start, so a Ctrl-C while it imports torch is the sweep's to handle (trials closed as interrupted),
-    not a traceback from the server and a trial that fails for want of it."""
+    """Start the fork server now, from the main thread, with Ctrl-C and SIGTERM ignored: it keeps that
+    for life, so a Ctrl-C while it imports torch is the sweep's to handle (trials closed as interrupted),
+    not a traceback from the server and a trial that fails for want of it; and Slurm's SIGTERM to every
+    process of a step (scancel, time limit) does not kill the server, without which a running trial's
+    exit status is lost (it would look like a lost worker). The server ends when the sweep does."""
     from multiprocessing import forkserver
 
     _context()
@@ -247,10 +251,12 @@ def start_fork_server() -> None:
         forkserver.ensure_running()
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         forkserver.ensure_running()
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def _child_main(conn: Any, job: Job) -> None:

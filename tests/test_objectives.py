@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -90,16 +91,24 @@ def test_the_front_keeps_only_trials_nothing_beats_on_every_objective() -> None:
 
 def test_a_rule_filters_then_orders() -> None:
     front = [trial(0, 0.90, 10.0), trial(1, 0.85, 5.0), trial(3, 0.95, 30.0)]
-    names = ["val_acc", "latency_ms"]
-    known = [*names, "num_params"]
-    chosen, why = objectives.pick(front, objectives.parse_rule("val_acc>=0.88,min:latency_ms", known), names)
+    known = ["val_acc", "latency_ms", "num_params"]
+    chosen, why = objectives.pick(front, objectives.parse_rule("val_acc>=0.88,min:latency_ms", known), TWO)
     assert chosen is not None and chosen.number == 0 and "2 passed" in why
-    chosen, _ = objectives.pick(front, objectives.parse_rule("max:val_acc", known), names)
+    chosen, _ = objectives.pick(front, objectives.parse_rule("max:val_acc", known), TWO)
     assert chosen is not None and chosen.number == 3
-    chosen, _ = objectives.pick(front, objectives.parse_rule("latency_ms<20, min:num_params", known), names)
+    chosen, _ = objectives.pick(front, objectives.parse_rule("latency_ms<20, min:num_params", known), TWO)
     assert chosen is not None and chosen.number == 0
-    none, why = objectives.pick(front, objectives.parse_rule("val_acc>=0.99,min:latency_ms", known), names)
+    none, why = objectives.pick(front, objectives.parse_rule("val_acc>=0.99,min:latency_ms", known), TWO)
     assert none is None and "the candidates' best: 0.95" in why
+
+
+def test_a_tie_on_the_rule_goes_to_the_better_trial() -> None:
+    same_size = [trial(0, 0.90, 10.0), trial(1, 0.95, 12.0), trial(2, 0.97, 30.0)]
+    for t in same_size:
+        t.user_attrs[objectives.MEASURED] = {**t.user_attrs[objectives.MEASURED], "num_params": 1000.0}
+    rule = objectives.parse_rule("min:num_params", ["val_acc", "latency_ms", "num_params"])
+    chosen, _ = objectives.pick(same_size, rule, TWO)
+    assert chosen is not None and chosen.number == 2  # all the same size: the most accurate
 
 
 @pytest.mark.parametrize(
@@ -236,3 +245,43 @@ def test_a_warm_start_carries_every_objective_and_refuses_other_directions(tmp_p
     assert sorted(t.values for t in st.trials) == [[0.8, 2.0], [0.9, 10.0]]
     with pytest.raises(SweeperError, match="same objectives"):
         starts.warm_start(optuna.create_study(direction="maximize"), donor, space)
+
+
+def test_a_stored_study_with_other_objectives_is_refused(tmp_path: Path) -> None:
+    from sweeper import confirm, sweep
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    trade = parse(tmp_path, "objectives: [{metric: val_acc}, {metric: gmacs}]\n")
+    optuna.create_study(study_name=trade.name, storage=url, direction="maximize")  # made by an older run
+    with pytest.raises(SweeperError, match=r"has 1 objective\(s\) \(maximize\); the study file now has"):
+        sweep.open_study(trade, url)
+    with pytest.raises(SweeperError, match="Pareto front with `sweeper refit-best --pick"):
+        confirm.spec_for(trade)  # re-runs by one metric would only join the front
+
+
+@pytest.mark.slow
+def test_a_missing_cost_fails_the_trial_instead_of_a_made_up_value(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    from sweeper import data as data_lib
+    from sweeper import trial as trial_lib
+    from sweeper import workers
+    from sweeper.progress import Progress
+
+    text = (
+        f"data: {{root: {image_folder}}}\nepochs: 1\n"
+        "objectives: [{metric: val_acc}, {metric: latency_ms}]\n"
+        "fixed: {backbone: test_resnet, img_size: 32, num_workers: 0, batch_size: 8, pretrained: false}\n"
+    )
+    trade = spec_lib.load(str(write_study(tmp_path / "t.yaml", text)))
+    data = data_lib.scan(trade.data_root)
+    st = optuna.create_study(directions=["maximize", "minimize"])
+    t = st.ask()
+    ctx = trial_lib.Context(trade, t, trial_lib.tracking.NO_RUN, Path(""), tmp_path, None)
+    job = workers.Job(trade.resolve({}), data, "val_acc", tmp_path, latency=False)  # not timed
+    outcome = trial_lib.attempt(ctx, job, Progress(1, 1, "val_acc"), len(data.classes))
+    assert outcome.state == "failed" and outcome.reason == "trained, but latency_ms was not measured"
+    job = dataclasses.replace(job, latency=True)
+    outcome = trial_lib.attempt(ctx, job, Progress(1, 1, "val_acc"), len(data.classes))
+    assert outcome.state == "complete"
+    assert trial_lib._values(ctx, 0.5) == [0.5, t.user_attrs[objectives.MEASURED]["latency_ms"]]

@@ -113,7 +113,7 @@ def test_workers_of_one_process_run_exactly_n_trials(tmp_path: Path, image_folde
 
 def test_a_trial_left_running_by_a_dead_sweep_is_requeued_at_once(tmp_path: Path, image_folder: Path) -> None:
     spec = tiny_study(tmp_path, image_folder, "orphan")
-    dead = optuna.create_study(study_name="orphan", storage=stores.storage(None)).ask()
+    dead = optuna.create_study(study_name="orphan", storage=stores.storage(None), direction="maximize").ask()
     x = dead.suggest_float("x", 0.0, 1.0)  # its process was SIGKILLed here: RUNNING, heartbeat fresh
     st = sweep.run(spec, 1, quick)
     first, retry = st.get_trials()

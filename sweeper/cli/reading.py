@@ -252,7 +252,10 @@ def export_best(
     storage: StorageOpt = None,
     pick: PickOpt = None,
 ) -> None:
-    """Print a study file that pins the best trial's configuration (runnable with run-study)."""
+    """Print a study file that pins the winner's configuration (runnable with run-study).
+
+    The winner is what refit-best would train: the trial a --pick rule chooses, else the confirmed winner
+    when `sweeper confirm` ran, else the best trial."""
     import yaml
 
     from sweeper import record as record_lib

@@ -177,6 +177,12 @@ def _warm_start(other_name: str, spec: Any, storage: str | None) -> Any:
     other = record_lib.open_recorded(other_name, storage)
     if other.spec.name == spec.name:
         raise SweeperError(f"--warm-start {other_name}: that is this study; name another study")
+    if other.spec.objectives != spec.objectives:  # same directions are not enough: ms are not parameters
+        theirs, ours = (", ".join(f"{d} {m}" for m, d in s.objectives) for s in (other.spec, spec))
+        raise SweeperError(
+            f"--warm-start {other_name}: its objectives are {theirs}, this study's {ours}; only a study "
+            "with the same objectives can inform this one"
+        )
 
     def prepare(st: Any) -> None:
         n = starts.warm_start(st, other.study, spec.space)
