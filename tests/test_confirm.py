@@ -82,7 +82,7 @@ def test_confirm_end_to_end_then_refit_says_it_refits_the_confirmed_winner(
     study = tmp_path / "c.yaml"
     study.write_text(STUDY.format(root=image_folder))
     assert cli("run-study", str(study), "--trials", "3").returncode == 0
-    r = cli("confirm", str(study), "--top", "2", "--seeds", "2")
+    r = cli("confirm", str(study), "--top", "2", "--seeds", "2", "--workers", "2")  # two at once
     assert r.returncode == 0, r.stderr
     assert "4 re-runs queued now" in r.stdout and "lower 95% confidence bound" in r.stdout
     again = cli("confirm", str(study), "--top", "2", "--seeds", "2")  # done: nothing to queue or run

@@ -113,6 +113,19 @@ StorageOpt = Annotated[
     ),
 ]
 Combine = Literal["refit", "folds", "top", "soup"]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Trials at once on this machine, each in its own process. Default: one per --gpus entry, "
+        "else 1.",
+    ),
+]
+GpusOpt = Annotated[
+    str | None,
+    typer.Option("--gpus", help="GPU indexes, e.g. 0,1,2,3: one worker per GPU; its trials see only it."),
+]
 PickOpt = Annotated[
     str | None,
     typer.Option(

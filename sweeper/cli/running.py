@@ -12,11 +12,13 @@ import typer
 from sweeper.cli.app import (
     Combine,
     DataOpt,
+    GpusOpt,
     PickOpt,
     SetOpt,
     StorageOpt,
     StudyArg,
     TrackingOpt,
+    WorkersOpt,
     _positive,
     _warn,
     app,
@@ -51,19 +53,8 @@ def run_study(
         float | None,
         typer.Option("--timeout", callback=_positive, help="Stop starting new trials after S seconds."),
     ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            min=1,
-            help="Trials at once on this machine, each in its own process. Default: one per --gpus entry, "
-            "else 1.",
-        ),
-    ] = None,
-    gpus: Annotated[
-        str | None,
-        typer.Option("--gpus", help="GPU indexes, e.g. 0,1,2,3: one worker per GPU; its trials see only it."),
-    ] = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
     warm_start: Annotated[
         str | None,
         typer.Option(
@@ -370,6 +361,8 @@ def confirm(
     data: DataOpt = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
 ) -> None:
     """Re-run the top K configurations with S paired seeds and rank them by a lower confidence bound."""
     from sweeper import confirm as confirm_lib
@@ -378,6 +371,7 @@ def confirm(
     from sweeper import record as record_lib
     from sweeper import sweep, tracking
     from sweeper import trial as trial_lib
+    from sweeper import workers as workers_lib
 
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
@@ -391,8 +385,13 @@ def confirm(
     typer.echo(f"confirm {spec.name}: {queued} re-runs queued now, {c['waiting']} to run ({top} x {seeds})")
     tracker = tracking.Tracker(tracking_uri, spec.name)
     progress = progress_lib.create(total, spec.epochs, spec.metric)
-    objective = trial_lib.make_objective(spec, ds, tracker, progress)
-    st = _sweep(progress, lambda: sweep.run(spec, total, objective, storage, None, 0, None, tracker, None))
+    slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
+    threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
+    objectives = [
+        trial_lib.make_objective(spec, ds, tracker, progress, gpu=g, slot=i, threads=threads)
+        for i, g in enumerate(slots)
+    ]
+    st = _sweep(progress, lambda: sweep.run(spec, total, objectives, storage, None, 0, None, tracker, None))
     n_val = None if src.record is None else src.record.data.get("images", {}).get("val")
     for line in confirm_lib.format_ranking(
         confirm_lib.ranking(st, spec.direction, n_val), spec.metric, spec.direction
