@@ -150,9 +150,12 @@ class Pipelines:
 
 
 def autocast(device: torch.device):
+    """bf16 autocast on CUDA; on the CPU only with ``SWEEPER_CPU_BF16=1`` (CPUs with AMX or AVX512-BF16
+    gain from it, others lose), which also runs the CUDA numerics path where there is no GPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    on = os.environ.get("SWEEPER_CPU_BF16", "").lower() in ("1", "true", "yes", "on")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

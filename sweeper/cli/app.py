@@ -31,6 +31,7 @@ ENVIRONMENT = {  # every variable sweeper reads; the top-level --help and the RE
     "SWEEPER_HEARTBEAT": "seconds between a running trial's heartbeats (default 20)",
     "SWEEPER_GRACE": "seconds without a heartbeat before a trial counts as lost and is redone (default 60)",
     "SWEEPER_SYSTEM_METRICS_S": "seconds between system metrics samples of a trial run (default 10)",
+    "SWEEPER_CPU_BF16": "1: CPU trials run in bf16 autocast as on CUDA (for CPUs with AMX; default off)",
     "SWEEPER_STORE_PATIENCE": "seconds a sweep waits for an unreachable store before it stops (default 300)",
     "SWEEPER_FAULT": "test-only: faults to inject at named points (see sweeper/faults.py); never set it",
     "SWEEPER_FAULT_DIR": "test-only: where SWEEPER_FAULT's pauses leave their markers",
