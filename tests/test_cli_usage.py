@@ -101,7 +101,7 @@ def test_help_lists_environment_variables() -> None:
 def test_every_environment_variable_read_is_documented() -> None:
     read = {
         m
-        for p in (REPO / "sweeper").glob("*.py")
+        for p in (REPO / "sweeper").rglob("*.py")
         for m in re.findall(r"\bSWEEPER_[A-Z0-9_]*[A-Z0-9]", p.read_text())
     }
     assert read and read <= set(cli.ENVIRONMENT), read - set(cli.ENVIRONMENT)
