@@ -223,3 +223,9 @@ def config_from_flat(values: dict[str, Any]) -> TrialConfig:
         except ValueError as e:
             raise SweeperError(f"a recorded trial config has {k}={v!r}: {e}") from None
     return build_config(checked)
+
+
+FOLDS_KEEP_ONE = (
+    "checkpoint: both keeps two epochs of one run, and a k-fold trial keeps one epoch per fold (its fold "
+    "models make the ensemble): with folds, use checkpoint: val_acc, val_loss, objective or last"
+)

@@ -34,6 +34,7 @@ from sweeper.checks import (
 from sweeper.config import (
     DEFAULT_MAX_PIXELS,
     DEFAULTS,
+    FOLDS_KEEP_ONE,
     GROUPS,
     PARAM_TYPES,
     AugConfig,
@@ -222,6 +223,8 @@ def parse(raw: Any, path: Path) -> Study:
         raise fail("epochs", f"must be an integer {_ONE_UP}, got {epochs!r}")
     sampler = _named_section(raw.get("sampler", "tpe"), "sampler", SAMPLERS, fail)
     fixed = _parse_fixed(raw.get("fixed", {}) or {}, fail)
+    if fixed.get("checkpoint") == "both" and int(fixed.get("folds", 1)) > 1:
+        raise fail("fixed.checkpoint", FOLDS_KEEP_ONE)
     space = _parse_space(raw.get("space", {}) or {}, fixed, sampler["name"] == "grid", fail)
     max_params = _parse_constraints(raw.get("constraints", {}) or {}, fail)
     if costs:

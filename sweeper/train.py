@@ -20,6 +20,7 @@ from torch import nn
 from sweeper import checkpoints, evaluation, loaders, sensitivity
 from sweeper import data as data_lib
 from sweeper import model as model_lib
+from sweeper.config import FOLDS_KEEP_ONE
 from sweeper.errors import SweeperError
 from sweeper.runs import DivergedError, EarlyStop, Kept, Run
 from sweeper.spec import TrialConfig
@@ -115,6 +116,8 @@ def run_folds(
     The result's metrics are the means over folds and every fold's weights are kept (for an ensemble).
     Fold ``f``'s epoch ``e`` is reported as step ``f * epochs + e``, so a pruner compares like with like.
     """
+    if cfg.checkpoint == "both":  # never silently keep one of the two asked for
+        raise SweeperError(FOLDS_KEEP_ONE)
     pool = data.train if cfg.fold_holdout else data.train + data.val
     holdout = data.val if cfg.fold_holdout else None
     results = [

@@ -301,3 +301,15 @@ def test_parameter_count_needs_no_weights() -> None:
     n = model_lib.count_params_for(cfg(backbone="resnext101_32x8d", pretrained=True), 100)
     assert 86_000_000 < n < 90_000_000  # recipe 000's backbone with a 100-class head, under the 100M rule
     assert model_lib.count_params_for(cfg(), 3) == model_lib.count_params(model_lib.create(cfg(), 3))
+
+
+def test_checkpoint_both_with_folds_is_refused_not_halved(tmp_path: Path) -> None:
+    from sweeper import train
+
+    study = tmp_path / "s.yaml"
+    study.write_text("data: {root: x}\nfixed: {folds: 5, checkpoint: both}\n")
+    with pytest.raises(SweeperError, match="s.yaml: fixed.checkpoint: checkpoint: both keeps two epochs"):
+        spec.load(str(study))
+    cfg = spec.build_config({"folds": 3, "checkpoint": "both", "backbone": "test_resnet"})  # sampled so
+    with pytest.raises(SweeperError, match="with folds, use checkpoint: val_acc"):  # the trial fails on it
+        train.run_folds(cfg, None, None, metric="val_acc", device=torch.device("cpu"), checkpoint=None)
