@@ -119,7 +119,15 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
         "submission/config.yaml",
         "submission/prediction.csv",
     }
-    assert refit_runs[0].data.tags["sweeper.model_uri"].startswith("models:/")  # the weights: an MLflow model
+    model_uri = refit_runs[0].data.tags["sweeper.model_uri"]
+    assert model_uri.startswith("models:/")  # the weights: an MLflow model, loadable from the local store
+    p = cli("predict", model_uri, str(image_folder / "test"), "--out", "from_model.csv")
+    assert p.returncode == 0, p.stderr
+    again = {
+        r["image_name"]: r["pred_label"]
+        for r in csv.DictReader(Path("from_model.csv").read_text().splitlines())
+    }
+    assert again == {row["image_name"]: row["pred_label"] for row in rows}
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(cli, tmp_path: Path, image_folder: Path) -> None:

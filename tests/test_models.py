@@ -34,17 +34,20 @@ def labels_of(csv_path: Path) -> dict[str, str]:
 
 
 def test_refit_soup_and_ensemble_are_mlflow_models_that_predict_as_their_csv(
-    cli, tmp_path: Path, image_folder: Path
+    cli, tmp_path: Path, image_folder: Path, mlflow_url: str
 ) -> None:
+    """Against a tracking *server* (artifacts proxied over HTTP, not a local folder): the path a team
+    uses. The default local store logs and loads the refit's model in the end-to-end test."""
     study = tmp_path / "models.yaml"
     study.write_text(STUDY.format(root=image_folder))
-    assert cli("run-study", str(study), "--trials", "2", *TINY).returncode == 0
-    r = cli("refit-best", str(study), "--out", "refit", "--register", "digits-refit")
+    server = {"MLFLOW_TRACKING_URI": mlflow_url}
+    assert cli("run-study", str(study), "--trials", "2", *TINY, env=server).returncode == 0
+    r = cli("refit-best", str(study), "--out", "refit", "--register", "digits-refit", env=server)
     assert r.returncode == 0, r.stderr
     uri = next(w.rstrip(",;") for w in r.stdout.split() if w.startswith("models:/"))
     test_files = sorted((image_folder / "test").iterdir())
 
-    tracking = f"sqlite:///{Path.cwd()}/mlruns/mlflow.db"
+    tracking = mlflow_url
     mlflow.set_tracking_uri(tracking)
     loaded = mlflow.pyfunc.load_model(uri)
     got = loaded.predict([str(f) for f in test_files])
@@ -57,12 +60,14 @@ def test_refit_soup_and_ensemble_are_mlflow_models_that_predict_as_their_csv(
     assert int(version.version) == 1 and mlflow.search_logged_models([exp], output_format="list")
 
     for how in ("soup", "top"):
-        r = cli("refit-best", str(study), "--out", how, "--combine", how, "--top", "2")
+        r = cli("refit-best", str(study), "--out", how, "--combine", how, "--top", "2", env=server)
         assert r.returncode == 0, r.stderr
-        p = cli("predict", how, str(image_folder / "test"), "--out", f"{how}.csv")
+        p = cli("predict", how, str(image_folder / "test"), "--out", f"{how}.csv", env=server)
         assert p.returncode == 0, p.stderr
         assert labels_of(Path(f"{how}.csv")) == labels_of(Path(how) / "prediction.csv")
-    latest = cli("predict", str(study), str(image_folder / "test"), "--out", "latest.csv")  # the newest: top
+    latest = cli(
+        "predict", str(study), str(image_folder / "test"), "--out", "latest.csv", env=server
+    )  # newest
     assert latest.returncode == 0 and labels_of(Path("latest.csv")) == labels_of(Path("top/prediction.csv"))
 
     truth = Path("truth.csv")
