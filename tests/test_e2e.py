@@ -146,7 +146,8 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(cli, tmp_path: Path, 
 
 
 def test_quickstart_reaches_095_on_the_builtin_digits(cli) -> None:
-    r = cli("run-study", "quickstart", "--trials", "3")
+    # Its first trial alone gets there (about 0.99): each trial is six epochs on the 1,252 digits.
+    r = cli("run-study", "quickstart", "--trials", "1")
     assert r.returncode == 0, r.stderr
     best = optuna.load_study(study_name="quickstart", storage=optuna_url()).best_value
     assert best >= 0.95, r.stdout
