@@ -129,6 +129,9 @@ def mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None) ->
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # MLflow's job runner (huey consumers for its GenAI jobs) starts 5+ extra processes that import
+        # mlflow and poll; sweeper uses no MLflow jobs, and on 2 cores they slow every test near a server.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"

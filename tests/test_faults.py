@@ -305,7 +305,7 @@ def test_an_mlflow_outage_pauses_the_sweep_and_one_beyond_the_patience_stops_it(
         assert code == 0 and "is back" in err and "Traceback" not in err, err
         assert_exact("ml", 1, tracking_uri=url)
 
-    with mlflow_server(backend, artifacts, port):
+        # the same server, for the next sweep's start (one server start fewer than a fresh one)
         s = Sweep([*args, "--trials", "2"], "epoch:pause", SWEEPER_STORE_PATIENCE="3", **quick)
         s.at("epoch")
     s.go("epoch")  # the server stays away beyond the patience

@@ -99,7 +99,7 @@ def test_a_second_sweep_on_the_same_sqlite_files_is_refused(cli, image_folder: P
 
 def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, image_folder: Path) -> None:
     study = write_tiny_study("resume", image_folder, epochs=4)
-    args = ["run-study", study, "--trials", "1", *TINY]
+    args = ["run-study", study, "--trials", "2", *TINY]  # interrupted in trial 0: trial 1 never starts
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweeper", *args],
         stdout=subprocess.PIPE,
@@ -120,23 +120,26 @@ def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, im
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
-    assert "re-run the same command to finish the study" in err
+    assert "re-run the same command to finish the study" in err and "Traceback" not in err
 
-    first, retry = st.get_trials()
+    first, retry = st.get_trials()  # the sweep stopped: no trial after the interrupted one
     assert first.state == TrialState.FAIL and first.user_attrs["not_counted"] == "interrupted"
     assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == first.number
     assert retry.params == first.params
     client = MlflowClient(mlflow_url)
     assert client.get_run(first.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    runs = [r for r in mlflow_runs(mlflow_url, "resume") if r.data.tags.get("sweeper.kind") == "trial"]
+    assert [r.info.status for r in runs] == ["FAILED"]  # the interrupted trial's run, closed; no other
     assert Path("checkpoints/resume/trial-0000.pt").exists()
 
     r = cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     trials = st.get_trials()
-    assert record_lib.counts(trials)["counted"] == 1 and len(trials) == 2
+    assert record_lib.counts(trials)["counted"] == 2 and len(trials) == 3
     resumed = trials[retry.number]
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] >= 1
+    assert trials[2].state == TrialState.COMPLETE and "resumed_from_epoch" not in trials[2].user_attrs
     assert "resumed after epoch" in r.stdout
     assert not list(Path("checkpoints").rglob("*.pt"))  # finished trials leave no checkpoint behind
     runs = [r for r in mlflow_runs(mlflow_url, "resume") if r.data.tags.get("sweeper.kind") == "trial"]
-    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED"]
