@@ -131,8 +131,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
             "best trial (`sweeper show` lists it): choose with --pick, e.g. "
             "--pick 'val_acc>=0.9,min:latency_ms'"
         )
-    own = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]) if not borrowed(t)]
-    own = [t for t in own if primary(t) is not None and feasible(t)]
+    own = own_complete(study)
     if not own:
         raise SweeperError(
             f"study {study.study_name!r} has no complete trial of its own yet; run more trials"

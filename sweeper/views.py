@@ -45,14 +45,11 @@ def study_view(src: record_lib.Recorded, top: int) -> dict[str, Any]:
         best = None
     rec = src.record
     names = [m for m, _ in spec.objectives] if spec.multi else None
-    front = record_lib.pareto_front(st, spec.objectives) if spec.multi else None
     return {
         "study": spec.name,
         "metric": spec.metric,
         "direction": spec.direction,
-        "objectives": [{"metric": m, "direction": d} for m, d in spec.objectives],
-        "pareto_front": None if front is None else [trial_view(t, names) for t in front],
-        "searched": sorted(spec.space),
+        **front_view(st, spec),
         "counts": record_lib.counts(trials),
         "record": None
         if rec is None
@@ -88,6 +85,17 @@ def show_lines(view: dict[str, Any]) -> list[str]:
         cells += [_fmt(t["params"].get(k)).rjust(len(k)) for k in keys]
         lines.append("  ".join(cells))
     return lines
+
+
+def front_view(st: optuna.Study, spec: spec_lib.Study) -> dict[str, Any]:
+    """The study's objectives, its searched keys, and (a trade-off's) Pareto front, trial by trial."""
+    names = [m for m, _ in spec.objectives]
+    front = record_lib.pareto_front(st, spec.objectives) if spec.multi else None
+    return {
+        "objectives": [{"metric": m, "direction": d} for m, d in spec.objectives],
+        "pareto_front": None if front is None else [trial_view(t, names) for t in front],
+        "searched": sorted(spec.space),
+    }
 
 
 def front_lines(view: dict[str, Any]) -> list[str]:

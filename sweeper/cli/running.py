@@ -260,13 +260,7 @@ def _print_best(st: Any, spec: Any) -> None:
 
     metric = spec.metric
     if spec.multi:
-        view = {"pareto_front": [], "objectives": [], "searched": sorted(spec.space)}
-        names = [m for m, _ in spec.objectives]
-        view["objectives"] = [{"metric": m, "direction": d} for m, d in spec.objectives]
-        view["pareto_front"] = [
-            views.trial_view(t, names) for t in record_lib.pareto_front(st, spec.objectives)
-        ]
-        for line in views.front_lines(view):
+        for line in views.front_lines(views.front_view(st, spec)):
             typer.echo(line)
         return
     try:
