@@ -306,12 +306,12 @@ def test_an_mlflow_outage_pauses_the_sweep_and_one_beyond_the_patience_stops_it(
         assert_exact("ml", 1, tracking_uri=url)
 
         # the same server, for the next sweep's start (one server start fewer than a fresh one)
-        s = Sweep([*args, "--trials", "2"], "epoch:pause", SWEEPER_STORE_PATIENCE="3", **quick)
+        s = Sweep([*args, "--trials", "2"], "epoch:pause", SWEEPER_STORE_PATIENCE="1", **quick)
         s.at("epoch")
-    s.go("epoch")  # the server stays away beyond the patience
-    code, err = s.end()
+    s.go("epoch")  # the server stays away beyond the patience (1 s: each call that closes the halted
+    code, err = s.end()  # trial and the study's run waits that long again before it gives up)
     assert code == 2 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith(f"error: MLflow tracking store {url} unreachable for 3s")
+    assert err.strip().splitlines()[-1].startswith(f"error: MLflow tracking store {url} unreachable for 1s")
     assert rec.counts(trials("ml"))["counted"] == 1  # the halted trial does not count
     with mlflow_server(backend, artifacts, port):
         rerun(study, 2, "--tracking-uri", url)
