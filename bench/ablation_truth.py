@@ -4,9 +4,9 @@ The objective has set effects per toggle (on - off), seed noise, and slow starte
 later but end where their effect says), no training (tests/simulated.py). Each repeat runs two ways:
 
 - design: the 16-run resolution IV fractional factorial x 2 paired-seed repeats (32 runs), no pruner,
-  queued in Optuna and analysed by ``sweeper.effects`` (the joint least-squares fit);
+  queued in Optuna and analysed by ``sweeper.results.effects`` (the joint least-squares fit);
 - adaptive: 32 trials of TPE (10 startup trials) + Hyperband (min_resource 2, reduction_factor 3), analysed
-  by today's marginal-means table (``sweeper.ablation``, read at the common epoch).
+  by today's marginal-means table (``sweeper.results.ablation``, read at the common epoch).
 
     python bench/ablation_truth.py              # 50 seeded repeats
 """
@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
-from sweeper import ablation, spec, sweep  # noqa: E402
-from sweeper import space as space_lib  # noqa: E402
+from sweeper.results import ablation
+from sweeper.study import space as space_lib
+from sweeper.study import spec
+from sweeper.sweep import loop as sweep
 from tests.test_effects import RUNS, SE, TOGGLES, TRUTH, fitted  # noqa: E402
 
 

@@ -32,7 +32,9 @@ def main() -> None:
 
     import torch
 
-    from sweeper import data, spec, train
+    from sweeper.data import images as data
+    from sweeper.study import spec
+    from sweeper.train import fit as train
 
     torch.set_num_threads(2)
     ds = data.scan(data.materialize_builtin())

@@ -98,7 +98,9 @@ def main() -> None:
     import torchvision
     from torchvision.transforms import v2 as T
 
-    from sweeper import augment, cache, data, loaders, spec
+    from sweeper.data import augment, cache, loaders
+    from sweeper.data import images as data
+    from sweeper.study import spec
 
     torch.set_num_threads(1)  # the main process only collates; decoding work is in the workers
     workers = loaders.cores() if args.workers is None else args.workers
@@ -196,7 +198,9 @@ def cache_scales(args: argparse.Namespace, scales: list[float]) -> None:
     import timm
     import torch
 
-    from sweeper import augment, cache, data, loaders, spec
+    from sweeper.data import augment, cache, loaders
+    from sweeper.data import images as data
+    from sweeper.study import spec
 
     torch.set_num_threads(1)
     workers = loaders.cores() if args.workers is None else args.workers

@@ -40,7 +40,7 @@ def step_fn(model, optimizer, device):
     import torch
     import torch.nn.functional as F
 
-    from sweeper import loaders
+    from sweeper.data import loaders
 
     def step(x, y) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -123,8 +123,10 @@ def main() -> None:
     import torch
     from data_pipeline import make_jpegs
 
-    from sweeper import augment, cache, data, loaders, spec
-    from sweeper import model as model_lib
+    from sweeper.data import augment, cache, loaders
+    from sweeper.data import images as data
+    from sweeper.study import spec
+    from sweeper.train import model as model_lib
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="sweeper-bench-gpu-") as d:

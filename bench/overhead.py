@@ -44,7 +44,9 @@ space:
 
 def bare(study_file: str, params_file: str) -> None:
     """The bare side: the same data scan and ``run_trial`` calls, no Optuna, no MLflow."""
-    from sweeper import data, spec, train
+    from sweeper.data import images as data
+    from sweeper.study import spec
+    from sweeper.train import fit as train
 
     s = spec.load(study_file)
     ds = data.scan(s.data_root)

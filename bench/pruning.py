@@ -51,7 +51,11 @@ def sweep(seed: int, trials: int, epochs: int, pruner: dict, workdir: Path) -> l
     """Run one sweep; return (epochs trained, value if complete) per trial in trial order."""
     from optuna.trial import TrialState
 
-    from sweeper import data, spec, sweep, tracking, trial
+    from sweeper.data import images as data
+    from sweeper.store import tracking
+    from sweeper.study import spec
+    from sweeper.sweep import loop as sweep
+    from sweeper.sweep import trial
 
     stem = f"{pruner['name']}-{seed}"
     s = spec.parse(study_dict(seed, epochs, pruner), workdir / f"{stem}.yaml")

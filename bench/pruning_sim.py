@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
-from sweeper import spec as spec_lib  # noqa: E402
-from sweeper import sweep  # noqa: E402
-from sweeper.dims import Dim  # noqa: E402
+from sweeper.study import spec as spec_lib
+from sweeper.study.dims import Dim  # noqa: E402
+from sweeper.sweep import loop as sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pruning import compute_to_reach as needed  # noqa: E402  # the same measure as the real-data bench
@@ -71,7 +71,7 @@ def sweep_once(spec: spec_lib.Study, seed: int, trials: int, pruned: bool) -> li
     out: list[tuple[int, float | None]] = []
 
     def objective(trial: optuna.Trial) -> float:
-        from sweeper import space as space_lib
+        from sweeper.study import space as space_lib
 
         c = curve(space_lib.suggest(trial, s.space), s.epochs, rng)
         for e, v in enumerate(c, 1):

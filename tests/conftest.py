@@ -82,7 +82,7 @@ def isolated(
     shared = tmp_path_factory.getbasetemp() / "sweeper-data"  # the digits folder is built once per session
     monkeypatch.setenv("SWEEPER_DATA_DIR", str(shared))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("SWEEPER_STUDIES_DIR", str(REPO / "studies"))
+    monkeypatch.setenv("SWEEPER_STUDIES_DIR", str(REPO / "sweeper" / "studies"))
     for var in ("MLFLOW_TRACKING_URI", "SWEEPER_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     return work

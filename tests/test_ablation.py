@@ -5,7 +5,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from sweeper import ablation
+from sweeper.results import ablation
 
 BOOL = CategoricalDistribution([False, True])
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sweeper import averaging
+from sweeper.train import averaging
 
 
 def net(seed: int) -> nn.Module:

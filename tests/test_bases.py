@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import spec as spec_lib
 from sweeper.errors import SweeperError
+from sweeper.study import spec as spec_lib
 
 ROOT = """
 name: root
@@ -112,9 +112,10 @@ def test_export_best_round_trips_to_the_winning_config(tmp_path: Path, image_fol
     import optuna
     import yaml
 
-    from sweeper import data as data_lib
-    from sweeper import record as record_lib
-    from sweeper import stores, views
+    from sweeper.data import images as data_lib
+    from sweeper.results import views
+    from sweeper.store import record as record_lib
+    from sweeper.store import stores
 
     write(tmp_path, root=ROOT.format(root=image_folder), middle=MIDDLE, leaf=LEAF)
     spec = spec_lib.load(str(tmp_path / "leaf.yaml"))

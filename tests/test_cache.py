@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from sweeper import augment, cache, data
+from sweeper.data import augment, cache
+from sweeper.data import images as data
 from tests.conftest import REPO
 
 
@@ -160,7 +161,7 @@ _BUILD = """
 import logging, os, sys, time
 from pathlib import Path
 from torchvision.transforms import v2 as T
-from sweeper import cache
+from sweeper.data import cache
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 files = [Path(p) for p in Path(sys.argv[1]).read_text().split()]
 while time.time() < float(sys.argv[2]):  # both processes start building at the same moment

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sweeper import checkpoints, workers
-from sweeper import data as data_lib
+from sweeper.data import images as data_lib
+from sweeper.sweep import workers
+from sweeper.train import checkpoints
 from tests.test_workers import tiny_cfg
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeper import space as space_lib
-from sweeper import spec as spec_lib
 from sweeper.errors import SweeperError
+from sweeper.study import space as space_lib
+from sweeper.study import spec as spec_lib
 
 STUDY = """
 name: cond

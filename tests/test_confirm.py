@@ -10,8 +10,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeper import confirm
-from sweeper.design import CONFIRM
+from sweeper.results import confirm
+from sweeper.study.design import CONFIRM
 
 LR = FloatDistribution(1e-4, 1e-1, log=True)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import data as data_lib
-from sweeper import train
+from sweeper.data import images as data_lib
+from sweeper.train import fit as train
 from tests.test_workers import tiny_cfg
 
 pytestmark = pytest.mark.slow  # two real (tiny) trainings
@@ -27,7 +27,7 @@ def test_bf16_autocast_trains_on_the_cpu_as_on_cuda(
     """The CUDA numerics (bf16 autocast in training and evaluation) where there is no GPU."""
     import torch
 
-    from sweeper import loaders
+    from sweeper.data import loaders
 
     ds = data_lib.scan(image_folder)
     plain = train.run_trial(tiny_cfg(epochs=1), ds)

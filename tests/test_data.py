@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import data
+from sweeper.data import images as data
 from sweeper.errors import SweeperError
 from tests.conftest import make_image_folder
 

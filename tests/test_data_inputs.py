@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from sweeper import cache, data
+from sweeper.data import cache
+from sweeper.data import images as data
 from sweeper.errors import SweeperError
 from tests.conftest import make_image_folder
 

@@ -9,9 +9,11 @@ import numpy as np
 import optuna
 import pytest
 
-from sweeper import design, record, spec, sweep
-from sweeper import space as space_lib
 from sweeper.errors import SweeperError
+from sweeper.store import record
+from sweeper.study import design, spec
+from sweeper.study import space as space_lib
+from sweeper.sweep import loop as sweep
 from tests.simulated import Truth
 
 TOGGLES = ["aug.rrc", "aug.hflip", "aug.vflip", "aug.rotation", "aug.translate"]

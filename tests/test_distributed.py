@@ -15,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeper import record as record_lib
-from sweeper import stores
+from sweeper.store import record as record_lib
+from sweeper.store import stores
 from tests.conftest import REPO, TINY
 from tests.servers import create_database
 from tests.test_scaleout import wait_for, write_tiny_study

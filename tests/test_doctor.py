@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeper import record as rec
-from sweeper import stores, tracking
+from sweeper.store import record as rec
+from sweeper.store import stores, tracking
 
 
 @pytest.fixture

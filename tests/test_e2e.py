@@ -11,8 +11,8 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeper import artifacts
-from sweeper import record as record_lib
+from sweeper.store import record as record_lib
+from sweeper.train import artifacts
 
 pytestmark = pytest.mark.slow
 

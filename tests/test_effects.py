@@ -10,8 +10,10 @@ import numpy as np
 import optuna
 import pytest
 
-from sweeper import design, effects, spec, sweep
-from sweeper import space as space_lib
+from sweeper.results import effects
+from sweeper.study import design, spec
+from sweeper.study import space as space_lib
+from sweeper.sweep import loop as sweep
 from tests.simulated import Truth
 
 TOGGLES = [
@@ -140,7 +142,7 @@ def recorded_design_study(work: Path, truth: Truth = TRUTH) -> tuple[spec.Study,
     """A design study in ./sweeper.db with simulated runs and a study record (900 validation images)."""
     import yaml
 
-    from sweeper import record
+    from sweeper.store import record
 
     path = work / "truth.yaml"
     path.write_text(yaml.safe_dump(study_doc(0)))
@@ -162,7 +164,7 @@ def _simulated(s: spec.Study, truth: Truth) -> Any:
 
 
 def test_show_ablation_and_the_report_fit_a_design_study(isolated: Path, cli: Any) -> None:
-    from sweeper import report
+    from sweeper.results import report
 
     s, st = recorded_design_study(isolated)
     res = cli("show", "truth.yaml", "--ablation")

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from sweeper import stores, tracking
 from sweeper.errors import SweeperError
+from sweeper.store import stores, tracking
 
 
 @pytest.mark.parametrize(

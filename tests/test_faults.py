@@ -3,7 +3,7 @@
 Every test drives the real CLI on real stores. A fault point pauses the process (``sweeper/faults.py``:
 ``SWEEPER_FAULT=point:pause`` writes a marker file and waits), the test sends its signal or stops its
 server while the process stands still there, and nothing depends on timing. After the re-run, the study
-must hold exactly N counted trials and :func:`sweeper.doctor.examine` must find nothing: no trial or run
+must hold exactly N counted trials and :func:`sweeper.sweep.doctor.examine` must find nothing: no trial or run
 RUNNING, one run per trial with matching states, no params counted twice, no stale checkpoint, no
 temporary file, no staging folder.
 """
@@ -24,8 +24,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeper import doctor, stores, sweep, tracking
-from sweeper import record as rec
+from sweeper.store import record as rec
+from sweeper.store import stores, tracking
+from sweeper.sweep import doctor
+from sweeper.sweep import loop as sweep
 from tests.conftest import REPO, TINY, interruptible
 from tests.test_scaleout import wait_for, write_tiny_study
 
@@ -350,7 +352,7 @@ def test_a_third_interruption_says_its_params_were_not_requeued(
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    from sweeper import trial as trial_lib
+    from sweeper.sweep import trial as trial_lib
     from tests.test_sweep import tiny_study
 
     monkeypatch.setenv("SWEEPER_CHECKPOINTS", str(tmp_path / "ckpt"))

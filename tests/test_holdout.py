@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import data, record, spec
+from sweeper.data import images as data
 from sweeper.errors import SweeperError
+from sweeper.store import record
+from sweeper.study import spec
 from tests.conftest import make_image_folder
 
 

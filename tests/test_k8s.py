@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sweeper import k8s
 from sweeper.errors import SweeperError
+from sweeper.launch import k8s
 from tests.conftest import REPO
 
 kv = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[dev]' installs kubernetes-validate")

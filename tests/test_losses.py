@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sweeper import losses
+from sweeper.train import losses
 
 
 def test_soft_cross_entropy_equals_cross_entropy_on_one_hot_targets() -> None:

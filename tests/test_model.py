@@ -6,9 +6,9 @@ import pytest
 import timm
 import torch
 
-from sweeper import model as model_lib
 from sweeper.errors import SweeperError
-from sweeper.spec import build_config
+from sweeper.study.config import build_config
+from sweeper.train import model as model_lib
 
 
 def cfg(**kw):

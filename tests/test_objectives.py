@@ -12,10 +12,12 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeper import costs, objectives, retention
-from sweeper import spec as spec_lib
-from sweeper.config import build_config
 from sweeper.errors import SweeperError
+from sweeper.study import objectives
+from sweeper.study import spec as spec_lib
+from sweeper.study.config import build_config
+from sweeper.sweep import retention
+from sweeper.train import costs
 from tests.conftest import write_study
 
 BASE = "data: {root: builtin:digits}\nfixed: {backbone: test_resnet}\n"
@@ -226,7 +228,7 @@ def test_a_two_cost_study_has_a_front_and_refit_picks_by_the_rule(
 
 
 def test_a_warm_start_carries_every_objective_and_refuses_other_directions(tmp_path: Path) -> None:
-    from sweeper import starts
+    from sweeper.study import starts
 
     space = parse(
         tmp_path, "objective: {metric: val_acc}\nspace: {lr_head: {float: [1.0e-4, 1.0e-1]}}\n"
@@ -248,7 +250,8 @@ def test_a_warm_start_carries_every_objective_and_refuses_other_directions(tmp_p
 
 
 def test_a_stored_study_with_other_objectives_is_refused(tmp_path: Path) -> None:
-    from sweeper import confirm, sweep
+    from sweeper.results import confirm
+    from sweeper.sweep import loop as sweep
 
     url = f"sqlite:///{tmp_path / 'o.db'}"
     trade = parse(tmp_path, "objectives: [{metric: val_acc}, {metric: gmacs}]\n")
@@ -263,10 +266,10 @@ def test_a_stored_study_with_other_objectives_is_refused(tmp_path: Path) -> None
 def test_a_missing_cost_fails_the_trial_instead_of_a_made_up_value(
     tmp_path: Path, image_folder: Path
 ) -> None:
-    from sweeper import data as data_lib
-    from sweeper import trial as trial_lib
-    from sweeper import workers
-    from sweeper.progress import Progress
+    from sweeper.data import images as data_lib
+    from sweeper.sweep import trial as trial_lib
+    from sweeper.sweep import workers
+    from sweeper.sweep.progress import Progress
 
     text = (
         f"data: {{root: {image_folder}}}\nepochs: 1\n"

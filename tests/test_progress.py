@@ -5,7 +5,7 @@ import io
 import pytest
 from rich.console import Console
 
-from sweeper import progress
+from sweeper.sweep import progress
 
 
 def test_clock() -> None:

@@ -11,9 +11,12 @@ import pytest
 import torch
 from torchvision.transforms import v2 as T
 
-from sweeper import augment, losses, runs, schedules, spec, train
-from sweeper import model as model_lib
+from sweeper.data import augment
 from sweeper.errors import SweeperError
+from sweeper.study import spec
+from sweeper.train import fit as train
+from sweeper.train import losses, runs, schedules
+from sweeper.train import model as model_lib
 
 DCFG = {
     "input_size": (3, 16, 16),

@@ -12,9 +12,11 @@ import pytest
 import torch
 from torchvision.transforms import v2 as T
 
-from sweeper import augment, evaluation, schedules, spec
-from sweeper import model as model_lib
+from sweeper.data import augment
 from sweeper.errors import SweeperError
+from sweeper.study import spec
+from sweeper.train import evaluation, schedules
+from sweeper.train import model as model_lib
 
 DCFG = {
     "input_size": (3, 16, 16),
@@ -304,7 +306,7 @@ def test_parameter_count_needs_no_weights() -> None:
 
 
 def test_checkpoint_both_with_folds_is_refused_not_halved(tmp_path: Path) -> None:
-    from sweeper import train
+    from sweeper.train import fit as train
 
     study = tmp_path / "s.yaml"
     study.write_text("data: {root: x}\nfixed: {folds: 5, checkpoint: both}\n")

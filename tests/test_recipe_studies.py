@@ -15,10 +15,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from sweeper import artifacts, averaging, cli, evaluation, spec
+from sweeper import cli
+from sweeper.study import spec
+from sweeper.train import artifacts, averaging, evaluation
 from tests.conftest import REPO
 
-STUDIES = sorted(p.stem for p in (REPO / "studies").glob("*.yaml") if not p.name.startswith("_"))  # _*: bases
+STUDIES = sorted(
+    p.stem for p in (REPO / "sweeper" / "studies").glob("*.yaml") if not p.name.startswith("_")
+)  # _*: bases
 SMALL = [
     "--set",
     "backbone=test_resnet",
@@ -54,7 +58,7 @@ def test_the_recipe_studies_ship() -> None:
 def test_every_shipped_study_passes_check_and_says_what_it_is_for(name: str) -> None:
     out = sweeper("check", name)
     assert f"study {name}" in out and "is valid" in out
-    text = (REPO / "studies" / f"{name}.yaml").read_text()
+    text = (REPO / "sweeper" / "studies" / f"{name}.yaml").read_text()
     assert text.startswith("#") and any(w in text.split("\nname:")[0] for w in ("Reproduces", "Question"))
 
 
@@ -67,7 +71,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import os
 
-    from sweeper import data as data_lib
+    from sweeper.data import images as data_lib
 
     os.environ.setdefault("SWEEPER_DATA_DIR", str(tmp_path_factory.getbasetemp() / "sweeper-data"))
     full = data_lib.materialize_builtin()

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sweeper import data as data_lib
-from sweeper import spec, train
+from sweeper.data import images as data_lib
+from sweeper.study import spec
+from sweeper.train import fit as train
 
 
 def cfg(**kw) -> spec.TrialConfig:
@@ -87,7 +88,7 @@ def test_kfold_trial_reports_every_fold_and_returns_the_mean(data) -> None:
 
 @pytest.mark.slow
 def test_merged_replicas_train_apart_and_end_each_epoch_averaged(data, monkeypatch) -> None:
-    from sweeper import averaging
+    from sweeper.train import averaging
 
     seen = []
     real = averaging.merge
@@ -115,7 +116,7 @@ def test_ema_weights_are_what_the_trial_keeps(data) -> None:
     w = "layer4.0.conv1.weight"
     assert not torch.equal(plain.state_dict[w], ema.state_dict[w])  # same run, averaged weights kept
     torch.manual_seed(0)
-    from sweeper import model as model_lib
+    from sweeper.train import model as model_lib
 
     init = model_lib.create(cfg(), 3).state_dict()[w]
     # the EMA lies between the initial and the final raw weights, closer to the final ones
@@ -135,7 +136,7 @@ def test_supcon_and_a_feature_head_train_together(data) -> None:
 
 @pytest.mark.slow
 def test_checkpoint_both_keeps_the_best_loss_and_the_best_acc_epoch(data, tmp_path: Path) -> None:
-    from sweeper import artifacts
+    from sweeper.train import artifacts
 
     r = train.fit(cfg(epochs=3, checkpoint="both"), data.train, data.val, data.classes)
     h = r.history
@@ -149,7 +150,7 @@ def test_checkpoint_both_keeps_the_best_loss_and_the_best_acc_epoch(data, tmp_pa
 
 @pytest.mark.slow
 def test_fold_holdout_never_trains_on_val_and_scores_every_fold_and_the_ensemble(data, monkeypatch) -> None:
-    from sweeper import loaders
+    from sweeper.data import loaders
 
     trained_on: list[str] = []
     real = loaders.Pipelines.train
@@ -188,7 +189,7 @@ class _Killed(Exception):
     ],
 )
 def test_a_killed_trial_resumes_where_it_stopped(data, tmp_path: Path, extra, kill_at, expected) -> None:
-    from sweeper import checkpoints
+    from sweeper.train import checkpoints
 
     c, ckpt = cfg(epochs=3, **extra), tmp_path / "trial.ckpt"
 

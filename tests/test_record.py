@@ -9,11 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeper import data as data_lib
-from sweeper import record as record_lib
-from sweeper import spec as spec_lib
-from sweeper import stores
+from sweeper.data import images as data_lib
 from sweeper.errors import SweeperError
+from sweeper.store import record as record_lib
+from sweeper.store import stores
+from sweeper.study import spec as spec_lib
 
 STUDY = """
 name: rec

@@ -9,9 +9,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from sweeper import data as data_lib
-from sweeper import record as record_lib
-from sweeper import train
+from sweeper.data import images as data_lib
+from sweeper.store import record as record_lib
+from sweeper.train import fit as train
 from tests.conftest import make_image_folder
 from tests.test_workers import tiny_cfg
 
@@ -99,9 +99,9 @@ def test_a_refit_stopped_mid_schedule_follows_the_trials_learning_rates(image_fo
 
 
 def test_an_ensemble_over_the_parameter_budget_is_refused_unless_allowed(tmp_path: Path) -> None:
-    from sweeper import refit
-    from sweeper import spec as spec_lib
     from sweeper.errors import SweeperError
+    from sweeper.study import spec as spec_lib
+    from sweeper.submit import refit
 
     study = tmp_path / "b.yaml"
     study.write_text("name: b\ndata: {root: builtin:digits}\nconstraints: {max_params: 500000}\n")

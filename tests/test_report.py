@@ -28,9 +28,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeper import ablation, report
-from sweeper import spec as spec_lib
 from sweeper.errors import SweeperError
+from sweeper.results import ablation, report
+from sweeper.study import spec as spec_lib
 from tests.chromium import Chromium, chromium_path
 from tests.conftest import REPO, TINY, make_image_folder
 
@@ -363,8 +363,8 @@ def test_show_ablation_prints_the_table(built: Built) -> None:
 
 
 def test_show_ablation_without_boolean_dimensions_is_a_one_line_error(tmp_path: Path) -> None:
-    from sweeper import spec as spec_lib
     from sweeper.cli import reading
+    from sweeper.study import spec as spec_lib
 
     plain = tmp_path / "no-bools.yaml"
     plain.write_text(STUDY.replace("  aug.hflip: {bool: true}\n  aug.erasing: {bool: true}\n", ""))

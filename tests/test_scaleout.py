@@ -16,8 +16,8 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeper import record as record_lib
-from sweeper import stores as stores_lib
+from sweeper.store import record as record_lib
+from sweeper.store import stores as stores_lib
 from tests.conftest import REPO, TINY, interruptible
 
 pytestmark = pytest.mark.slow

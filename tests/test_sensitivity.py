@@ -6,9 +6,12 @@ from pathlib import Path
 
 import torch
 
-from sweeper import data as data_lib
-from sweeper import loaders, sensitivity, spec, train
-from sweeper import model as model_lib
+from sweeper.data import images as data_lib
+from sweeper.data import loaders
+from sweeper.study import spec
+from sweeper.train import fit as train
+from sweeper.train import model as model_lib
+from sweeper.train import sensitivity
 
 
 def cfg(**kw) -> spec.TrialConfig:
@@ -107,7 +110,7 @@ def _seeded(c: spec.TrialConfig, state: dict[str, torch.Tensor]) -> torch.nn.Mod
 
 
 def _probe(data: data_lib.ImageFolderData, c: spec.TrialConfig):
-    from sweeper import augment
+    from sweeper.data import augment
 
     model = model_lib.create(c, 3)
     dcfg = model_lib.data_config(model, c.img_size)

@@ -16,10 +16,10 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeper import reach, stores
-from sweeper import record as record_lib
-from sweeper import slurm as slurm_lib
 from sweeper.errors import SweeperError
+from sweeper.launch import slurm as slurm_lib
+from sweeper.store import reach, stores
+from sweeper.store import record as record_lib
 from tests.conftest import REPO, TINY
 from tests.servers import create_database, free_port
 from tests.slurm_cluster import Cluster, slurm_cluster

@@ -3,8 +3,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweeper import space
-from sweeper.spec import Dim
+from sweeper.study import space
+from sweeper.study.dims import Dim
 
 SPACE = {
     "lr_head": Dim("float", low=1e-4, high=1e-2, log=True),

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import spec
 from sweeper.errors import SweeperError
+from sweeper.study import spec
 
 BASE = """
 name: s

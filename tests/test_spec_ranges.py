@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import spec
 from sweeper.errors import SweeperError
+from sweeper.study import spec
 
 
 def study(fixed: str = "{}", space: str = "{}", top: str = "") -> str:

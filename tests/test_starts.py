@@ -9,11 +9,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeper import record as record_lib
-from sweeper import space as space_lib
-from sweeper import spec as spec_lib
-from sweeper import starts, stores, sweep
 from sweeper.errors import SweeperError
+from sweeper.store import record as record_lib
+from sweeper.store import stores
+from sweeper.study import space as space_lib
+from sweeper.study import spec as spec_lib
+from sweeper.study import starts
+from sweeper.sweep import loop as sweep
 
 STUDY = """
 name: {name}

@@ -13,12 +13,13 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
-from sweeper import data as data_lib
-from sweeper import record as record_lib
-from sweeper import spec as spec_lib
-from sweeper import stores, sweep, tracking
-from sweeper import trial as trial_lib
+from sweeper.data import images as data_lib
 from sweeper.errors import SweeperError
+from sweeper.store import record as record_lib
+from sweeper.store import stores, tracking
+from sweeper.study import spec as spec_lib
+from sweeper.sweep import loop as sweep
+from sweeper.sweep import trial as trial_lib
 from tests.conftest import TINY
 
 FAULT_MODELS = Path(__file__).parent / "fault_models"
@@ -240,7 +241,7 @@ def test_a_broken_configuration_stops_the_sweep_after_three_identical_failures(
 
 
 def test_a_resumed_study_does_not_repeat_its_params(tmp_path) -> None:
-    from sweeper import spec as spec_lib
+    from sweeper.study import spec as spec_lib
 
     p = tmp_path / "s.yaml"
     p.write_text(

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import data, evaluation, runs, train
-from sweeper.spec import build_config
+from sweeper.data import images as data
+from sweeper.study.config import build_config
+from sweeper.train import evaluation, runs
+from sweeper.train import fit as train
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import augment, data, loaders, spec, train
+from sweeper.data import augment, loaders
+from sweeper.data import images as data
+from sweeper.study import spec
+from sweeper.train import fit as train
 from tests.conftest import REPO
 
 CPU = torch.device("cpu")

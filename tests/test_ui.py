@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import ui
 from sweeper.errors import SweeperError
+from sweeper.launch import ui
 
 
 def test_server_command_keeps_new_artifacts_beside_a_local_store(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import data as data_lib
-from sweeper import stores, workers
+from sweeper.data import images as data_lib
 from sweeper.errors import SweeperError
-from sweeper.spec import build_config
+from sweeper.store import stores
+from sweeper.study.config import build_config
+from sweeper.sweep import workers
 
 
 def tiny_cfg(**overrides: object):

@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 import typer
 import yaml
 
-from sweeper import spec as spec_lib
 from sweeper.errors import SweeperError
+from sweeper.study import spec as spec_lib
 
 ENVIRONMENT = {  # every variable sweeper reads; the top-level --help and the README list them
     "SWEEPER_STORAGE": "Optuna storage URL, as --storage (default sqlite:///sweeper.db)",
@@ -177,8 +177,8 @@ def preflight(spec: spec_lib.Study, num_classes: int) -> list[str]:
     """Fail before any trial on what every trial would fail on: unknown models, missing pretrained weights
     (for every backbone the study can sample, all listed in one line), a budget no backbone meets.
     Returns the notes worth printing (backbones over the budget)."""
-    from sweeper import model as model_lib
-    from sweeper import weights
+    from sweeper.train import model as model_lib
+    from sweeper.train import weights
 
     found = weights.preflight(spec, num_classes)
     if found.problems:
@@ -203,24 +203,6 @@ def _print_json(doc: Any) -> None:
     typer.echo(json.dumps(spec_lib.plain(doc), indent=2, default=str))
 
 
-def _usage_errors() -> tuple[type[Exception], ...]:
-    """The exception classes of Click's usage errors, whichever Click raises them.
-
-    Typer >= 0.2x bundles its own copy of Click (``typer._click``), whose ``ClickException`` derives from
-    the public ``typer.TyperException``, not from the ``click`` package's; older Typer raises ``click``'s.
-    """
-    classes: list[type[Exception]] = []
-    if isinstance(getattr(typer, "TyperException", None), type):
-        classes.append(typer.TyperException)
-    try:
-        import click
-
-        classes.append(click.ClickException)
-    except ImportError:  # pragma: no cover - Typer without the click package
-        pass
-    return tuple(classes)
-
-
 def main() -> None:
     """Console entry point: one-line errors for user mistakes, a traceback only for bugs."""
     try:
@@ -237,7 +219,7 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except _usage_errors() as e:  # usage: ..., Try 'sweeper CMD --help' for help., Error: ...
+    except typer.TyperException as e:  # usage errors of Typer's bundled Click: usage, hint, Error: ...
         show = getattr(e, "show", None)
         if callable(show):
             show()

@@ -57,8 +57,8 @@ def slurm(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write (and with --submit, sbatch) a Slurm job array: one run-study worker per GPU, one study."""
-    from sweeper import reach
-    from sweeper import slurm as slurm_lib
+    from sweeper.launch import slurm as slurm_lib
+    from sweeper.store import reach
 
     if submit and dry_run:
         raise SweeperError("--submit and --dry-run contradict each other: choose one")
@@ -128,7 +128,7 @@ def k8s(
     set_: SetOpt = None,
 ) -> None:
     """Render Kubernetes manifests: PostgreSQL, MLflow and an Indexed Job of GPU workers for one study."""
-    from sweeper import k8s as k8s_lib
+    from sweeper.launch import k8s as k8s_lib
 
     spec = load_spec(study, None, set_, epochs)
     passed = [*(["--epochs", str(epochs)] if epochs else []), *[a for s in set_ or [] for a in ("--set", s)]]

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from sweeper import spec as spec_lib
 from sweeper.cli.app import (
     JsonOpt,
     PickOpt,
@@ -21,6 +20,7 @@ from sweeper.cli.app import (
     load_spec,
 )
 from sweeper.errors import SweeperError
+from sweeper.study import spec as spec_lib
 
 
 @app.command("studies")
@@ -28,7 +28,8 @@ def studies(storage: StorageOpt = None, json_: JsonOpt = False) -> None:
     """List the study files and the stored studies: trials (complete/pruned/failed) and best value."""
     import optuna
 
-    from sweeper import stores, views
+    from sweeper.results import views
+    from sweeper.store import stores
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = views.studies_view(stores.storage(storage))
@@ -61,8 +62,8 @@ def show(
     json_: JsonOpt = False,
 ) -> None:
     """Show what a study ran with, its best trial and the top trials (or, with --ablation, the ablation)."""
-    from sweeper import record as record_lib
-    from sweeper import views
+    from sweeper.results import views
+    from sweeper.store import record as record_lib
 
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
@@ -87,12 +88,12 @@ def _ablation(
     spec: spec_lib.Study, st: Any, n_val: int | None = None, interactions: bool = False
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The ablation of a study's on/off dimensions: its rows, and the lines ``show`` prints. A design study
-    fits every toggle jointly (:mod:`sweeper.effects`); others compare marginal means."""
+    fits every toggle jointly (:mod:`sweeper.results.effects`); others compare marginal means."""
     import dataclasses
 
-    from sweeper import ablation as ablation_lib
-    from sweeper import effects
-    from sweeper import report as report_lib
+    from sweeper.results import ablation as ablation_lib
+    from sweeper.results import effects
+    from sweeper.results import report as report_lib
 
     if spec.design is not None:
         trials = st.get_trials(deepcopy=False)
@@ -121,9 +122,9 @@ def report(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write one self-contained HTML report of a study (plots, ablation, trials) and log it to MLflow."""
-    from sweeper import record as record_lib
-    from sweeper import report as report_lib
-    from sweeper import stores, tracking
+    from sweeper.results import report as report_lib
+    from sweeper.store import record as record_lib
+    from sweeper.store import stores, tracking
 
     src = record_lib.open_recorded(study, storage)
     spec, st = src.spec, src.study
@@ -154,8 +155,8 @@ def ui(
     ] = False,
 ) -> None:
     """Start the MLflow UI on the study's tracking store and print the study's experiment URL."""
-    from sweeper import tracking
-    from sweeper import ui as ui_lib
+    from sweeper.launch import ui as ui_lib
+    from sweeper.store import tracking
 
     spec = spec_lib.load(study)
     code = ui_lib.serve(tracking.resolve_uri(tracking_uri), spec.name, port, typer.echo, open_)
@@ -165,13 +166,14 @@ def ui(
 @app.command("check")
 def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Validate a study file (merged over its bases) and print it with its search space; nothing runs."""
-    from sweeper import model as model_lib
-    from sweeper import space as space_lib
-    from sweeper import sweep, weights
+    from sweeper.study import space as space_lib
+    from sweeper.sweep import loop
+    from sweeper.train import model as model_lib
+    from sweeper.train import weights
 
     spec = load_spec(study, sets=set_)
-    sweep.build_sampler(spec)
-    sweep.build_pruner(spec)
+    loop.build_sampler(spec)
+    loop.build_pruner(spec)
     for cfg in weights.candidates(spec):
         model_lib.check_backbone(cfg.backbone)
     found = weights.preflight(spec, num_classes=2)  # a head's size hardly moves a budget; data not read
@@ -200,7 +202,7 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     typer.echo(f"  objective{'s' if spec.multi else ''}: {goal}{front}; {spec.epochs} epochs per trial")
     typer.echo(f"  sampler: {spec.sampler}; pruner: {spec.pruner}")
     if spec.design is not None:
-        from sweeper import design as design_lib
+        from sweeper.study import design as design_lib
 
         for line in design_lib.describe(spec.design, spec.space):
             typer.echo(f"  {line}")
@@ -232,7 +234,7 @@ def doctor(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Check a study's invariants in Optuna and MLflow; exit 1 while problems remain."""
-    from sweeper import doctor as doctor_lib
+    from sweeper.sweep import doctor as doctor_lib
 
     try:
         name = spec_lib.load(study).name
@@ -258,8 +260,9 @@ def export_best(
     when `sweeper confirm` ran, else the best trial."""
     import yaml
 
-    from sweeper import record as record_lib
-    from sweeper import refit, views
+    from sweeper.results import views
+    from sweeper.store import record as record_lib
+    from sweeper.submit import refit
 
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
@@ -278,7 +281,7 @@ def fetch_weights(study: StudyArg, set_: SetOpt = None) -> None:
 
     Run it where there is internet, then copy the cache (or share it) to an offline cluster.
     """
-    from sweeper import weights
+    from sweeper.train import weights
 
     spec = load_spec(study, sets=set_)
     fetched, failed = 0, []

@@ -73,12 +73,13 @@ def run_study(
     ] = None,
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
-    from sweeper import data as data_lib
-    from sweeper import progress as progress_lib
-    from sweeper import record as record_lib
-    from sweeper import retention, stores, sweep, tracking
-    from sweeper import trial as trial_lib
-    from sweeper import workers as workers_lib
+    from sweeper.data import images as data_lib
+    from sweeper.store import record as record_lib
+    from sweeper.store import stores, tracking
+    from sweeper.sweep import loop, retention
+    from sweeper.sweep import progress as progress_lib
+    from sweeper.sweep import trial as trial_lib
+    from sweeper.sweep import workers as workers_lib
 
     spec = load_spec(study, data, set_, epochs)
     if name is not None:
@@ -132,7 +133,7 @@ def run_study(
     prepare = _warm_start(warm_start, spec, storage) if warm_start else None
     st = _sweep(
         progress,
-        lambda: sweep.run(spec, trials, objectives, storage, timeout, 0, on_trial_end, tracker, rec, prepare),
+        lambda: loop.run(spec, trials, objectives, storage, timeout, 0, on_trial_end, tracker, rec, prepare),
     )
     c = record_lib.counts(st.get_trials(deepcopy=False))
     typer.echo(
@@ -162,8 +163,8 @@ def _print_model(uri: str, register: str | None) -> None:
 
 def _warm_start(other_name: str, spec: Any, storage: str | None) -> Any:
     """The study-opening step that borrows another study's trials (checked now, added once opened)."""
-    from sweeper import record as record_lib
-    from sweeper import starts
+    from sweeper.store import record as record_lib
+    from sweeper.study import starts
 
     other = record_lib.open_recorded(other_name, storage)
     if other.spec.name == spec.name:
@@ -209,7 +210,7 @@ def _check_writable(storage: str | None, tracking_uri: str | None) -> None:
     import os
     import tempfile
 
-    from sweeper import stores, tracking
+    from sweeper.store import stores, tracking
 
     places = [Path(os.environ.get("SWEEPER_CHECKPOINTS") or "checkpoints")]
     for url in (stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)):
@@ -235,7 +236,7 @@ def _skipped(ds: Any) -> str:
 
 def _existing(name: str, storage: str | None) -> Any:
     """The stored study of this name, or None when there is none yet."""
-    from sweeper import stores
+    from sweeper.store import stores
 
     try:
         return stores.load_existing(name, storage)
@@ -247,7 +248,7 @@ def _existing(name: str, storage: str | None) -> Any:
 
 def _best_value(st: Any) -> float | None:
     """The best value of the metric (a multi-objective study's first objective) among own trials."""
-    from sweeper import record as record_lib
+    from sweeper.store import record as record_lib
 
     values = [record_lib.primary(t) or 0.0 for t in record_lib.own_complete(st)]
     pick = max if st.directions[0].name == "MAXIMIZE" else min
@@ -255,8 +256,8 @@ def _best_value(st: Any) -> float | None:
 
 
 def _print_best(st: Any, spec: Any) -> None:
-    from sweeper import record as record_lib
-    from sweeper import views
+    from sweeper.results import views
+    from sweeper.store import record as record_lib
 
     metric = spec.metric
     if spec.multi:
@@ -307,9 +308,10 @@ def refit_best(
     pick: PickOpt = None,
 ) -> None:
     """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
-    from sweeper import data as data_lib
-    from sweeper import record as record_lib
-    from sweeper import refit, tracking
+    from sweeper.data import images as data_lib
+    from sweeper.store import record as record_lib
+    from sweeper.store import tracking
+    from sweeper.submit import refit
 
     if set_ and combine != "refit":
         raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
@@ -359,13 +361,14 @@ def confirm(
     gpus: GpusOpt = None,
 ) -> None:
     """Re-run the top K configurations with S paired seeds and rank them by a lower confidence bound."""
-    from sweeper import confirm as confirm_lib
-    from sweeper import data as data_lib
-    from sweeper import progress as progress_lib
-    from sweeper import record as record_lib
-    from sweeper import sweep, tracking
-    from sweeper import trial as trial_lib
-    from sweeper import workers as workers_lib
+    from sweeper.data import images as data_lib
+    from sweeper.results import confirm as confirm_lib
+    from sweeper.store import record as record_lib
+    from sweeper.store import tracking
+    from sweeper.sweep import loop
+    from sweeper.sweep import progress as progress_lib
+    from sweeper.sweep import trial as trial_lib
+    from sweeper.sweep import workers as workers_lib
 
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
@@ -385,7 +388,7 @@ def confirm(
         trial_lib.make_objective(spec, ds, tracker, progress, gpu=g, slot=i, threads=threads)
         for i, g in enumerate(slots)
     ]
-    st = _sweep(progress, lambda: sweep.run(spec, total, objectives, storage, None, 0, None, tracker, None))
+    st = _sweep(progress, lambda: loop.run(spec, total, objectives, storage, None, 0, None, tracker, None))
     n_val = None if src.record is None else src.record.data.get("images", {}).get("val")
     for line in confirm_lib.format_ranking(
         confirm_lib.ranking(st, spec.direction, n_val), spec.metric, spec.direction

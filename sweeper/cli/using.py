@@ -32,7 +32,7 @@ def predict(
     import csv
     import time
 
-    from sweeper import predictor
+    from sweeper.submit import predictor
 
     files = predictor.image_files(images)
     net, source = predictor.open_model(model, tracking_uri)
@@ -62,7 +62,7 @@ def score(
     per_class: Annotated[bool, typer.Option("--per-class", help="Also print each class's accuracy.")] = False,
 ) -> None:
     """Accuracy of a prediction.csv against a labels file (a local hold-out as a leaderboard)."""
-    from sweeper import scoring
+    from sweeper.submit import scoring
 
     s = scoring.score(predictions, labels)
     typer.echo(f"accuracy {s.accuracy:.4f} ({round(s.accuracy * s.n)}/{s.n} images)")

@@ -1,0 +1,269 @@
+"""Decode once per sweep: a dataset's images, decoded and pre-resized, in one memory-mapped file.
+
+A sweep trains hundreds of times on the same files; decoding every JPEG in every epoch of every trial
+is the first waste. The first trial that needs a dataset at a given size decodes every file once,
+shrinks it (:class:`ShrinkShortSide`, aspect kept, never enlarged) and appends the uint8 pixels
+(height x width x 3, as decoders lay them out) to ``pixels.u8`` under the data dir. Every later
+trial, and every DataLoader worker, maps that file read-only; the page cache shares it across processes.
+
+What the shrink does to augmentation: the cached short side is at least ``cache_scale`` x the input
+size (and at least the eval resize), so a RandomResizedCrop covering ``1 / cache_scale**2`` of the
+image or more (a quarter at the default 2) is cut from as many pixels as a full decode would give it;
+smaller crops are upsampled a little more than from the original. Images smaller than that are cached
+as decoded. Eval tensors are identical to decoding the file when the cached short side is the eval
+resize (``cache_scale`` <= crop_pct x eval/train size), else the eval resize starts from the cached copy.
+
+The cache is keyed by every file's path, size, mtime and inode, the resize and the library
+versions; a changed file makes a new key (the old cache is deleted). Builds take a file lock, so a
+second worker waits and then maps the first one's cache, and write to a temporary folder renamed
+into place, so no reader ever sees half a cache. A dataset over the disk budget
+(``$SWEEPER_CACHE_GB``, default half the free space) is decoded per epoch instead, with a message.
+
+The build is also the check that every image decodes: a truncated or corrupt file stops it with a
+one-line error naming the file, before the trial trains. Without a cache (over the budget, or turned
+off) the files are fully decoded once instead (:func:`sweeper.data.images.check_decodes`), for the same reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sweeper.data.images import check_decodes, data_dir, load_image
+from sweeper.errors import SweeperError
+
+log = logging.getLogger("sweeper")
+VERSION = 4  # bump when the file layout or the decoded pixels change (4: shrink-only short side)
+_over_budget: set[str] = set()  # keys already found too big in this process: say so once
+
+
+def resize_key(resize: Any) -> str:
+    """What about a torchvision ``Resize`` changes the cached pixels."""
+    size = resize.size if isinstance(resize.size, int) else list(resize.size)
+    interpolation = str(getattr(resize.interpolation, "value", resize.interpolation))
+    shrink = ["shrink"] if getattr(resize, "shrink_only", False) else []
+    return json.dumps([size, interpolation, resize.antialias, resize.max_size, *shrink])
+
+
+class ShrinkShortSide:
+    """Resize an image so its short side is ``size``, aspect kept; an image already that small is kept."""
+
+    antialias, max_size, shrink_only = True, None, True
+
+    def __init__(self, size: int, interpolation: Any) -> None:
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        if min(img.shape[-2:]) <= self.size:
+            return img
+        return F.resize(img, self.size, interpolation=self.interpolation, antialias=True)
+
+    def __repr__(self) -> str:
+        return f"ShrinkShortSide({self.size})"
+
+
+def cached_short_side(eval_resize: int, input_size: int, cache_scale: float) -> int:
+    """The short side a trial's cache keeps: the eval resize, or ``cache_scale`` x the input if larger."""
+    return max(eval_resize, math.ceil(cache_scale * input_size))
+
+
+def fingerprint(files: Sequence[Path], resize: Any) -> str:
+    """A key that changes when any file (path, size, mtime, inode), the resize or the decoders change."""
+    import PIL
+    import torchvision
+
+    versions = f"tv {torchvision.__version__}|PIL {PIL.__version__}"
+    h = hashlib.sha256(f"v{VERSION}|{resize_key(resize)}|{versions}".encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def estimate_bytes(files: Sequence[Path], resize: Any) -> int:
+    """Bytes the cache will take, from the image headers (no decoding)."""
+    total = 0
+    for f in files:
+        with Image.open(f) as im:
+            w, h = im.size
+        if isinstance(resize.size, int) or len(resize.size) == 1:
+            short = resize.size if isinstance(resize.size, int) else resize.size[0]
+            if getattr(resize, "shrink_only", False):
+                short = min(short, w, h)
+            total += 3 * short * int(short * max(w, h) / min(w, h))
+        else:
+            total += 3 * resize.size[0] * resize.size[1]
+    return total
+
+
+def budget_bytes(where: Path) -> int:
+    """``$SWEEPER_CACHE_GB`` (0 turns the cache off), else half the free space where caches live."""
+    env = os.environ.get("SWEEPER_CACHE_GB")
+    if env is not None:
+        return int(float(env) * 1e9)
+    where.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(where).free // 2
+
+
+class ImageCache(Mapping):
+    """Read-only view of a built cache: ``cache[path]`` is that file's resized uint8 ``[3, H, W]`` tensor.
+
+    Pickles without its memory map (each DataLoader worker maps the file itself), so it works with
+    both fork and spawn start methods.
+    """
+
+    def __init__(self, folder: Path, files: Sequence[Path]) -> None:
+        self.folder = folder
+        self.index = np.load(folder / "index.npy")  # [N, 3]: offset, height, width
+        self.rows = {os.fspath(f): i for i, f in enumerate(files)}
+        self._pixels: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Path]:
+        return (Path(f) for f in self.rows)
+
+    def __contains__(self, file: object) -> bool:
+        return isinstance(file, (str, os.PathLike)) and os.fspath(file) in self.rows
+
+    def __getitem__(self, file: Path) -> torch.Tensor:
+        if self._pixels is None:
+            self._pixels = np.memmap(self.folder / "pixels.u8", dtype=np.uint8, mode="r")
+        off, h, w = (int(v) for v in self.index[self.rows[os.fspath(file)]])
+        # a copy: transforms get a writable tensor and the map stays read-only. [3, H, W] over
+        # channels-last memory, exactly like a decoded file (data.load_image)
+        return torch.from_numpy(np.array(self._pixels[off : off + 3 * h * w])).view(h, w, 3).permute(2, 0, 1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pixels": None}
+
+
+class _Decode(torch.utils.data.Dataset):
+    def __init__(self, files: Sequence[Path], resize: Any) -> None:
+        self.files, self.resize = files, resize
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        try:
+            img = load_image(self.files[i])
+        except SweeperError as e:  # raised by the builder: a worker's exception comes back with its traceback
+            return str(e)
+        # stored height x width x 3, the layout decoders produce and torchvision's uint8 resize is fastest on
+        return self.resize(img).permute(1, 2, 0).contiguous()
+
+
+def _build(files: Sequence[Path], resize: Any, target: Path, workers: int) -> None:
+    """Decode (in ``workers`` processes), write to a temporary folder, then rename it to ``target``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        index = np.zeros((len(files), 3), dtype=np.int64)
+        offset = 0
+        decoded = torch.utils.data.DataLoader(  # own generator: building leaves the trial's RNG untouched
+            _Decode(files, resize), batch_size=None, num_workers=workers, generator=torch.Generator()
+        )
+        with open(tmp / "pixels.u8", "wb") as out:
+            for i, img in enumerate(decoded):
+                if isinstance(img, str):
+                    raise SweeperError(img)
+                index[i] = (offset, img.shape[0], img.shape[1])
+                out.write(memoryview(img.numpy()).cast("B"))
+                offset += img.numel()
+            out.flush()
+            os.fsync(out.fileno())
+        np.save(tmp / "index.npy", index)
+        meta = {
+            "version": VERSION,
+            "resize": resize_key(resize),
+            "images": len(files),
+            "bytes": offset,
+            "family": _family(files, resize),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _family(files: Sequence[Path], resize: Any) -> str:
+    """Same dataset folder and resize, any file contents: caches that a new build makes stale."""
+    folder = os.path.commonpath([os.path.abspath(f) for f in files])
+    return hashlib.sha256(f"{folder}|{resize_key(resize)}".encode()).hexdigest()[:16]
+
+
+def _remove_stale(root: Path, keep: Path, family: str) -> None:
+    """Delete older caches of the same dataset and size (open maps of them stay valid on POSIX)."""
+    for d in root.iterdir():
+        if d == keep or not d.is_dir() or d.name.startswith("."):
+            continue
+        try:
+            if json.loads((d / "meta.json").read_text()).get("family") == family:
+                shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
+def open_cache(
+    files: Sequence[Path], resize: Any, workers: int = 0, root: Path | None = None
+) -> ImageCache | None:
+    """The cache of ``files`` through ``resize``, built on first use; None when it is over the disk budget.
+
+    Args:
+        files: every file the trials will read (train, val and test), in a fixed order.
+        resize: the eval pipeline's torchvision ``Resize``; it is applied to each image once.
+        workers: decoding processes for the first build.
+        root: where caches live; default ``<data dir>/cache``.
+    """
+    from filelock import FileLock
+
+    if not files:
+        return None
+    root = root or data_dir() / "cache"
+    root.mkdir(parents=True, exist_ok=True)
+    key = fingerprint(files, resize)
+    target = root / key
+    if key in _over_budget:
+        return None
+    if (target / "meta.json").is_file():
+        return ImageCache(target, files)
+    with FileLock(str(root / f".{key}.lock")):
+        if not (target / "meta.json").is_file():  # nobody built it while we waited for the lock
+            for leftover in root.glob(f".{key}-*"):  # a build killed half-way
+                shutil.rmtree(leftover, ignore_errors=True)
+            budget = budget_bytes(root)
+            need = estimate_bytes(files, resize) if budget else 0
+            if need > budget or budget == 0:  # budget 0: turned off on purpose, no message
+                if budget:
+                    log.warning(
+                        f"sweeper: caching {len(files)} decoded images at {resize_key(resize)} needs "
+                        f"{need / 1e9:.1f} GB, over the budget of {budget / 1e9:.1f} GB ($SWEEPER_CACHE_GB); "
+                        "decoding every image in every epoch instead"
+                    )
+                check_decodes(files)  # no build to find a bad file before training: decode each once now
+                _over_budget.add(key)
+                return None
+            t0 = time.perf_counter()
+            _build(files, resize, target, workers)
+            secs = time.perf_counter() - t0
+            log.info(f"sweeper: cached {len(files)} decoded images in {secs:.1f}s at {target}")
+            _remove_stale(root, target, _family(files, resize))
+    return ImageCache(target, files)

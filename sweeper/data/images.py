@@ -1,0 +1,425 @@
+"""Image folders in the reference layout, checked up front, and the built-in digits dataset.
+
+Layout rules, enforced by :func:`scan`:
+
+- ``ROOT/train/<class>/`` and ``ROOT/val/<class>/`` with the same class folders. Classes are the sorted
+  folder names after unicode NFC normalization (a folder named "café" in NFD on one disk and NFC on
+  another is one class, named in NFC).
+- Images in folders nested inside a class folder belong to that class (recursively, as torchvision's
+  ``ImageFolder`` does). Hidden files and folders (``.DS_Store``, ``._x.jpg``, ``.ipynb_checkpoints``)
+  are ignored.
+- Only files with an image extension (:data:`IMG_EXTENSIONS`, any case) are images; any other file
+  (``notes.txt``, ``Thumbs.db``) is skipped and counted in :attr:`ImageFolderData.skipped`, never fatal.
+- ``ROOT/test/`` is optional. Unlabelled: every image under it, at any depth, is predicted, and the
+  file name without extension is its submission id, so two files with the same id (``a.jpg`` and
+  ``a.png``, or ``a.jpg`` in two subfolders) are an error. Labelled: when ``test/`` holds only folders
+  named after classes, its images carry those labels (:attr:`ImageFolderData.test_labels`) and are still
+  all predicted.
+
+Every image is decoded the same way (:func:`load_image`): EXIF orientation applied, 16-bit and float
+images scaled to 8 bits, anything else converted to RGB. :func:`scan` reads every header (a file that is
+not an image, or one over the ``data.max_pixels`` limit, is named before anything trains) and fully
+decodes the test images, which nothing else decodes before a refit ends; train and val images are fully
+decoded by the first trial's cache build (:mod:`sweeper.data.cache`) before it trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sweeper.errors import SweeperError
+from sweeper.study.config import DEFAULT_MAX_PIXELS
+
+BUILTIN = "builtin:digits"
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""torchvision's ``IMG_EXTENSIONS``, compared in lower case."""
+
+# scan() checks every file's pixel count against the study's data.max_pixels and names the file; PIL's
+# own process-wide limit would otherwise refuse, at decode time, a file the study allowed.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """Labelled image files; ``labels[i]`` indexes the dataset's class list."""
+
+    files: tuple[Path, ...]
+    labels: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __add__(self, other: Split) -> Split:
+        return Split(self.files + other.files, self.labels + other.labels)
+
+
+@dataclass(frozen=True)
+class ImageFolderData:
+    """A scanned and checked dataset: class names, the train/val splits and the test files."""
+
+    root: Path
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    test: tuple[Path, ...]
+    test_labels: tuple[int, ...] | None = None  # a labelled test/<class>/ layout; None = unlabelled
+    skipped: tuple[Path, ...] = ()  # files without an image extension, or outside any class folder
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every image of the dataset in a fixed order: what a decoded-image cache holds."""
+        return self.train.files + self.val.files + self.test
+
+
+def is_image_name(name: str) -> bool:
+    """An image file by name: an image extension (any case) and not hidden (AppleDouble ``._x.jpg``)."""
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under ``folder`` at any depth (sorted), and the other non-hidden files (skipped)."""
+    images: list[Path] = []
+    skipped: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if is_image_name(name):
+                images.append(Path(dirpath, name))
+            elif not name.startswith("."):
+                skipped.append(Path(dirpath, name))
+    return sorted(images), sorted(skipped)
+
+
+def _class_dirs(split_dir: Path) -> dict[str, Path]:
+    """Class folders by their NFC name; two folders with one NFC name are an error."""
+    out: dict[str, Path] = {}
+    for p in sorted(split_dir.iterdir()):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        name = unicodedata.normalize("NFC", p.name)
+        if name in out:
+            raise SweeperError(
+                f"class folders {out[name]} and {p} have the same name in unicode NFC form; merge them"
+            )
+        out[name] = p
+    return out
+
+
+def _loose_files(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _scan_labelled(split_dir: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Images by class name, and the skipped files (non-images, and files outside class folders)."""
+    dirs = _class_dirs(split_dir)
+    if not dirs:
+        raise SweeperError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image files>")
+    out: dict[str, list[Path]] = {}
+    skipped = _loose_files(split_dir)
+    for c, d in dirs.items():
+        files, other = _walk(d)
+        if not files:
+            raise SweeperError(
+                f"class folder {d} is empty: it holds no image files ({', '.join(IMG_EXTENSIONS)}); add "
+                "images or remove the folder"
+            )
+        out[c] = files
+        skipped += other
+    return out, skipped
+
+
+def _scan_test(test_dir: Path, classes: tuple[str, ...]) -> tuple[list[Path], list[int] | None, list[Path]]:
+    """Test files, their labels when ``test/`` holds only class folders, and the skipped files."""
+    if not test_dir.is_dir():
+        return [], None, []
+    dirs = _class_dirs(test_dir)
+    loose = _loose_files(test_dir)
+    if dirs and not any(is_image_name(p.name) for p in loose) and set(dirs) <= set(classes):
+        files, labels, skipped = [], [], loose
+        for i, c in enumerate(classes):
+            found, other = _walk(dirs[c]) if c in dirs else ([], [])
+            files += found
+            labels += [i] * len(found)
+            skipped += other
+        return files, labels, skipped
+    files, skipped = _walk(test_dir)
+    return files, None, skipped
+
+
+def _check_unique_ids(files: Sequence[Path]) -> None:
+    """The file name without extension is a test image's submission id: two files must not share one."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise SweeperError(
+                f"test images {seen[f.stem]} and {f} have the same submission id {f.stem!r} (the file "
+                "name without extension); rename or remove one"
+            )
+        seen[f.stem] = f
+
+
+def _unreadable(path: Path, e: BaseException) -> SweeperError:
+    return SweeperError(f"unreadable image {path}: {e}; remove or replace the file")
+
+
+def check_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Open the header: cheap, and enough to name a file that is not an image, or one over the limit."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise _unreadable(path, e) from None
+    if w * h > max_pixels:
+        raise SweeperError(
+            f"image {path} has {w}x{h} = {w * h} pixels, over the limit of {max_pixels} that guards against "
+            "decompression bombs; if it is genuine, raise data: {max_pixels: N} in the study file"
+        )
+
+
+def check_decodes(files: Sequence[Path]) -> None:
+    """Decode every file fully (truncated or corrupt data shows only then), once per version of the files.
+
+    A stamp under the data dir, keyed by every file's path, size, mtime and inode, remembers a set of
+    files that decoded, so a re-run does not decode them again.
+    """
+    if not files:
+        return
+    h = hashlib.sha256(f"PIL {PIL.__version__}".encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    stamp = data_dir() / "decoded" / h.hexdigest()[:24]
+    if stamp.exists():
+        return
+    for f in files:
+        load_image(f)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+
+
+def _check_root(root_path: Path) -> None:
+    if not root_path.is_dir():
+        raise SweeperError(
+            f"data root {root_path} does not exist; pass --data ROOT with ROOT/train/<class>/ and "
+            "ROOT/val/<class>/ folders, or use data root builtin:digits"
+        )
+    for split in ("train", "val"):
+        if not (root_path / split).is_dir():
+            raise SweeperError(
+                f"{root_path / split} is missing; expected {root_path}/{split}/<class>/<images>"
+            )
+
+
+def scan(
+    root: str | Path, check_images: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageFolderData:
+    """Scan and check ROOT; every problem is a one-line SweeperError naming the path.
+
+    Args:
+        root: the dataset root, or ``builtin:digits``.
+        check_images: open every file's header (and fully decode the test images) so a bad file is named
+            before training.
+        max_pixels: the largest width x height accepted (the study's ``data.max_pixels``).
+    """
+    root_path = materialize_builtin() if str(root) == BUILTIN else Path(root)
+    _check_root(root_path)
+    (train, skip_t), (val, skip_v) = _scan_labelled(root_path / "train"), _scan_labelled(root_path / "val")
+    if set(train) != set(val):
+        only_t, only_v = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+        raise SweeperError(
+            f"train and val class folders differ under {root_path}: only in train: {only_t or 'none'}; "
+            f"only in val: {only_v or 'none'}; both splits need the same class folders"
+        )
+    classes = tuple(sorted(train))
+    test, test_labels, skip_test = _scan_test(root_path / "test", classes)
+    _check_unique_ids(test)
+    if check_images:
+        for files in (*train.values(), *val.values(), test):
+            for f in files:
+                check_header(f, max_pixels)
+        check_decodes(test)
+
+    def split(d: dict[str, list[Path]]) -> Split:
+        pairs = [(f, i) for i, c in enumerate(classes) for f in d[c]]
+        return Split(tuple(f for f, _ in pairs), tuple(y for _, y in pairs))
+
+    return ImageFolderData(
+        root_path,
+        classes,
+        split(train),
+        split(val),
+        tuple(test),
+        None if test_labels is None else tuple(test_labels),
+        tuple(skip_t + skip_v + skip_test),
+    )
+
+
+def hold_out(data: ImageFolderData, fraction: float, seed: int = 0) -> ImageFolderData:
+    """Move a stratified ``fraction`` of every class's train images to val (``data.val_from_train``).
+
+    The validation set becomes val plus the held-out images: a larger validation set has a smaller
+    binomial standard error, sqrt(p(1-p)/n_val), so a study can resolve smaller effects. Seeded, so every
+    trial, resume and refit of a study sees the same split; every class keeps at least one train image.
+    """
+    if fraction <= 0:
+        return data
+    rng = np.random.default_rng(seed)
+    labels = np.array(data.train.labels)
+    moved: list[int] = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        moved += idx[: min(int(round(fraction * len(idx))), len(idx) - 1)].tolist()
+    out = set(moved)
+
+    def pick(ix: Sequence[int]) -> Split:
+        return Split(tuple(data.train.files[i] for i in ix), tuple(data.train.labels[i] for i in ix))
+
+    kept = [i for i in range(len(data.train)) if i not in out]
+    return dataclasses.replace(data, train=pick(kept), val=data.val + pick(sorted(out)))
+
+
+def kfold(split: Split, k: int, seed: int) -> list[tuple[Split, Split]]:
+    """Stratified k-fold: ``k`` (train, val) pairs; every image is in exactly one val fold.
+
+    Each class's images are shuffled with ``seed`` and dealt round-robin into the folds, so every fold
+    holds about 1/k of every class.
+    """
+    if not 2 <= k <= len(split):
+        raise SweeperError(f"folds={k} needs 2 <= folds <= the {len(split)} labelled images")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(split.labels)
+    fold_of = np.empty(len(split), dtype=np.int64)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold_of[idx] = np.arange(len(idx)) % k
+    out = []
+    for f in range(k):
+
+        def pick(mask: np.ndarray) -> Split:
+            ids = np.flatnonzero(mask)
+            return Split(tuple(split.files[i] for i in ids), tuple(split.labels[i] for i in ids))
+
+        out.append((pick(fold_of != f), pick(fold_of == f)))
+    return out
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """Decode one file to a uint8 ``[3, H, W]`` RGB tensor, upright (EXIF orientation applied)."""
+    try:
+        with Image.open(path) as im:
+            ImageOps.exif_transpose(im, in_place=True)  # phone photos: pixels as the camera held them
+            rgb = to_rgb8(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise _unreadable(path, e) from None
+    return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """``H x W x 3`` uint8 pixels; 16-bit and float images scaled to 8 bits (``convert`` would clip them).
+
+    ``I;16*`` modes span 0..65535. ``I`` (32-bit int) and ``F`` (float) carry no depth, so the scale is
+    the first of 255 (or 1 for float) and 65535 that holds the image's maximum, else its maximum.
+    """
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return np.array(im.convert("RGB"))  # 48/64-bit PNGs already open as 8-bit RGB(A)
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+    peak = float(a.max(initial=0.0))
+    if im.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        tops = (1.0, 255.0, 65535.0) if im.mode == "F" else (255.0, 65535.0)
+        top = next((t for t in tops if peak <= t), peak)
+    gray = np.rint(a * (255.0 / top)).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Files (and labels) -> transformed tensors. Labels are -1 for unlabelled test images.
+
+    With ``images`` (a decoded-image cache, see :mod:`sweeper.data.cache`) a file's pixels come from the
+    cache instead of its decoder; files the cache does not hold are decoded as usual.
+    """
+
+    def __init__(
+        self,
+        files: tuple[Path, ...],
+        labels: tuple[int, ...] | None,
+        transform,
+        images: Mapping[Path, torch.Tensor] | None = None,
+    ) -> None:
+        self.files, self.transform, self.images = files, transform, images
+        self.labels = labels if labels is not None else (-1,) * len(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        f = self.files[i]
+        img = self.images[f] if self.images is not None and f in self.images else load_image(f)
+        return self.transform(img), self.labels[i]
+
+
+# ---- the built-in dataset ---------------------------------------------------------------------
+
+
+def data_dir() -> Path:
+    """Where generated datasets and caches live: ``$SWEEPER_DATA_DIR`` or ``~/.cache/sweeper``."""
+    return Path(os.environ.get("SWEEPER_DATA_DIR", Path.home() / ".cache" / "sweeper"))
+
+
+def materialize_builtin(size: int = 32) -> Path:
+    """Write scikit-learn's digits once as ``train/``, ``val/`` and ``test/`` PNG folders.
+
+    70/20/10 per class, deterministic. The test images are unlabelled (their labels go to
+    ``test_labels.csv`` beside the folders, for checking predictions). Built in a temporary folder and
+    renamed into place, so concurrent workers never see a half-written dataset.
+    """
+    target = data_dir() / f"digits-{size}px"
+    if (target / "val").is_dir():
+        return target
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
+    rng = np.random.default_rng(0)
+    rows = ["image_name,label"]
+    for label in range(10):
+        idx = rng.permutation(np.flatnonzero(digits.target == label))
+        n_train, n_val = int(0.7 * len(idx)), int(0.2 * len(idx))
+        parts = {
+            "train": idx[:n_train],
+            "val": idx[n_train : n_train + n_val],
+            "test": idx[n_train + n_val :],
+        }
+        for split, ids in parts.items():
+            for i in ids:
+                pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+                im = Image.fromarray(pixels, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+                if split == "test":
+                    name = f"digit_{i:04d}"
+                    out = tmp / "test" / f"{name}.png"
+                    rows.append(f"{name},{label}")
+                else:
+                    out = tmp / split / str(label) / f"{i:04d}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                im.save(out)
+    (tmp / "test_labels.csv").write_text("\n".join(rows) + "\n")
+    try:
+        tmp.rename(target)
+    except OSError:  # another worker won the race: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

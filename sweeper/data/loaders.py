@@ -1,0 +1,162 @@
+"""Where a run's tensors come from and live: the device, DataLoader workers, batches on the device in the
+chosen memory format, the per-image pipelines and the decoded-image cache they read."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from sweeper.data import augment
+from sweeper.data import images as data_lib
+from sweeper.study.config import TrialConfig
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the whole machine)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """DataLoader workers from the machine's cores: leave one core for the training loop."""
+    return max(0, min(8, cores() - 1))
+
+
+def workers(cfg: TrialConfig) -> int:
+    return cfg.num_workers if cfg.num_workers is not None else default_workers()
+
+
+SLOW_CHANNELS_LAST = ("resnest",)
+"""Model families whose CUDA steps get slower in channels_last (ResNeSt's split attention reshapes
+its activations, forcing layout copies); ``channels_last: auto`` leaves them in NCHW."""
+
+
+def use_channels_last(cfg: TrialConfig, device: torch.device) -> bool:
+    """``true``/``false`` as asked; ``auto`` = on CUDA (tensor cores want NHWC) unless known to slow down."""
+    if cfg.channels_last != "auto":
+        return bool(cfg.channels_last)
+    return device.type == "cuda" and not cfg.backbone.startswith(SLOW_CHANNELS_LAST)
+
+
+def setup_model(model: nn.Module, cfg: TrialConfig, device: torch.device) -> nn.Module:
+    """Move the model to ``device`` in the chosen memory format, set the CUDA fast paths, compile if asked."""
+    model.to(device)
+    if use_channels_last(cfg, device):
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
+    if cfg.compile:
+        model.compile()  # in place: state_dict keys stay those of the plain model
+    return model
+
+
+class DeviceLoader:
+    """A DataLoader whose batches arrive on the device: pinned non-blocking copies, the chosen memory
+    format, and the device part of the transform (``device_aug``) already applied."""
+
+    def __init__(
+        self,
+        dl: torch.utils.data.DataLoader,
+        device: torch.device,
+        channels_last: bool,
+        tail: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.dl, self.device, self.channels_last, self.tail = dl, device, channels_last, tail
+        self.dataset = dl.dataset
+
+    def __len__(self) -> int:
+        return len(self.dl)
+
+    def __iter__(self):
+        for x, y in self.dl:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.tail is not None:
+                x = self.tail(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+
+def loader(
+    ds: torch.utils.data.Dataset,
+    cfg: TrialConfig,
+    train: bool,
+    device: torch.device,
+    seed: int | None = None,
+    tail: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> DeviceLoader:
+    """Batches of ``ds`` on ``device``; a training loader shuffles with its own generator (``seed``,
+    default cfg.seed). ``tail`` is the device part of a transform split by ``augment.split_for_device``."""
+    n = workers(cfg)
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=train,
+        # a tiny last batch adds noise to BatchNorm
+        drop_last=train and len(ds) > cfg.batch_size,  # type: ignore[arg-type]
+        num_workers=n,
+        persistent_workers=n > 0,
+        prefetch_factor=max(2, 8 // n) if n else None,  # ~8 batches in flight whatever the worker count
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed if seed is None else seed) if train else None,
+    )
+    return DeviceLoader(dl, device, use_channels_last(cfg, device), tail)
+
+
+class Pipelines:
+    """The per-image transforms of a run, their device tails, and the decoded-image cache they read.
+
+    The cache holds every file the run reads (sorted, so the folds of a k-fold trial and a refit on
+    train+val share the trials' cache), shrunk to a short side that keeps training crops at full
+    fidelity (see :mod:`sweeper.data.cache`); the first run at this size builds it.
+    """
+
+    def __init__(
+        self, cfg: TrialConfig, dcfg: dict[str, Any], device: torch.device, *splits: data_lib.Split | None
+    ):
+        from sweeper.data import cache
+
+        self.train_tf: Any = augment.train_transform(cfg.aug, dcfg, cfg.normalize)
+        self.eval_tf: Any = augment.eval_transform(dcfg, cfg.eval, cfg.normalize)
+        files = sorted({f for s in splits if s is not None for f in s.files})
+        geo = augment.eval_geometry(dcfg, cfg.eval)
+        short = cache.cached_short_side(
+            math.floor(geo["img_size"] / geo["crop_pct"]), dcfg["input_size"][-1], cfg.cache_scale
+        )
+        shrink = cache.ShrinkShortSide(short, augment.interpolation(dcfg))
+        self.images = cache.open_cache(files, shrink, workers=workers(cfg))
+        self.train_tail = self.eval_tail = None
+        if cfg.device_aug is True or (cfg.device_aug == "auto" and device.type == "cuda"):
+            self.train_tf, self.train_tail = augment.split_for_device(self.train_tf)
+            self.eval_tf, self.eval_tail = augment.split_for_device(self.eval_tf)
+
+    def train(self, split: data_lib.Split) -> data_lib.ImageDataset:
+        return data_lib.ImageDataset(split.files, split.labels, self.train_tf, self.images)
+
+    def eval(self, split: data_lib.Split) -> data_lib.ImageDataset:
+        return data_lib.ImageDataset(split.files, split.labels, self.eval_tf, self.images)
+
+    def eval_loader(self, split: data_lib.Split, cfg: TrialConfig, device: torch.device) -> DeviceLoader:
+        return loader(self.eval(split), cfg, train=False, device=device, tail=self.eval_tail)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; on the CPU only with ``SWEEPER_CPU_BF16=1`` (CPUs with AMX or AVX512-BF16
+    gain from it, others lose), which also runs the CUDA numerics path where there is no GPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    on = os.environ.get("SWEEPER_CPU_BF16", "").lower() in ("1", "true", "yes", "on")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device, non_blocking=True)  # a no-op for DeviceLoader batches, already there

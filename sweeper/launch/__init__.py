@@ -1,0 +1,1 @@
+"""Launching where the compute is: Slurm scripts, Kubernetes manifests and the MLflow UI."""

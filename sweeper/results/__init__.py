@@ -1,0 +1,1 @@
+"""What a sweep answers: the report and its figures, the ablation table, effects, views, confirmation."""

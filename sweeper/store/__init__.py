@@ -1,0 +1,1 @@
+"""Where a study and its runs live: the Optuna storage, MLflow tracking, the trial record, reachability."""

@@ -1,0 +1,501 @@
+"""MLflow tracking behind one narrow interface: a study is an experiment, a trial is a run.
+
+Everything goes through ``MlflowClient`` with explicit run ids (no global "active run"), so several
+trials or workers in one process tree never write to each other's runs. :class:`NullTracker` has the
+same methods and records nothing.
+
+Concurrency: a tracking server (``http://``) or PostgreSQL serves any number of workers and machines.
+The local SQLite store has one writer process (``workers.single_writer``), and inside it the workers'
+calls take turns through one lock, so SQLite never answers "database is locked".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sweeper.store import stores
+
+T = TypeVar("T")
+
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INFEASIBLE": "FAILED"}
+"""A trial's final state -> the MLflow run status it closes with (also kept as tag ``state``).
+INFEASIBLE: the loss diverged; Optuna keeps such a trial COMPLETE with a violated constraint."""
+
+
+def default_uri() -> str:
+    """The local store: SQLite metadata at ``mlruns/mlflow.db``, artifacts in ``mlruns/artifacts``."""
+    return f"sqlite:///{(Path.cwd() / 'mlruns' / 'mlflow.db').as_posix()}"
+
+
+def resolve_uri(uri: str | None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+    for prefix in ("postgresql://", "postgres://"):  # psycopg 3 is the driver installed with sweeper
+        if uri.startswith(prefix):
+            return "postgresql+psycopg://" + uri[len(prefix) :]
+    return uri
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """How MLflow loads a logged model: the ``pyfunc`` loader module and the requirements it needs."""
+
+    module: str  # a module with ``_load_pyfunc(path)``
+    requirements: tuple[str, ...]  # pip requirement lines written into the model
+
+
+KIND = "sweeper.kind"  # what a run is: study (the parent), trial, refit, combine
+STUDY_KIND = "study"
+
+STAGING = "sweeper-artifacts-"
+"""Prefix of the temporary folders a trial's artifacts are staged in: ``sweeper-artifacts-PID-*``."""
+
+
+@contextlib.contextmanager
+def staging() -> Iterator[Path]:
+    """A temporary folder whose files are meant to be logged as artifacts; named after this process, so
+    that one left by a killed process is recognised (:func:`stale_staging`) and removed."""
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING}{os.getpid()}-") as d:
+        yield Path(d)
+
+
+def stale_staging() -> list[Path]:
+    """Staging folders whose process is gone (it was killed before it could remove them); folders named
+    without a pid (older sweepers) once they are a day old."""
+    out = []
+    for d in Path(tempfile.gettempdir()).glob(f"{STAGING}*"):
+        pid = d.name[len(STAGING) :].split("-")[0]
+        gone = not _alive(int(pid)) if pid.isdigit() else time.time() - d.stat().st_mtime > 86400
+        if gone:
+            out.append(d)
+    return sorted(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def outage(e: BaseException) -> bool:
+    """The tracking server (or its database) is away: a refused or timed-out connection, a 5xx answer."""
+    text = str(e)
+    if text.startswith("API request to") and (
+        "failed with exception" in text or "timeout exception" in text or "error code 5" in text
+    ):
+        return True
+    if getattr(e, "error_code", None) in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR"):
+        return True
+    return stores.db_outage(e)
+
+
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+"""Tracking URI schemes MLflow serves (the part before ``+driver``); a plain path is a file store."""
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail at once, in one line, on a tracking URI that cannot work: an unknown scheme, or a server that
+    does not answer within a few seconds (an outage during a sweep is waited out instead)."""
+    from sweeper.errors import SweeperError
+    from sweeper.store import reach
+
+    kind = reach.scheme(uri) if "://" in uri else "file"
+    if kind not in SCHEMES:
+        raise SweeperError(
+            f"tracking URI {stores.display_url(uri)!r}: unknown scheme {kind!r}; use http://HOST:5000 "
+            "(an MLflow server), sqlite:///PATH/mlflow.db, postgresql://... or a folder"
+        )
+    if kind in ("http", "https", "postgresql", "mysql", "mssql"):
+        reach.check(uri, "the MLflow tracking store")
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Local SQLite stores keep artifacts beside the database; servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+class TrialRun:
+    """One MLflow run. Metrics are sent in one batch call per epoch, not one call per value."""
+
+    def __init__(self, client: Any, run_id: str, lock: Any = None, uri: str = "") -> None:
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+
+    def _call(self, call: Callable[[], T]) -> T:
+        """One MLflow call; an unreachable server is waited for (:func:`stores.patiently`)."""
+
+        def locked() -> T:
+            with self.lock:
+                return call()
+
+        return stores.patiently(f"MLflow tracking store {stores.display_url(self.uri)}", locked, outage)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        self._call(lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._call(lambda: self.client.log_batch(self.run_id, tags=items))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+
+        def send(chunk: list[Any]) -> Callable[[], None]:
+            return lambda: self.client.log_batch(self.run_id, params=chunk)
+
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self._call(send(items[i : i + 100]))
+
+    def log_dir(self, local_dir: Path, artifact_path: str | None = None) -> None:
+        self._call(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path))
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def end(self, state: str, reason: str = "") -> None:
+        tags = {"state": state}
+        if reason:
+            tags["reason"] = reason
+        self.set_tags(tags)
+        self._call(lambda: self.client.set_terminated(self.run_id, status=STATUS[state]))
+
+
+class Tracker:
+    """An MLflow experiment (one per study) at ``uri``."""
+
+    def __init__(self, uri: str | None, experiment: str) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = resolve_uri(uri)
+        _check_reachable(self.uri)
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment = experiment
+        self._experiment_id: str | None = None
+        self._study_run: str | None = None
+        self._emptied: set[str] = set()  # runs whose weight files this process has already deleted
+        self._context: dict[str, str] | None = None
+        # SQLite: this process's workers take turns (one writer); a server handles concurrency itself.
+        self.lock: Any = threading.RLock() if self.uri.startswith("sqlite") else contextlib.nullcontext()
+
+    def _call(self, call: Callable[[], T]) -> T:
+        return TrialRun(self.client, "", self.lock, self.uri)._call(call)
+
+    @property
+    def experiment_id(self) -> str:
+        return self._call(self._get_experiment_id)
+
+    def _get_experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                try:
+                    root = _artifact_root(self.uri)
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment, artifact_location=f"{root}/{self.experiment}" if root else None
+                    )
+                except Exception:  # another worker created it first
+                    exp = self.client.get_experiment_by_name(self.experiment)
+                    if exp is None:
+                        raise
+                    self._experiment_id = exp.experiment_id
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> TrialRun:
+        """A new RUNNING run, a child of the study's run (``sweeper.kind`` says what it is: trial by
+        default, refit, combine), with MLflow's lineage tags (user, source, git commit). A trial's run
+        carries the tag ``trial_number`` from its first instant, so a kill before the trial links it
+        (``mlflow_run_id``) still leaves a pair to reconcile."""
+        exp = self.experiment_id
+        str_tags = {**self.context_tags(), **{k: str(v) for k, v in tags.items()}}
+        str_tags.setdefault(KIND, "trial")
+        str_tags["mlflow.parentRunId"] = self.study_run_id()
+        run = self._call(lambda: self.client.create_run(exp, run_name=run_name, tags=str_tags))
+        tr = TrialRun(self.client, run.info.run_id, self.lock, self.uri)
+        tr.log_params(params)
+        return tr
+
+    def context_tags(self) -> dict[str, str]:
+        """MLflow's own lineage tags for this process: user, source (name, type) and git commit."""
+        if self._context is None:
+            from mlflow.tracking.context.registry import resolve_tags
+
+            self._context = {k: str(v) for k, v in resolve_tags().items() if k != "mlflow.runName"}
+        return self._context
+
+    def study_run_id(self) -> str:
+        """The study's own run, parent of its trials, refits and ensembles: found by its tag, else made.
+        Workers starting together may each make one; every one of them then keeps the oldest."""
+        if self._study_run is None:
+            exp = self.experiment_id
+            query = f"tags.`{KIND}` = '{STUDY_KIND}'"
+
+            def find() -> list[Any]:
+                return self.client.search_runs([exp], query, order_by=["attributes.start_time ASC"])
+
+            runs = self._call(find)
+            if not runs:
+                tags = {**self.context_tags(), KIND: STUDY_KIND, "study": self.experiment}
+                made = self._call(lambda: self.client.create_run(exp, run_name=self.experiment, tags=tags))
+                self._call(lambda: self.client.set_terminated(made.info.run_id, status="FINISHED"))
+                runs = self._call(find)
+                if runs[0].info.run_id != made.info.run_id:  # another worker's came first
+                    self._call(lambda: self.client.delete_run(made.info.run_id))
+            self._study_run = runs[0].info.run_id
+        return self._study_run
+
+    def log_study(self, record_doc: dict[str, Any], description: str) -> None:
+        """What defines the study, on its run: the study as it ran (overrides applied), its record
+        (overrides, data fingerprint, versions), and the experiment's description."""
+        import json
+
+        run_id = self.study_run_id()
+        with staging() as d:
+            (d / "study.json").write_text(json.dumps(record_doc, indent=2, default=str))
+            self._call(lambda: self.client.log_artifacts(run_id, str(d), "study"))
+        if description:
+            exp = self.experiment_id
+            self._call(lambda: self.client.set_experiment_tag(exp, "mlflow.note.content", description))
+
+    def log_study_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Study-level numbers on the study's run (the best value so far, trials by state), one step per
+        counted trial."""
+        TrialRun(self.client, self.study_run_id(), self.lock, self.uri).log_metrics(step, metrics)
+
+    def log_dataset(self, run_id: str, name: str, source: str, digest: str, profile: dict[str, Any]) -> None:
+        """The data a run trained on, as an MLflow dataset input (name, source path, digest, split sizes)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name, digest, "local", source, None, json.dumps(profile))
+        inp = DatasetInput(ds, [InputTag("mlflow.data.context", "training")])
+        self._call(lambda: self.client.log_inputs(run_id, datasets=[inp]))
+
+    def delete_artifacts(self, run_id: str, suffixes: tuple[str, ...], reason: str) -> bool:
+        """Delete a run's artifacts whose names end with ``suffixes`` (once: the run is tagged with
+        ``reason``); False when there was nothing to do."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        if run_id in self._emptied:  # every trial end looks at all trials: no MLflow call for known ones
+            return False
+        run = self._call(lambda: self.client.get_run(run_id))
+        self._emptied.add(run_id)
+        if run.data.tags.get("sweeper.weights", "").startswith("deleted"):
+            return False
+        names = [
+            a.path
+            for a in self._call(lambda: self.client.list_artifacts(run_id))
+            if a.path.endswith(suffixes)
+        ]
+        repo = get_artifact_repository(run.info.artifact_uri)
+        for name in names:
+            self._call(functools.partial(repo.delete_artifacts, name))
+        TrialRun(self.client, run_id, self.lock, self.uri).set_tags({"sweeper.weights": reason})
+        return bool(names)
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str) -> Iterator[None]:
+        """MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) on the run while the
+        block runs, every 10 s, where the ``system`` extra (psutil) is installed; nothing otherwise."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:  # psutil missing: pip install 'sweeper[system]'
+            yield
+            return
+        interval = float(os.environ.get("SWEEPER_SYSTEM_METRICS_S", "10"))
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # metrics about the run must never fail the run
+                monitor.finish()
+
+    def log_model(self, run_id: str, folder: Path, loader: ModelLoader, register: str | None = None) -> str:
+        """Log a model folder ``refit-best`` wrote as an MLflow model of run ``run_id`` (an MLflow 3
+        LoggedModel, ``pyfunc`` flavour loaded by ``loader.module``, no pickled code), registered
+        as ``register`` when given. Returns its ``models:/`` URI."""
+        import mlflow
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with self.lock:
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    loader_module=loader.module,
+                    data_path=str(folder),
+                    pip_requirements=list(loader.requirements),
+                    registered_model_name=register,
+                )
+        return str(info.model_uri)
+
+    def latest_model(self, kinds: tuple[str, ...] = ("refit_of_trial", "combine")) -> str:
+        """The ``runs:/`` URI of the study's newest finished refit or combination."""
+        from sweeper.errors import SweeperError
+
+        with self.lock:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                "attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+            )
+        for r in runs:
+            if any(k in r.data.tags for k in kinds):
+                return f"runs:/{r.info.run_id}/model"
+        raise SweeperError(
+            f"study {self.experiment!r} has no finished refit in {self.uri}; run `sweeper refit-best` first"
+        )
+
+    def trial_runs(self) -> list[Any]:
+        """Every live run of the experiment that belongs to a trial (tag ``trial_number``), oldest first."""
+        from mlflow.entities import ViewType
+
+        exp = self.experiment_id
+        runs = self._call(
+            lambda: self.client.search_runs(
+                [exp], "tags.trial_number != ''", run_view_type=ViewType.ACTIVE_ONLY, max_results=50000
+            )
+        )
+        return sorted(runs, key=lambda r: r.info.start_time or 0)
+
+    def run(self, run_id: str) -> Any:
+        """The run with this id, or None when it is gone (deleted, or from another store)."""
+        try:
+            return self._call(lambda: self.client.get_run(run_id))
+        except stores.StoreDown:
+            raise
+        except Exception:
+            return None
+
+    def delete_run(self, run_id: str) -> None:
+        """Move a run to MLflow's trash (``mlflow gc`` empties it; the UI can restore it)."""
+        self._call(lambda: self.client.delete_run(run_id))
+
+    def end_run(self, run_id: str, state: str, reason: str) -> None:
+        """Give a run its trial's final state (status and ``state`` tag), whatever it had."""
+        TrialRun(self.client, run_id, self.lock, self.uri).end(state, reason)
+
+    def download(self, run_id: str, artifact: str, dst: Path) -> Path:
+        """Fetch one artifact of a run (a trial's weights or config) into ``dst``; return its local path."""
+        from sweeper.errors import SweeperError
+
+        dst.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line, not progress bars
+        try:
+            with self.lock:
+                return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
+        except Exception as e:  # missing artifact, deleted run, store moved
+            raise SweeperError(
+                f"cannot fetch {artifact!r} of MLflow run {run_id} from {stores.display_url(self.uri)}: "
+                f"{str(e).splitlines()[0][:200]}; "
+                "pass the --tracking-uri the study ran with"
+            ) from None
+
+    staging = staticmethod(staging)
+
+    def close_run(self, run_id: str, state: str, reason: str) -> bool:
+        """Close a run that is still RUNNING (its worker died); False when it was already closed."""
+        run = self.run(run_id)
+        if run is None or run.info.status != "RUNNING":
+            return False
+        self.end_run(run_id, state, reason)
+        return True
+
+    def close_stale_runs(self, trial_states: dict[int, str], reasons: dict[int, str] | None = None) -> int:
+        """Close RUNNING runs whose trial has ended or does not exist: they take the trial's state, or
+        FAIL for a run whose trial was never created (a kill between the two)."""
+        closed = 0
+        for r in self.trial_runs():
+            if r.info.status != "RUNNING":
+                continue
+            number = int(r.data.tags["trial_number"])
+            state = trial_states.get(number, "FAIL")
+            if state in STATUS:
+                why = (reasons or {}).get(number) or "worker lost; closed by a later worker"
+                self.end_run(r.info.run_id, state, why)
+                closed += 1
+        return closed
+
+
+class NullTracker:
+    """The same interface, recording nothing: for runs without tracking and for tests of other parts."""
+
+    uri = ""
+
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> _NullRun:
+        return _NullRun()
+
+    staging = staticmethod(staging)
+
+    def close_run(self, run_id: str, state: str, reason: str) -> bool:
+        return False
+
+    def log_model(self, run_id: str, folder: Path, loader: ModelLoader, register: str | None = None) -> str:
+        from sweeper.errors import SweeperError
+
+        raise SweeperError("an MLflow model needs a tracking store (--tracking-uri)")
+
+    def log_study(self, record_doc: dict[str, Any], description: str) -> None: ...
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str) -> Iterator[None]:
+        yield
+
+    def log_study_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_dataset(
+        self, run_id: str, name: str, source: str, digest: str, profile: dict[str, Any]
+    ) -> None: ...
+
+    def download(self, run_id: str, artifact: str, dst: Path) -> Path:
+        from sweeper.errors import SweeperError
+
+        raise SweeperError("trial weights live in MLflow; this needs a tracking store (--tracking-uri)")
+
+    def close_stale_runs(self, trial_states: dict[int, str], reasons: dict[int, str] | None = None) -> int:
+        return 0
+
+    def trial_runs(self) -> list[Any]:
+        return []
+
+
+class _NullRun:
+    run_id = ""
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_dir(self, local_dir: Path, artifact_path: str | None = None) -> None: ...
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def end(self, state: str, reason: str = "") -> None: ...
+
+
+NO_RUN = _NullRun()
+"""The run of a trial whose run is not created yet: writes go nowhere."""

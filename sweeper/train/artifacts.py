@@ -1,0 +1,169 @@
+"""Files written beside every result: resolved config, weights, confusion matrix, curves, predictions.
+
+A run can be reproduced, and its model used, from these files alone: ``config.yaml`` holds the full
+trial config, the class names and the model's data config; the weights are safetensors.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sweeper.study.config import TrialConfig, build_config
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def write_config(
+    path: Path,
+    cfg: TrialConfig,
+    classes: tuple[str, ...],
+    data_config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    doc = {"trial": cfg.flat(), "classes": list(classes), "data_config": data_config, **(extra or {})}
+    path.write_text(yaml.safe_dump(_plain(doc), sort_keys=False))
+
+
+def read_config(path: Path) -> tuple[TrialConfig, tuple[str, ...], dict[str, Any]]:
+    """Inverse of :func:`write_config`: the trial config, class names and data config."""
+    doc = yaml.safe_load(path.read_text())
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["trial"].items()}
+    dcfg = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["data_config"].items()}
+    return build_config(values), tuple(doc["classes"]), dcfg
+
+
+def save_weights(path: Path, state_dict: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata=metadata)
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def write_confusion(out_dir: Path, confusion: np.ndarray, classes: tuple[str, ...]) -> None:
+    """``confusion_matrix.png`` and ``per_class_accuracy.csv`` (worst classes first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    support = confusion.sum(1)
+    acc = np.divide(np.diag(confusion), support, out=np.zeros(len(classes)), where=support > 0)
+    with open(out_dir / "per_class_accuracy.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "accuracy", "support", "most_confused_with"])
+        for i in np.argsort(acc, kind="stable"):
+            off = confusion[i].copy()
+            off[i] = 0
+            w.writerow(
+                [
+                    classes[i],
+                    f"{acc[i]:.4f}",
+                    int(support[i]),
+                    classes[int(off.argmax())] if off.any() else "",
+                ]
+            )
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(min(4 + 0.12 * n, 20), min(3.5 + 0.12 * n, 19)))
+    norm = confusion / np.maximum(support[:, None], 1)
+    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set_title(f"confusion (row-normalized), accuracy {np.trace(confusion) / max(confusion.sum(), 1):.4f}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out_dir / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+
+def write_curves(out_dir: Path, history: list[dict[str, float]]) -> None:
+    """``history.csv`` and ``learning_curves.png`` (loss and accuracy per epoch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k in h})
+    with open(out_dir / "history.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", *keys])
+        for e, h in enumerate(history, 1):
+            w.writerow([e, *(h.get(k, "") for k in keys)])
+    epochs = range(1, len(history) + 1)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for k, ax in (("loss", a1), ("acc", a2)):
+        for split in ("train", "val"):
+            ys = [h.get(f"{split}_{k}") for h in history]
+            if any(y is not None for y in ys):
+                ax.plot(epochs, ys, marker="o", label=f"{split}_{k}")
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "learning_curves.png", dpi=100)
+    plt.close(fig)
+
+
+def write_predictions(path: Path, files, probs, classes: tuple[str, ...]) -> None:
+    """``image_name,pred_label``: the file name without extension, and the predicted class name."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_name", "pred_label"])
+        for file, i in zip(files, probs.argmax(1).tolist(), strict=True):
+            w.writerow([Path(file).stem, classes[i]])
+
+
+def fold_file(fold: int) -> str:
+    """The artifact name of fold ``fold``'s weights in a k-fold trial."""
+    return f"fold-{fold}.safetensors"
+
+
+def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], result: Any) -> None:
+    """Everything a finished trial leaves: config, best checkpoint, confusion, per-class CSV, curves."""
+    extra = {"best_epoch": result.best_epoch, "best": result.best, "num_params": result.num_params}
+    if result.fold_states:
+        extra["fold_files"] = [fold_file(f) for f in range(len(result.fold_states))]
+    also = getattr(result, "also_kept", {})  # checkpoint: both: the other metric's best epoch too
+    if also:
+        extra["also_kept"] = {
+            k: {"epoch": e, "weights": f"best-{k}.safetensors"} for k, (e, _, _) in also.items()
+        }
+    write_config(out_dir / "config.yaml", cfg, classes, result.data_config, extra)
+    if result.fold_states:  # k-fold: every fold's model is kept, for a fold ensemble at refit
+        for f, state in enumerate(result.fold_states):
+            save_weights(out_dir / fold_file(f), state, {"backbone": cfg.backbone, "fold": str(f)})
+    else:
+        save_weights(out_dir / "best.safetensors", result.state_dict, {"backbone": cfg.backbone})
+        for k, (epoch, _, state) in also.items():
+            save_weights(
+                out_dir / f"best-{k}.safetensors", state, {"backbone": cfg.backbone, "epoch": str(epoch)}
+            )
+    if result.confusion is not None:
+        write_confusion(out_dir, result.confusion, classes)
+    write_curves(out_dir, result.history)
+    if result.sensitive:
+        with open(out_dir / "sensitive_layers.csv", "w", newline="") as out:
+            w = csv.writer(out)
+            w.writerow(["rank", "tensor", "grad_norm", "action"])
+            for i, (name, score) in enumerate(result.sensitive, 1):
+                w.writerow([i, name, f"{score:.6g}", cfg.sensitivity.action])

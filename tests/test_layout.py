@@ -1,0 +1,215 @@
+"""The package layout holds: imports run down between packages, never in a circle, never into another
+package's private names; the trial side (train/, data/) knows nothing of Optuna, MLflow or the parent;
+study/ imports nothing heavy at module level; every third-party package imported is declared."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "sweeper"
+
+# Which packages each package may import (besides itself and the root modules below). A package absent
+# from a value is above it or beside it: importing it would run back up, or tie two rooms together.
+ALLOWED: dict[str, set[str]] = {
+    "study": set(),
+    "data": {"study"},
+    "train": {"study", "data"},
+    "store": {"study"},
+    "sweep": {"study", "data", "train", "store"},
+    "results": {"study", "store"},
+    "submit": {"study", "data", "train", "store", "results"},
+    "launch": {"store"},
+    "cli": {"study", "data", "train", "store", "sweep", "results", "submit", "launch"},
+}
+ROOT_BASE = {"errors", "faults"}  # the ground floor: any package may import these, they import nothing
+ROOT_TOP = {"__main__", "predictor"}  # the entry point and the old predictor path (a shim)
+TRIAL_SIDE = ("train", "data")
+HEAVY = {"torch", "torchvision", "timm", "optuna", "mlflow"}
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: str  # importing module, dotted
+    dst: str  # imported module, dotted
+    names: tuple[str, ...]
+    top_level: bool  # at module level (not in a function or under TYPE_CHECKING)
+    line: int
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in SRC.rglob("*.py")}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST, top: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node, top
+        elif isinstance(node, ast.If) and _is_type_checking(node):
+            yield from _imports(node, False)
+        else:
+            inner = top and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            yield from _imports(node, inner)
+
+
+def edges(known: dict[str, Path]) -> list[Edge]:
+    out = []
+    for mod, path in known.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node, top in _imports(ast.parse(path.read_text()), True):
+            if isinstance(node, ast.Import):
+                targets = [(a.name, ()) for a in node.names]
+            else:
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                # `from pkg import mod` imports a module; `from mod import name` a name
+                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
+                targets = [(s, ()) for s in subs] or [(base, tuple(a.name for a in node.names))]
+            for dst, names in targets:
+                if dst.split(".")[0] == "sweeper":
+                    out.append(Edge(mod, dst, names, top, node.lineno))
+    return out
+
+
+def room(mod: str) -> str:
+    """The package a module belongs to (``study``), or the root module's own name (``errors``)."""
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_packages_import_down_only() -> None:
+    bad = []
+    for e in edges(modules()):
+        src, dst = room(e.src), room(e.dst)
+        if src == dst or dst in ROOT_BASE or src in ROOT_TOP or dst == "__init__":
+            continue
+        if src in ROOT_BASE or dst not in ALLOWED.get(src, set()):
+            bad.append(f"{e.src}:{e.line} imports {e.dst} ({src} may import {sorted(ALLOWED.get(src, ()))})")
+    assert not bad, "imports that run up or across:\n" + "\n".join(bad)
+
+
+def test_no_import_circles() -> None:
+    known = modules()
+    graph: dict[str, set[str]] = {m: set() for m in known}
+    for e in edges(known):
+        dst = e.dst if e.dst in known else e.dst.rpartition(".")[0]
+        if dst in known and dst != e.src and known[dst].name != "__init__.py":
+            graph[e.src].add(dst)
+    circles = _cycles(graph)
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_private_names_across_packages() -> None:
+    bad = [
+        f"{e.src}:{e.line} takes {', '.join(n for n in e.names if n.startswith('_'))} from {e.dst}"
+        for e in edges(modules())
+        if room(e.src) != room(e.dst)
+        and room(e.src) not in ROOT_TOP
+        and any(n.startswith("_") and not n.startswith("__") for n in e.names)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def _third_party(path: Path, top_only: bool) -> set[str]:
+    found = set()
+    for node, top in _imports(ast.parse(path.read_text()), True):
+        if top_only and not top:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_trial_side_knows_no_optuna_mlflow_or_parent() -> None:
+    bad = [
+        f"{mod} imports {sorted(hit)}"
+        for mod, path in modules().items()
+        if room(mod) in TRIAL_SIDE and (hit := _third_party(path, False) & {"optuna", "mlflow"})
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_study_imports_nothing_heavy_at_module_level() -> None:
+    bad = [
+        f"{mod} imports {sorted(hit)} at module level"
+        for mod, path in modules().items()
+        if room(mod) == "study" and (hit := _third_party(path, True) & HEAVY)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def _declared() -> set[str]:
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return {re.split(r"[<>=!\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in meta["dependencies"]}
+
+
+def test_every_imported_package_is_declared() -> None:
+    dists = importlib.metadata.packages_distributions()
+    stdlib = set(sys.stdlib_module_names)
+    optional = {"psutil", "pynvml"}  # the `system` extra: imported only where it is installed
+    imported = set().union(*(_third_party(p, False) for p in SRC.rglob("*.py"))) - stdlib - {"sweeper"}
+    missing = []
+    for name in sorted(imported - optional):
+        owners = {d.lower().replace("_", "-") for d in dists.get(name, [name])}
+        if not owners & _declared():
+            missing.append(f"{name} (from {sorted(owners)})")
+    assert not missing, "imported but not declared in pyproject.toml: " + ", ".join(missing)
