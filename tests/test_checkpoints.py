@@ -106,10 +106,6 @@ def test_a_damaged_checkpoint_makes_the_trial_start_over(tmp_path: Path, image_f
     flip_last_byte(path)
     discarded: list[str] = []
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        pass
-
-    report.discarded = discarded.append  # type: ignore[attr-defined]
-    trained = workers.train_in_process(job, report)
+    trained = workers.train_in_process(job, workers.Listener(lambda e, m: None, discarded=discarded.append))
     assert discarded == ["checksum mismatch (the file is damaged or truncated)"]
     assert trained.resumed_from == 0 and trained.epochs == 2  # every epoch trained, none from the file

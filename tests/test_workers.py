@@ -102,7 +102,8 @@ def run_job(tmp_path: Path, image_folder: Path, report=None, restored=None, **cf
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     job = workers.Job(tiny_cfg(**cfg), data_lib.scan(image_folder), "val_acc", out, tmp_path / "ckpt.pt")
-    return workers.train_in_process(job, report or (lambda e, m: None), restored)
+    listener = workers.Listener(report or (lambda e, m: None), **({"restored": restored} if restored else {}))
+    return workers.train_in_process(job, listener)
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ into place, so no reader ever sees half a cache. A dataset over the disk budget
 
 The build is also the check that every image decodes: a truncated or corrupt file stops it with a
 one-line error naming the file, before the trial trains. Without a cache (over the budget, or turned
-off) the files are fully decoded once instead (:func:`sweeper.data.images.check_decodes`), for the same reason.
+off) the files are fully decoded once instead (:func:`sweeper.data.images.check_decodes`), for the same
+reason.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 A study file declares *fixed* trial parameters and a *space* of searched ones. Every key in either
 is a field of :class:`TrialConfig` (dotted for nested groups: ``aug.cutmix``, ``eval.tta``); the
-config itself lives in :mod:`sweeper.study.config`, the checks of its values in :mod:`sweeper.study.checks`, the
-searched dimensions in :mod:`sweeper.study.dims`. Their public names are re-exported here, the one module
-the rest of sweeper imports for the schema.
+config itself lives in :mod:`sweeper.study.config`, the checks of its values in
+:mod:`sweeper.study.checks`, the searched dimensions in :mod:`sweeper.study.dims`. Their public names are
+re-exported here for the parent side; the trial process imports the config module alone.
 
 This module imports nothing heavy: the CLI and every other module may import it.
 """

@@ -28,7 +28,10 @@ from sweeper.store import stores, tracking
 from sweeper.study import objectives
 from sweeper.study import space as space_lib
 from sweeper.study.spec import Study
+from sweeper.sweep import workers
 from sweeper.sweep.progress import Progress
+from sweeper.sweep.workers import Listener
+from sweeper.train.process import Job, Trained
 
 Objective = Callable[[optuna.Trial], "float | list[float]"]
 State = Literal["complete", "pruned", "infeasible", "failed", "lost", "interrupted", "halted"]
@@ -45,7 +48,7 @@ class Outcome:
     reason: str = ""
     kind: str = ""  # failed: oom / error
     details: str = ""
-    trained: Any = None  # workers.Trained of a complete trial
+    trained: Trained | None = None  # of a complete trial
     tags: dict[str, Any] = field(default_factory=dict)  # extra MLflow tags
 
 
@@ -88,8 +91,6 @@ def make_objective(
         slot: this worker's index on the machine (recorded on each trial with host and pid).
         threads: torch CPU threads per trial process, when several share the cores.
     """
-    from sweeper.sweep import workers
-
     progress = progress or Progress(0, spec.epochs, spec.metric)
     dataset = _dataset(data)  # the MLflow dataset input of every trial run (fingerprinted once)
 
@@ -148,16 +149,14 @@ def _open_run(ctx: Context, cfg: Any, absent: list[str]) -> Any:
     return run
 
 
-def attempt(ctx: Context, job: Any, progress: Progress, num_classes: int) -> Outcome:
+def attempt(ctx: Context, job: Job, progress: Progress, num_classes: int) -> Outcome:
     """Count the costs, check the budget, then train; every way a trial can end comes back as an
     :class:`Outcome`."""
-    from sweeper.sweep import workers
-
     try:
         over = _before_training(ctx, job.cfg, num_classes)
         if over is not None:
             return over
-        trained = _train(ctx, job, _reporter(ctx, progress))
+        trained = _train(ctx, job, _listener(ctx, progress))
     except optuna.TrialPruned as e:
         return Outcome("pruned", reason=str(e))
     except workers.Diverged as e:
@@ -199,8 +198,9 @@ def _before_training(ctx: Context, cfg: Any, num_classes: int) -> Outcome | None
     return check_budget(ctx.trial, cfg, num_classes, ctx.spec.max_params)
 
 
-def _reporter(ctx: Context, progress: Progress) -> Any:
-    """The trial process's two messages: restored epochs (recorded once, never pruned on) and new ones."""
+def _listener(ctx: Context, progress: Progress) -> Listener:
+    """What the trial's messages do: restored epochs are recorded once and never pruned on; new epochs
+    are recorded, shown and may prune; a discarded checkpoint and measured costs are noted."""
 
     def restored(step: int, history: list[tuple[int, dict[str, float]]]) -> None:
         for e, metrics in history:
@@ -219,10 +219,7 @@ def _reporter(ctx: Context, progress: Progress) -> Any:
         ctx.trial.set_user_attr(rec.DISCARDED, reason)
         ctx.run.set_tags({rec.DISCARDED: reason})
 
-    report.restored = restored  # type: ignore[attr-defined]
-    report.discarded = discarded  # type: ignore[attr-defined]
-    report.costs = lambda measured: _measured(ctx, measured)  # type: ignore[attr-defined]
-    return report
+    return Listener(report, restored, discarded, lambda measured: _measured(ctx, measured))
 
 
 def _record(ctx: Context, epoch: int, metrics: dict[str, float]) -> None:
@@ -321,6 +318,7 @@ def _settle(ctx: Context, outcome: Outcome) -> str:
 
 def _complete(ctx: Context, outcome: Outcome) -> float | list[float]:
     trained, metric = outcome.trained, ctx.spec.metric
+    assert trained is not None, "a complete outcome carries what the trial process trained"
     ctx.trial.set_constraint(rec.DIVERGED, 0.0)
     ctx.trial.set_user_attr(rec.BEST_EPOCH, trained.best_epoch)
     ctx.trial.set_user_attr("num_params", trained.num_params)
@@ -332,12 +330,11 @@ def _complete(ctx: Context, outcome: Outcome) -> float | list[float]:
     return _values(ctx, outcome.value)
 
 
-def _train(ctx: Context, job: Any, report: Any) -> Any:
+def _train(ctx: Context, job: Job, listener: Listener) -> Trained:
     """Train in a fresh process; on out-of-memory, once more at half the micro-batch (recorded)."""
-    from sweeper.sweep import workers
 
-    def once(j: Any) -> Any:
-        trained = workers.train_in_process(j, report, report.restored)
+    def once(j: Job) -> Trained:
+        trained = workers.train_in_process(j, listener)
         if trained.resumed_from:
             ctx.trial.set_user_attr(rec.RESUMED, trained.resumed_from)
             ctx.run.set_tags({rec.RESUMED: trained.resumed_from})

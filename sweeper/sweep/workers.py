@@ -5,43 +5,58 @@ training itself runs in a fresh child process per trial (:func:`train_in_process
 memory is freed with its process, a crash in training (segfault, the kernel's OOM killer) cannot take
 the bookkeeping with it, and each child sees only its own GPU through ``CUDA_VISIBLE_DEVICES``.
 
-Parent and child talk over a pipe::
-
-    child  -> ("discarded", reason)         a checkpoint failed its checks; the trial starts over
-    child  -> ("resumed", epoch, history)   restored from an epoch checkpoint (its epochs' metrics)
-    child  -> ("epoch", epoch, metrics)     parent answers True (go on) or False (stop: pruned)
-    child  -> ("done", Trained) | ("error", kind, reason, traceback)
-
-The child writes its artifacts (config, best weights, curves) into a folder the parent logs, and an
-epoch checkpoint that a retry of the same parameters resumes from."""
+The child's side, and the messages both sides exchange, are in :mod:`sweeper.train.process`; this
+module serves those messages to a :class:`Listener` and turns a failed child into a typed failure."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Literal
 
 from sweeper.errors import SweeperError
 from sweeper.study.config import TrialConfig
+from sweeper.train.process import (
+    Discarded,
+    Done,
+    Epoch,
+    Failed,
+    History,
+    Job,
+    Measured,
+    Resumed,
+    Trained,
+    child_main,
+)
 
-Report = Callable[[int, dict[str, float]], None]
-Restored = Callable[[int, list[tuple[int, dict[str, float]]]], None]
+__all__ = ["Job", "Listener", "Trained", "train_in_process"]
 
 INTERRUPTED = threading.Event()
 """Set by the main thread on Ctrl-C/SIGTERM: every worker kills its trial process and stops."""
 
 POLL_S = 0.5  # how often a waiting worker checks for an interrupt or a dead child
+
+
+def _ignore(*_: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What the sweep side does with a trial process's messages; runs in the worker's thread."""
+
+    epoch: Callable[[int, dict[str, float]], None]  # may raise (pruned): the child is told to stop
+    restored: Callable[[int, History], None] = _ignore  # epochs a checkpoint restored: heard once
+    discarded: Callable[[str], None] = _ignore  # a checkpoint failed its checks; the trial starts over
+    measured: Callable[[dict[str, float]], None] = _ignore  # costs timed on the trial's device
 
 
 # ---- failures, by kind ----------------------------------------------------------------------
@@ -98,38 +113,11 @@ _KINDS: dict[str, type[TrialFailure]] = {
 # ---- one trial in a child process -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Job:
-    """Everything a trial process needs; pickled to the child."""
+def train_in_process(job: Job, listener: Listener) -> Trained:
+    """Train ``job`` in a fresh process; ``listener`` hears its messages here, in the caller.
 
-    cfg: TrialConfig
-    data: Any  # data.ImageFolderData
-    metric: str
-    out_dir: Path  # the child writes the trial's artifacts here
-    checkpoint: Path | None = None  # epoch checkpoint: resumed from when present, rewritten every epoch
-    gpu: str | None = None  # CUDA_VISIBLE_DEVICES for the child; None = inherit the parent's
-    threads: int | None = None  # torch CPU threads; None = torch's default (all cores)
-    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # the parent's, at submit time
-    latency: bool = False  # time the model's forward pass before training (a latency_ms objective)
-
-
-@dataclass(frozen=True)
-class Trained:
-    """What a finished trial process reports back; the weights and plots are in ``Job.out_dir``."""
-
-    best_epoch: int
-    best: dict[str, float]
-    num_params: int
-    epochs: int  # epochs in the history, restored ones included
-    resumed_from: int = 0  # epoch restored from a checkpoint; 0 = started from scratch
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def train_in_process(job: Job, report: Report, restored: Restored | None = None) -> Trained:
-    """Run ``fit.run_trial`` for ``job`` in a fresh process; ``report`` runs here, in the caller.
-
-    ``report`` may raise (a pruner's TrialPruned): the child is told to stop, and the exception goes on.
-    ``restored(epoch, history)`` hears once of the epochs a checkpoint restored; they are not reported.
+    ``listener.epoch`` may raise (a pruner's TrialPruned): the child is told to stop, and the exception
+    goes on. ``listener.restored`` hears once of the epochs a checkpoint restored; they are not reported.
 
     Raises:
         OutOfMemory, Diverged, Crashed: the child's error, with its traceback in ``details``.
@@ -138,7 +126,7 @@ def train_in_process(job: Job, report: Report, restored: Restored | None = None)
     """
     ctx = _context()
     here, there = ctx.Pipe()
-    proc = ctx.Process(target=_child_main, args=(there, job), name="sweeper-trial")
+    proc = ctx.Process(target=child_main, args=(there, job), name="sweeper-trial")
     try:
         proc.start()
     except (EOFError, OSError) as e:  # the fork server died while it started (Ctrl-C hits it too)
@@ -151,7 +139,7 @@ def train_in_process(job: Job, report: Report, restored: Restored | None = None)
     finally:
         there.close()
     try:
-        return _serve(proc, here, report, restored)
+        return _serve(proc, here, listener)
     finally:
         here.close()  # a child still waiting for an answer sees EOF and exits
         proc.join(timeout=30)
@@ -160,51 +148,62 @@ def train_in_process(job: Job, report: Report, restored: Restored | None = None)
             proc.join()
 
 
-def _serve(proc: Any, conn: Any, report: Report, restored: Restored | None) -> Trained:
+def _serve(proc: BaseProcess, conn: Connection, listener: Listener) -> Trained:
     resumed = 0
+    while True:
+        msg = _next(proc, conn)
+        match msg:
+            case Epoch(epoch, metrics):
+                _answer(proc, conn, listener, epoch, metrics)
+            case Resumed(epoch, history):
+                resumed = epoch
+                listener.restored(epoch, history)
+            case Discarded(reason):
+                listener.discarded(reason)
+            case Measured(costs):
+                listener.measured(costs)
+            case Done(trained):
+                return dataclasses.replace(trained, resumed_from=resumed)
+            case Failed(kind, reason, details):
+                raise _KINDS[kind](reason, details)
+            case _:
+                raise TypeError(f"a trial process sent {msg!r}, not a message of sweeper.train.process")
+
+
+def _next(proc: BaseProcess, conn: Connection) -> object:
+    """The child's next message; raises on an interrupt or when the child died without one."""
     while True:
         if INTERRUPTED.is_set():
             proc.kill()
             raise KeyboardInterrupt
-        if not conn.poll(POLL_S):
-            if not proc.is_alive() and not conn.poll(0):
-                if INTERRUPTED.wait(2.0):  # a signal to the whole group (Slurm) reached it first
-                    raise KeyboardInterrupt
-                raise WorkerLost(_death(proc))
-            continue
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            proc.join(timeout=5)
-            raise WorkerLost(_death(proc)) from None
-        if msg[0] == "discarded":
-            discarded = getattr(report, "discarded", None)
-            if discarded is not None:
-                discarded(msg[1])
-        elif msg[0] == "costs":
-            measured = getattr(report, "costs", None)
-            if measured is not None:
-                measured(msg[1])
-        elif msg[0] == "resumed":
-            resumed = msg[1]
-            if restored is not None:
-                restored(msg[1], msg[2])
-        elif msg[0] == "epoch":
-            try:
-                report(msg[1], msg[2])
-            except BaseException:
-                _send(conn, False)
-                raise
-            if not _send(conn, True):
-                proc.join(timeout=5)
-                raise WorkerLost(_death(proc))
-        elif msg[0] == "done":
-            return dataclasses.replace(msg[1], resumed_from=resumed)
-        else:
-            raise _KINDS[msg[1]](msg[2], msg[3])
+        if conn.poll(POLL_S):
+            break
+        if not proc.is_alive() and not conn.poll(0):
+            if INTERRUPTED.wait(2.0):  # a signal to the whole group (Slurm) reached it first
+                raise KeyboardInterrupt
+            raise WorkerLost(_death(proc))
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        proc.join(timeout=5)
+        raise WorkerLost(_death(proc)) from None
 
 
-def _send(conn: Any, value: bool) -> bool:
+def _answer(
+    proc: BaseProcess, conn: Connection, listener: Listener, epoch: int, metrics: dict[str, float]
+) -> None:
+    """Hand an epoch to the listener and tell the child whether to go on (no, when the listener raised)."""
+    try:
+        listener.epoch(epoch, metrics)
+    except BaseException:
+        _send(conn, False)
+        raise
+    if not _send(conn, True):
+        proc.join(timeout=5)
+        raise WorkerLost(_death(proc))
+
+
+def _send(conn: Connection, value: bool) -> bool:
     try:
         conn.send(value)
         return True
@@ -212,7 +211,7 @@ def _send(conn: Any, value: bool) -> bool:
         return False
 
 
-def _death(proc: Any) -> str:
+def _death(proc: BaseProcess) -> str:
     code = proc.exitcode
     if code is not None and code < 0:
         name = signal.Signals(-code).name
@@ -221,11 +220,7 @@ def _death(proc: Any) -> str:
     return f"trial process exited with code {code} without a result"
 
 
-class _Stop(Exception):
-    """The parent said stop (pruned): unwind the training loop quietly."""
-
-
-def _context() -> Any:
+def _context() -> multiprocessing.context.ForkServerContext:
     """Trial processes fork from a fork server that has already imported torch and timm.
 
     Every trial still gets a fresh process (its GPU memory goes when it exits), but it skips the
@@ -234,9 +229,8 @@ def _context() -> Any:
     holds threads and maybe CUDA, is not).
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(
-        ["sweeper.faults", "torch", "timm", "sweeper.train.fit", "sweeper.train.artifacts"]
-    )
+    preload = ["sweeper.faults", "torch", "timm", "sweeper.train.process", "sweeper.train.fit"]
+    ctx.set_forkserver_preload([*preload, "sweeper.train.artifacts"])
     return ctx
 
 
@@ -259,118 +253,6 @@ def start_fork_server() -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
-
-
-def _child_main(conn: Any, job: Job) -> None:
-    """Entry point of a trial process: train, stream epochs to the parent, classify any failure."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
-    # So is SIGTERM: Slurm's scancel and time limit signal every process of the step at once, and a trial
-    # process dying of it first would look like a lost worker instead of an interrupted trial. The
-    # worker kills this process when it stops; if the worker dies, the pipe watch below ends it.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.environ.clear()  # the fork server's environment is from when it started; use the parent's now
-    os.environ.update(job.env)
-    if job.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu  # before anything touches CUDA
-    _exit_with_worker(conn)
-    import torch
-
-    from sweeper.train import artifacts, checkpoints, fit
-
-    if job.threads:
-        torch.set_num_threads(job.threads)
-
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        conn.send(("epoch", epoch, metrics))
-        if not conn.recv():
-            raise _Stop
-
-    try:
-        if job.checkpoint is not None:
-            bad = checkpoints.verify(job.checkpoint, job.cfg)
-            if bad:
-                print(f"trial checkpoint {job.checkpoint} discarded: {bad}", file=sys.stderr, flush=True)
-                conn.send(("discarded", bad))
-            epoch, history = checkpoints.saved_state(job.checkpoint, job.cfg)
-            if epoch:
-                conn.send(("resumed", epoch, history))
-        if job.latency:  # before training, on the trial's device, with nothing else of this trial running
-            from sweeper.data import loaders
-            from sweeper.train import costs
-
-            conn.send(("costs", costs.latency(job.cfg, len(job.data.classes), loaders.pick_device())))
-        result = fit.run_trial(job.cfg, job.data, report, metric=job.metric, checkpoint=job.checkpoint)
-        artifacts.write_trial(job.out_dir, job.cfg, job.data.classes, result)
-        conn.send(
-            (
-                "done",
-                Trained(
-                    result.best_epoch,
-                    result.best,
-                    result.num_params,
-                    len(result.history),
-                    history=result.history,
-                ),
-            )
-        )
-    except (_Stop, EOFError, BrokenPipeError):
-        pass
-    except BaseException as e:
-        kind = _kind(e, fit.DivergedError)
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-        if kind == "disk":
-            reason = f"no space left on the device: {e}; free space, or set SWEEPER_CHECKPOINTS elsewhere"
-        with contextlib.suppress(OSError):
-            conn.send(("error", kind, reason, traceback.format_exc()))
-    finally:
-        conn.close()
-
-
-def _kind(e: BaseException, diverged: type[BaseException]) -> str:
-    if is_oom(e):
-        return "oom"
-    if isinstance(e, diverged):
-        return "diverged"
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return "disk"
-    return "error"
-
-
-def is_oom(e: BaseException) -> bool:
-    """Out of accelerator memory: by type (CUDA's allocator error is ``torch.OutOfMemoryError``); the
-    message only as a fallback, for backends that raise a plain RuntimeError (MPS, some XPU builds)."""
-    import torch
-
-    if isinstance(e, torch.OutOfMemoryError):
-        return True
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
-
-
-def _exit_with_worker(conn: Any) -> None:
-    """A trial process must not outlive its worker (SIGKILL, node loss): its GPU would stay taken.
-
-    The trial process is the fork server's child, not the worker's, so its parent says nothing about
-    the worker (nor does ``PR_SET_PDEATHSIG``, which follows the parent). Instead it watches its pipe:
-    only the worker holds the other end, and the kernel closes that when the worker dies, however it
-    dies. ``POLLRDHUP`` sees the close without reading, so the pipe's messages are left alone.
-    """
-    import select
-
-    rdhup = getattr(select, "POLLRDHUP", 0)  # Linux; elsewhere the parent is watched, as a fallback
-    parent = os.getppid()
-
-    def watch() -> None:
-        poller = select.poll()
-        poller.register(conn.fileno(), rdhup)
-        while True:
-            for _, events in poller.poll(1000 if not rdhup else None):
-                if events & (rdhup | select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    os._exit(3)
-            if not rdhup and os.getppid() != parent:
-                os._exit(3)
-
-    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
 def halve_micro_batch(cfg: TrialConfig) -> TrialConfig | None:
