@@ -31,7 +31,7 @@ DEAD_PID = "4194300"  # above the default pid_max: never a live process
 
 def add(
     study: optuna.Study,
-    tracker: tracking.Tracker,
+    tracker: tracking.MlflowTracker,
     x: float,
     state: TrialState,
     run: str | None,
@@ -58,10 +58,10 @@ def add(
     return number
 
 
-def plant(tmp: Path) -> tuple[optuna.Study, tracking.Tracker]:
+def plant(tmp: Path) -> tuple[optuna.Study, tracking.MlflowTracker]:
     """One study with every kind of leftover a killed sweep can leave."""
     study = optuna.create_study(study_name="planted", storage=stores.storage(None))
-    tracker = tracking.Tracker(None, "planted")
+    tracker = tracking.MlflowTracker(None, "planted")
     add(study, tracker, 0.1, TrialState.COMPLETE, "COMPLETE")  # 0: clean
     running = study.ask()  # 1: RUNNING, its process killed; its run RUNNING too
     running.suggest_float("x", 0, 1)

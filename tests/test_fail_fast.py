@@ -27,7 +27,7 @@ from sweeper.store import stores, tracking
 def test_an_unusable_tracking_uri_is_one_line_within_seconds(uri: str, message: str) -> None:
     t0 = time.monotonic()
     with pytest.raises(SweeperError, match=message) as e:
-        tracking.Tracker(uri, "x")
+        tracking.MlflowTracker(uri, "x")
     assert time.monotonic() - t0 < 10 and "\n" not in str(e.value) and "secret" not in str(e.value)
 
 

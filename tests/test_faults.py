@@ -113,7 +113,7 @@ def assert_exact(name: str, n: int, storage: str | None = None, tracking_uri: st
     """The invariants: exactly ``n`` counted trials, and nothing for the doctor to find."""
     default_storage, default_tracking = sqlite_stores()
     study = optuna.load_study(study_name=name, storage=stores.storage(storage or default_storage))
-    tracker = tracking.Tracker(tracking_uri or default_tracking, name)
+    tracker = tracking.MlflowTracker(tracking_uri or default_tracking, name)
     found = doctor.examine(study, tracker, live=False)
     assert [f.line() for f in found] == []
     assert rec.counts(study.get_trials())["counted"] == n

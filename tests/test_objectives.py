@@ -267,6 +267,7 @@ def test_a_missing_cost_fails_the_trial_instead_of_a_made_up_value(
     tmp_path: Path, image_folder: Path
 ) -> None:
     from sweeper.data import images as data_lib
+    from sweeper.store import tracking
     from sweeper.sweep import trial as trial_lib
     from sweeper.sweep import workers
     from sweeper.sweep.progress import Progress
@@ -280,7 +281,7 @@ def test_a_missing_cost_fails_the_trial_instead_of_a_made_up_value(
     data = data_lib.scan(trade.data_root)
     st = optuna.create_study(directions=["maximize", "minimize"])
     t = st.ask()
-    ctx = trial_lib.Context(trade, t, trial_lib.tracking.NO_RUN, Path(""), tmp_path, None)
+    ctx = trial_lib.Context(trade, t, tracking.NO_RUN, Path(""), tmp_path, tracking.NullTracker())
     job = workers.Job(trade.resolve({}), data, "val_acc", tmp_path, latency=False)  # not timed
     outcome = trial_lib.attempt(ctx, job, Progress(1, 1, "val_acc"), len(data.classes))
     assert outcome.state == "failed" and outcome.reason == "trained, but latency_ms was not measured"

@@ -163,8 +163,8 @@ def test_workers_of_one_process_share_sqlite_without_lock_errors(
 # ---- the failure taxonomy -------------------------------------------------------------------------
 
 
-def run_one(spec: spec_lib.Study, trials: int = 1) -> tuple[optuna.Study, tracking.Tracker]:
-    tracker = tracking.Tracker(None, spec.name)
+def run_one(spec: spec_lib.Study, trials: int = 1) -> tuple[optuna.Study, tracking.MlflowTracker]:
+    tracker = tracking.MlflowTracker(None, spec.name)
     objective = trial_lib.make_objective(spec, data_lib.scan(spec.data_root), tracker)
     return sweep.run(spec, trials, objective, tracker=tracker), tracker
 

@@ -129,7 +129,7 @@ def report(
     src = record_lib.open_recorded(study, storage)
     spec, st = src.spec, src.study
     _warn(src.notes)
-    tracker = tracking.Tracker(tracking_uri, spec.name)
+    tracker = tracking.MlflowTracker(tracking_uri, spec.name)
     out = out or Path(f"{spec.name}-report.html")
     if out.is_dir():
         out = out / f"{spec.name}-report.html"

@@ -76,9 +76,8 @@ def run_study(
     from sweeper.data import images as data_lib
     from sweeper.store import record as record_lib
     from sweeper.store import stores, tracking
-    from sweeper.sweep import loop, retention
     from sweeper.sweep import progress as progress_lib
-    from sweeper.sweep import trial as trial_lib
+    from sweeper.sweep import session
     from sweeper.sweep import workers as workers_lib
 
     spec = load_spec(study, data, set_, epochs)
@@ -95,7 +94,7 @@ def run_study(
     if existing is not None:  # refuse a changed definition before anything slow
         record_lib.ensure(existing, rec)
     _warn(preflight(spec, len(ds.classes)))
-    tracker = tracking.Tracker(tracking_uri, spec.name)
+    tracker = tracking.MlflowTracker(tracking_uri, spec.name)
     t0 = time.monotonic()
     on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
     typer.echo(
@@ -107,34 +106,12 @@ def run_study(
     )
     progress = progress_lib.create(trials, spec.epochs, spec.metric)
     if existing is not None:  # a resumed study: progress starts from what storage holds
-        progress.update(record_lib.counts(existing.get_trials(deepcopy=False)), _best_value(existing))
-    threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
-    objectives = [
-        trial_lib.make_objective(spec, ds, tracker, progress, gpu=g, slot=i, threads=threads)
-        for i, g in enumerate(slots)
-    ]
-
+        progress.update(record_lib.counts(existing.get_trials(deepcopy=False)), session.best_value(existing))
     tracker.log_study(rec.summary(), spec.description)
-
-    def on_trial_end(st: Any, t: Any) -> None:
-        counts = record_lib.counts(st.get_trials(deepcopy=False))
-        best = _best_value(st)
-        progress.trial_finished(
-            t.number, t.state.name, record_lib.primary(t), record_lib.why(t), counts, best
-        )
-        study_metrics = {f"trials_{k}": float(counts[k]) for k in ("complete", "pruned", "fail")}
-        if spec.multi:
-            study_metrics["pareto_front"] = float(len(record_lib.pareto_front(st, spec.objectives)))
-        retention.prune_weights(st, tracker, spec.keep_weights, spec.direction, spec.objectives)
-        tracker.log_study_metrics(
-            counts["counted"], study_metrics | ({} if best is None else {f"best_{spec.metric}": best})
-        )
-
     prepare = _warm_start(warm_start, spec, storage) if warm_start else None
-    st = _sweep(
-        progress,
-        lambda: loop.run(spec, trials, objectives, storage, timeout, 0, on_trial_end, tracker, rec, prepare),
-    )
+    threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
+    s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
+    st = _sweep(progress, lambda: session.run(s, trials, timeout, rec, prepare))
     c = record_lib.counts(st.get_trials(deepcopy=False))
     typer.echo(
         f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
@@ -246,15 +223,6 @@ def _existing(name: str, storage: str | None) -> Any:
         raise
 
 
-def _best_value(st: Any) -> float | None:
-    """The best value of the metric (a multi-objective study's first objective) among own trials."""
-    from sweeper.store import record as record_lib
-
-    values = [record_lib.primary(t) or 0.0 for t in record_lib.own_complete(st)]
-    pick = max if st.directions[0].name == "MAXIMIZE" else min
-    return pick(values, default=None)
-
-
 def _print_best(st: Any, spec: Any) -> None:
     from sweeper.results import views
     from sweeper.store import record as record_lib
@@ -323,7 +291,7 @@ def refit_best(
     ds = data_lib.scan(str(data) if data else src.spec.data_root, max_pixels=src.spec.max_pixels)
     ds = data_lib.hold_out(ds, src.spec.val_from_train)  # the split the trials saw (soup picks on val)
     record_lib.check_classes(src.record, ds.classes, ds.root)
-    tracker = tracking.Tracker(tracking_uri, src.spec.name)
+    tracker = tracking.MlflowTracker(tracking_uri, src.spec.name)
     if combine != "refit":
         _warn(src.notes)
         summary = refit.combine(src, ds, out, tracker, combine, top, register, allow_over_budget)
@@ -365,9 +333,8 @@ def confirm(
     from sweeper.results import confirm as confirm_lib
     from sweeper.store import record as record_lib
     from sweeper.store import tracking
-    from sweeper.sweep import loop
     from sweeper.sweep import progress as progress_lib
-    from sweeper.sweep import trial as trial_lib
+    from sweeper.sweep import session
     from sweeper.sweep import workers as workers_lib
 
     src = record_lib.open_recorded(study, storage)
@@ -380,15 +347,12 @@ def confirm(
     c = record_lib.counts(src.study.get_trials(deepcopy=False))
     total = c["counted"] + c["running"] + c["waiting"]
     typer.echo(f"confirm {spec.name}: {queued} re-runs queued now, {c['waiting']} to run ({top} x {seeds})")
-    tracker = tracking.Tracker(tracking_uri, spec.name)
+    tracker = tracking.MlflowTracker(tracking_uri, spec.name)
     progress = progress_lib.create(total, spec.epochs, spec.metric)
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
-    objectives = [
-        trial_lib.make_objective(spec, ds, tracker, progress, gpu=g, slot=i, threads=threads)
-        for i, g in enumerate(slots)
-    ]
-    st = _sweep(progress, lambda: loop.run(spec, total, objectives, storage, None, 0, None, tracker, None))
+    s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
+    st = _sweep(progress, lambda: session.run(s, total))
     n_val = None if src.record is None else src.record.data.get("images", {}).get("val")
     for line in confirm_lib.format_ranking(
         confirm_lib.ranking(st, spec.direction, n_val), spec.metric, spec.direction

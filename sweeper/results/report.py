@@ -26,6 +26,7 @@ from sweeper.results import ablation as ablation_lib
 from sweeper.results import effects as effects_lib
 from sweeper.results.figures import best_artifacts, figures, learning_curves, run_id_of
 from sweeper.store import record as record_lib
+from sweeper.store.tracking import MlflowTracker
 from sweeper.study import objectives
 from sweeper.study.spec import Study
 
@@ -319,7 +320,7 @@ def _plot(div: str, title: str, fig: Any) -> str:
     )
 
 
-def log_report(tracker: Any, spec: Study, path: Path) -> str:
+def log_report(tracker: MlflowTracker, spec: Study, path: Path) -> str:
     """Log ``path`` as ``report.html`` of the study's own MLflow run (the parent of its trials)."""
     run_id = tracker.study_run_id()
     with tempfile.TemporaryDirectory(prefix="sweeper-report-") as d:
@@ -332,7 +333,7 @@ def log_report(tracker: Any, spec: Study, path: Path) -> str:
     return run_id
 
 
-def write(spec: Study, study: optuna.Study, tracker: Any, out: Path, top: int = 5) -> str:
+def write(spec: Study, study: optuna.Study, tracker: MlflowTracker, out: Path, top: int = 5) -> str:
     """Render the report to ``out`` and log it to MLflow; returns the MLflow run id holding it."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" warnings: the report says so
     text = render(spec, study, tracker.client, top)

@@ -2,7 +2,7 @@
 
 Local SQLite stores get exactly one writer process: :func:`single_writer` takes an exclusive lock
 beside each database file, and all workers of that process share it (see :func:`storage` and
-``tracking.Tracker``). A second ``run-study`` on the same files is refused up front.
+``tracking.MlflowTracker``). A second ``run-study`` on the same files is refused up front.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """MLflow tracking behind one narrow interface: a study is an experiment, a trial is a run.
 
 Everything goes through ``MlflowClient`` with explicit run ids (no global "active run"), so several
-trials or workers in one process tree never write to each other's runs. :class:`NullTracker` has the
-same methods and records nothing.
+trials or workers in one process tree never write to each other's runs. The sweep sees two protocols,
+:class:`Tracker` and :class:`RunLog`: :class:`MlflowTracker` and :class:`TrialRun` record to MLflow,
+:class:`NullTracker` and its null run record nothing (mypy checks that both satisfy them). What only
+MLflow can do (the doctor's repairs, the report's artifacts) takes an :class:`MlflowTracker`.
 
 Concurrency: a tracking server (``http://``) or PostgreSQL serves any number of workers and machines.
 The local SQLite store has one writer process (``workers.single_writer``), and inside it the workers'
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sweeper.store import stores
 
@@ -129,6 +131,44 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+class RunLog(Protocol):
+    """One run's record: what a trial, a refit or an ensemble writes while it runs."""
+
+    run_id: str
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_dir(self, local_dir: Path, artifact_path: str | None = None) -> None: ...
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def end(self, state: str, reason: str = "") -> None: ...
+
+
+class Tracker(Protocol):
+    """What a sweep, a refit and retention need of the tracking store (one study's experiment)."""
+
+    uri: str
+
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> RunLog: ...
+    def close_run(self, run_id: str, state: str, reason: str) -> bool: ...
+    def log_model(
+        self, run_id: str, folder: Path, loader: ModelLoader, register: str | None = None
+    ) -> str: ...
+    def log_study(self, record_doc: dict[str, Any], description: str) -> None: ...
+    def system_metrics(self, run_id: str) -> contextlib.AbstractContextManager[None]: ...
+    def log_study_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_dataset(
+        self, run_id: str, name: str, source: str, digest: str, profile: dict[str, Any]
+    ) -> None: ...
+    def download(self, run_id: str, artifact: str, dst: Path) -> Path: ...
+    def close_stale_runs(
+        self, trial_states: dict[int, str], reasons: dict[int, str] | None = None
+    ) -> int: ...
+    def trial_runs(self) -> list[Any]: ...  # MLflow's Run entities
+    def run(self, run_id: str) -> Any: ...  # MLflow's Run entity, or None
+    def delete_artifacts(self, run_id: str, suffixes: tuple[str, ...], reason: str) -> bool: ...
+
+
 class TrialRun:
     """One MLflow run. Metrics are sent in one batch call per epoch, not one call per value."""
 
@@ -183,7 +223,7 @@ class TrialRun:
         self._call(lambda: self.client.set_terminated(self.run_id, status=STATUS[state]))
 
 
-class Tracker:
+class MlflowTracker:
     """An MLflow experiment (one per study) at ``uri``."""
 
     def __init__(self, uri: str | None, experiment: str) -> None:
@@ -485,6 +525,12 @@ class NullTracker:
     def trial_runs(self) -> list[Any]:
         return []
 
+    def run(self, run_id: str) -> Any:
+        return None
+
+    def delete_artifacts(self, run_id: str, suffixes: tuple[str, ...], reason: str) -> bool:
+        return False
+
 
 class _NullRun:
     run_id = ""
@@ -499,3 +545,10 @@ class _NullRun:
 
 NO_RUN = _NullRun()
 """The run of a trial whose run is not created yet: writes go nowhere."""
+
+if TYPE_CHECKING:  # mypy holds both trackers, and both runs, to the protocols the sweep uses
+
+    def _conforms(
+        real: MlflowTracker, null: NullTracker, run: TrialRun
+    ) -> tuple[Tracker, Tracker, RunLog, RunLog]:
+        return real, null, run, NO_RUN

@@ -153,7 +153,7 @@ def open_model(ref: str, tracking_uri: str | None) -> tuple[Predictor, str]:
             name = spec_lib.load(ref).name
         except SweeperError:
             name = ref  # a study in storage only
-        uri = tracking.Tracker(tracking_uri, name).latest_model()
+        uri = tracking.MlflowTracker(tracking_uri, name).latest_model()
     return Predictor.from_folder(_download(uri, tracking_uri)), uri
 
 

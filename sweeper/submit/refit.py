@@ -24,6 +24,7 @@ import yaml
 from sweeper.data.images import ImageFolderData
 from sweeper.errors import SweeperError
 from sweeper.store import record
+from sweeper.store.tracking import RunLog, Tracker
 from sweeper.study import objectives
 from sweeper.study import space as space_lib
 from sweeper.study import spec as spec_lib
@@ -129,7 +130,7 @@ def refit_best(
     p: RefitPlan,
     data: ImageFolderData,
     out: Path,
-    tracker: Any,
+    tracker: Tracker,
     study_name: str,
     register: str | None = None,
 ) -> dict[str, Any]:
@@ -174,7 +175,7 @@ def refit_best(
     }
 
 
-def _log_submission(tracker: Any, run: Any, out: Path, wrote: list[str], register: str | None) -> str:
+def _log_submission(tracker: Tracker, run: RunLog, out: Path, wrote: list[str], register: str | None) -> str:
     """The folder as an MLflow model of the run (registered when asked); its small files as run artifacts
     too, to read in the UI. Returns the model's URI."""
     for name in wrote:
@@ -222,13 +223,13 @@ class Member:
 
 
 def fetch_members(
-    trial: optuna.trial.FrozenTrial, tracker: Any, dst: Path, classes: tuple[str, ...]
+    trial: optuna.trial.FrozenTrial, tracker: Tracker, dst: Path, classes: tuple[str, ...]
 ) -> list[Member]:
     """Download a trial's kept weights from MLflow: ``best.safetensors``, or every fold's for k-fold."""
     run_id = trial.user_attrs.get("mlflow_run_id")
     if not run_id:
         raise SweeperError(f"trial {trial.number} has no MLflow run; it ran without tracking")
-    run = tracker.run(run_id) if hasattr(tracker, "run") else None
+    run = tracker.run(run_id)
     gone = run.data.tags.get("sweeper.weights", "") if run is not None else ""
     if gone.startswith("deleted"):
         raise SweeperError(
@@ -264,7 +265,7 @@ def combine(
     src: record.Recorded,
     data: ImageFolderData,
     out: Path,
-    tracker: Any,
+    tracker: Tracker,
     how: str,
     top: int = 3,
     register: str | None = None,

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.errors import SweeperError
 from sweeper.store import record as rec
 from sweeper.store import stores, tracking
-from sweeper.store.tracking import STATUS
+from sweeper.store.tracking import STATUS, MlflowTracker
 from sweeper.sweep import trial as trial_lib
 
 Kind = Literal["running", "no-run", "orphan-run", "mismatch", "duplicate", "retries", "checkpoint", "staging"]
@@ -45,7 +45,7 @@ class Finding:
         return f"{self.kind}: {self.subject}: {self.detail}" + ("" if self.fix else " (not repairable)")
 
 
-def examine(study: optuna.Study, tracker: Any, live: bool) -> list[Finding]:
+def examine(study: optuna.Study, tracker: MlflowTracker, live: bool) -> list[Finding]:
     """Every violation of the study's invariants.
 
     Args:
@@ -71,7 +71,9 @@ def _dead(study: optuna.Study, trials: list[FrozenTrial], live: bool) -> set[int
     return {t.number for t in trials if t._trial_id in stale_ids}
 
 
-def _running(study: optuna.Study, tracker: Any, trials: list[FrozenTrial], dead: set[int]) -> list[Finding]:
+def _running(
+    study: optuna.Study, tracker: MlflowTracker, trials: list[FrozenTrial], dead: set[int]
+) -> list[Finding]:
     out = []
     for t in trials:
         if t.number in dead:
@@ -86,14 +88,14 @@ def _running(study: optuna.Study, tracker: Any, trials: list[FrozenTrial], dead:
     return out
 
 
-def _close_dead(study: optuna.Study, tracker: Any, t: FrozenTrial) -> None:
+def _close_dead(study: optuna.Study, tracker: MlflowTracker, t: FrozenTrial) -> None:
     trial_lib.mark_lost(study._storage, t._trial_id, "found RUNNING by `sweeper doctor` (its process died)")
     study.tell(t.number, state=TrialState.FAIL)
     trial_lib.close_lost(study, study._storage.get_trial(t._trial_id), tracker)
 
 
 def _pairs(
-    study: optuna.Study, tracker: Any, trials: list[FrozenTrial], runs: list[Any], dead: set[int]
+    study: optuna.Study, tracker: MlflowTracker, trials: list[FrozenTrial], runs: list[Any], dead: set[int]
 ) -> list[Finding]:
     """Trials without runs, runs without trials (or second runs of one), and states that disagree."""
     by_number = {t.number: t for t in trials}
@@ -127,7 +129,7 @@ def _ran(t: FrozenTrial) -> bool:
     return t.state != TrialState.WAITING and not surplus
 
 
-def _mismatch(tracker: Any, t: FrozenTrial, r: Any, dead: set[int]) -> list[Finding]:
+def _mismatch(tracker: MlflowTracker, t: FrozenTrial, r: Any, dead: set[int]) -> list[Finding]:
     if t.state == TrialState.RUNNING:
         if r.info.status == "RUNNING" or t.number in dead:
             return []
@@ -149,13 +151,13 @@ def _mismatch(tracker: Any, t: FrozenTrial, r: Any, dead: set[int]) -> list[Find
     ]
 
 
-def _drop_run(tracker: Any, r: Any) -> None:
+def _drop_run(tracker: MlflowTracker, r: Any) -> None:
     if r.info.status == "RUNNING":
         tracker.end_run(r.info.run_id, "FAIL", "no trial links this run; closed by `sweeper doctor`")
     tracker.delete_run(r.info.run_id)
 
 
-def _record_run(study: optuna.Study, tracker: Any, t: FrozenTrial) -> None:
+def _record_run(study: optuna.Study, tracker: MlflowTracker, t: FrozenTrial) -> None:
     run = tracker.start(
         run_name=f"trial-{t.number:04d}",
         params=t.params,
@@ -231,7 +233,7 @@ def check(
     every RUNNING trial is dead. When a sweep holds them, only stale heartbeats count, and no repair runs.
     """
     url = stores.resolve_storage(storage_url)
-    tracker = tracking.Tracker(tracking_uri, name)
+    tracker = tracking.MlflowTracker(tracking_uri, name)
     study = stores.load_existing(name, url)
     try:
         with stores.single_writer([url, tracker.uri]):
@@ -248,7 +250,7 @@ def check(
     return lines, left
 
 
-def _check(study: optuna.Study, tracker: Any, live: bool, repair: bool) -> tuple[list[str], int]:
+def _check(study: optuna.Study, tracker: MlflowTracker, live: bool, repair: bool) -> tuple[list[str], int]:
     found = examine(study, tracker, live)
     lines = []
     if repair:

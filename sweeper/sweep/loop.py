@@ -17,7 +17,6 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
@@ -27,6 +26,7 @@ from sweeper.errors import SweeperError
 from sweeper.store import record as record_lib
 from sweeper.store import stores, tracking
 from sweeper.store.record import FAIL_REASON, LOST, NOT_COUNTED, counts
+from sweeper.store.tracking import Tracker
 from sweeper.study import design as design_lib
 from sweeper.study import space as space_lib
 from sweeper.study import starts
@@ -134,7 +134,7 @@ def run(
     timeout: float | None = None,
     worker: int = 0,
     on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
-    tracker: Any = None,
+    tracker: Tracker | None = None,
     record: record_lib.StudyRecord | None = None,
     prepare: Callable[[optuna.Study], None] | None = None,
 ) -> optuna.Study:
@@ -345,7 +345,7 @@ def _process_seed_offset() -> int:
 class _Lost:
     """A trial whose worker died: its params are re-queued (while retries last) and its run closed."""
 
-    def __init__(self, tracker: Any) -> None:
+    def __init__(self, tracker: Tracker | None) -> None:
         self.tracker = tracker
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -369,7 +369,7 @@ def _fail_orphans(study: optuna.Study, lost: _Lost) -> None:
         lost(study, study._storage.get_trial(t._trial_id))
 
 
-def _close_lost_runs(study: optuna.Study, tracker: Any) -> None:
+def _close_lost_runs(study: optuna.Study, tracker: Tracker | None) -> None:
     """Safety net: any MLflow run still RUNNING whose trial has ended (or was never created) is closed
     with the trial's final state and reason."""
     if tracker is None:

@@ -6,12 +6,11 @@ curves, confusion matrices and configs stay.
 
 from __future__ import annotations
 
-from typing import Any
-
 import optuna
 from optuna.trial import TrialState
 
 from sweeper.store import record as record_lib
+from sweeper.store.tracking import Tracker
 
 TAG = "sweeper.weights"  # run tag: "deleted: ..." once a run's weight files are gone
 WEIGHTS = (".safetensors",)
@@ -19,14 +18,14 @@ WEIGHTS = (".safetensors",)
 
 def prune_weights(
     study: optuna.Study,
-    tracker: Any,
+    tracker: Tracker | None,
     keep: int | None,
     direction: str,
     objectives: list[tuple[str, str]] | None = None,
 ) -> list[int]:
     """Delete the weight files of complete trials outside the best ``keep`` (and, for a multi-objective
     study, off its Pareto front: any of those may be the one picked); returns the trials pruned now."""
-    if keep is None or tracker is None or not hasattr(tracker, "delete_artifacts"):
+    if keep is None or tracker is None:
         return []
     done = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
     try:

@@ -25,6 +25,7 @@ from sweeper import faults
 from sweeper.errors import SweeperError
 from sweeper.store import record as rec
 from sweeper.store import stores, tracking
+from sweeper.store.tracking import RunLog, Tracker
 from sweeper.study import objectives
 from sweeper.study import space as space_lib
 from sweeper.study.spec import Study
@@ -66,10 +67,10 @@ class Context:
 
     spec: Study
     trial: optuna.Trial
-    run: Any  # tracking.TrialRun
+    run: RunLog
     checkpoint: Path
     out: Path  # the trial process's artifact folder
-    tracker: Any
+    tracker: Tracker
     recorded: set[int] = field(default_factory=set)  # epochs reported to Optuna and MLflow
     requeued: bool = False  # the params were queued again (once, however often finish runs)
 
@@ -77,7 +78,7 @@ class Context:
 def make_objective(
     spec: Study,
     data: Any,
-    tracker: Any,
+    tracker: Tracker,
     progress: Progress | None = None,
     gpu: str | None = None,
     slot: int = 0,
@@ -445,7 +446,7 @@ def mark_lost(storage: optuna.storages.BaseStorage, trial_id: int, how: str) -> 
     storage.set_trial_user_attr(trial_id, rec.LOST, reason)
 
 
-def close_lost(study: optuna.Study, frozen: FrozenTrial, tracker: Any) -> None:
+def close_lost(study: optuna.Study, frozen: FrozenTrial, tracker: Tracker | None) -> None:
     """After a lost trial was failed (by this process, once): re-queue its params while its retries
     last, else drop its checkpoint; close its MLflow run, or record one when it died before creating it."""
     if stores.will_requeue(frozen):
@@ -469,7 +470,7 @@ def close_lost(study: optuna.Study, frozen: FrozenTrial, tracker: Any) -> None:
     run.end("FAIL", reason + note + " (its worker died before creating this run)")
 
 
-def _tagged_run(tracker: Any, number: int) -> str | None:
+def _tagged_run(tracker: Tracker, number: int) -> str | None:
     for r in tracker.trial_runs():
         if r.data.tags.get("trial_number") == str(number):
             return str(r.info.run_id)
