@@ -196,7 +196,7 @@ def _warn(notes: list[str]) -> None:
         typer.echo(f"warning: {note}", err=True)
 
 
-def _print_json(doc: Any) -> None:
+def _print_json(doc: object) -> None:
     """Machine-readable output: one JSON document on stdout (tuples as lists, paths as strings)."""
     import json
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,6 +21,11 @@ from sweeper.cli.app import (
 )
 from sweeper.errors import SweeperError
 from sweeper.study import spec as spec_lib
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweeper.store.record import StudyRecord
 
 
 @app.command("studies")
@@ -79,13 +84,13 @@ def show(
         typer.echo(line)
 
 
-def _n_val(rec: Any) -> int | None:
+def _n_val(rec: StudyRecord | None) -> int | None:
     """Validation images the study ran with, from its record (the binomial noise floor of val_acc)."""
     return None if rec is None else rec.data.get("images", {}).get("val")
 
 
 def _ablation(
-    spec: spec_lib.Study, st: Any, n_val: int | None = None, interactions: bool = False
+    spec: spec_lib.Study, st: optuna.Study, n_val: int | None = None, interactions: bool = False
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The ablation of a study's on/off dimensions: its rows, and the lines ``show`` prints. A design study
     fits every toggle jointly (:mod:`sweeper.results.effects`); others compare marginal means."""

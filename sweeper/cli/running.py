@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -27,6 +28,13 @@ from sweeper.cli.app import (
     preflight,
 )
 from sweeper.errors import SweeperError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweeper.data.images import ImageFolderData
+    from sweeper.study.spec import Study
+    from sweeper.sweep.progress import Progress
 
 
 # run_study is long only in its signature: each option with its help text; the body is under 60 lines.
@@ -138,7 +146,7 @@ def _print_model(uri: str, register: str | None) -> None:
     )
 
 
-def _warm_start(other_name: str, spec: Any, storage: str | None) -> Any:
+def _warm_start(other_name: str, spec: Study, storage: str | None) -> Callable[[optuna.Study], None]:
     """The study-opening step that borrows another study's trials (checked now, added once opened)."""
     from sweeper.store import record as record_lib
     from sweeper.study import starts
@@ -153,18 +161,18 @@ def _warm_start(other_name: str, spec: Any, storage: str | None) -> Any:
             "with the same objectives can inform this one"
         )
 
-    def prepare(st: Any) -> None:
+    def prepare(st: optuna.Study) -> None:
         n = starts.warm_start(st, other.study, spec.space)
         typer.echo(f"warm start: {n} finished trials of {other.spec.name!r} inform the sampler (not counted)")
 
     return prepare
 
 
-def _sweep(progress: Any, run: Any) -> Any:
+def _sweep(progress: Progress, run: Callable[[], optuna.Study]) -> optuna.Study:
     """Run the sweep under the live progress; SIGTERM (docker stop, preemption) acts as Ctrl-C."""
     import signal
 
-    def terminate(signum: int, frame: Any) -> None:
+    def terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
@@ -205,7 +213,7 @@ def _check_writable(storage: str | None, tracking_uri: str | None) -> None:
             ) from None
 
 
-def _skipped(ds: Any) -> str:
+def _skipped(ds: ImageFolderData) -> str:
     """The files of the data folder that are not images, counted in the start-up line (never fatal)."""
     n = len(ds.skipped)
     return f" ({n} non-image file{'s' if n != 1 else ''} skipped, e.g. {ds.skipped[0]})" if n else ""
@@ -223,7 +231,7 @@ def _existing(name: str, storage: str | None) -> Any:
         raise
 
 
-def _print_best(st: Any, spec: Any) -> None:
+def _print_best(st: optuna.Study, spec: Study) -> None:
     from sweeper.results import views
     from sweeper.store import record as record_lib
 

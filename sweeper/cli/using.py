@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from sweeper.cli.app import TrackingOpt, app
+
+if TYPE_CHECKING:
+    from sweeper.submit.predictor import Member
 
 
 @app.command("predict")
@@ -42,7 +45,7 @@ def predict(
     )
     t0 = time.monotonic()
 
-    def progress(i: int, m: Any) -> None:
+    def progress(i: int, m: Member) -> None:
         typer.echo(f"  model {i + 1}/{len(net.members)}: {m.cfg.backbone} ({time.monotonic() - t0:.0f} s)")
 
     p = net.probs(files, progress)

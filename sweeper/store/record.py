@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.data.images import ImageFolderData
 from sweeper.errors import SweeperError
 from sweeper.study import objectives as objectives_lib
 from sweeper.study import spec as spec_lib
@@ -173,7 +174,7 @@ def config_json(cfg: spec_lib.TrialConfig) -> str:
 # ---- the data fingerprint -------------------------------------------------------------------------
 
 
-def fingerprint(data: Any) -> dict[str, Any]:
+def fingerprint(data: ImageFolderData) -> dict[str, Any]:
     """Class names, images per split and a digest of every file's path (relative to the root), label and
     size: equal for a copy of the same dataset elsewhere, different when a file is added, moved or edited."""
     h = hashlib.sha256()
@@ -219,7 +220,7 @@ class StudyRecord:
     bases: list[str] = field(default_factory=list)  # the base files the study file was merged over
 
     @classmethod
-    def of(cls, spec: spec_lib.Study, data: Any, overrides: dict[str, Any]) -> StudyRecord:
+    def of(cls, spec: spec_lib.Study, data: ImageFolderData, overrides: dict[str, Any]) -> StudyRecord:
         text = spec.path.read_text() if spec.path.is_file() else ""
         return cls(
             document=json.loads(json.dumps(spec_lib.to_document(spec))),
@@ -285,7 +286,7 @@ def differences(recorded: StudyRecord, now: StudyRecord) -> list[str]:
     return out
 
 
-def _short(v: Any) -> str:
+def _short(v: object) -> str:
     if v is None:
         return "unset"
     s = json.dumps(v) if not isinstance(v, str) else v

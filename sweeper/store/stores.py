@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -25,6 +25,11 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from sweeper.errors import SweeperError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    import sqlalchemy.engine
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats and retries are what we want
 
@@ -227,7 +232,7 @@ def _patient_method(name: str) -> Callable[..., Any]:
     plain = getattr(_Storage, name)
 
     @functools.wraps(plain)
-    def method(self: _ServerStorage, *args: Any, **kwargs: Any) -> Any:
+    def method(self: _ServerStorage, *args: Any, **kwargs: Any) -> Any:  # any storage method's arguments
         what = f"study storage {display_url(str(self.engine.url))}"
         return patiently(what, lambda: plain(self, *args, **kwargs), db_outage)
 
@@ -260,15 +265,15 @@ for _name in (
     setattr(_ServerStorage, _name, _patient_method(_name))
 
 
-def _begin_immediate(engine: Any) -> None:
+def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
     """SQLAlchemy's recipe for pysqlite: the driver stops issuing BEGIN itself, the engine says
     ``BEGIN IMMEDIATE``; connections opened before the listeners existed are dropped."""
     from sqlalchemy import event
 
-    def on_connect(dbapi_connection: Any, record: Any) -> None:
+    def on_connect(dbapi_connection: sqlite3.Connection, record: object) -> None:
         dbapi_connection.isolation_level = None
 
-    def on_begin(connection: Any) -> None:
+    def on_begin(connection: sqlalchemy.engine.Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     event.listen(engine, "connect", on_connect)

@@ -20,11 +20,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sweeper.store import stores
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 T = TypeVar("T")
 
@@ -172,9 +176,15 @@ class Tracker(Protocol):
 class TrialRun:
     """One MLflow run. Metrics are sent in one batch call per epoch, not one call per value."""
 
-    def __init__(self, client: Any, run_id: str, lock: Any = None, uri: str = "") -> None:
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        lock: AbstractContextManager[object] | None = None,
+        uri: str = "",
+    ) -> None:
         self.client, self.run_id, self.uri = client, run_id, uri
-        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.lock: AbstractContextManager[object] = lock if lock is not None else contextlib.nullcontext()
 
     def _call(self, call: Callable[[], T]) -> T:
         """One MLflow call; an unreachable server is waited for (:func:`stores.patiently`)."""
@@ -203,7 +213,7 @@ class TrialRun:
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
 
-        def send(chunk: list[Any]) -> Callable[[], None]:
+        def send(chunk: list[Param]) -> Callable[[], object]:
             return lambda: self.client.log_batch(self.run_id, params=chunk)
 
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
@@ -240,7 +250,9 @@ class MlflowTracker:
         self._emptied: set[str] = set()  # runs whose weight files this process has already deleted
         self._context: dict[str, str] | None = None
         # SQLite: this process's workers take turns (one writer); a server handles concurrency itself.
-        self.lock: Any = threading.RLock() if self.uri.startswith("sqlite") else contextlib.nullcontext()
+        self.lock: AbstractContextManager[object] = (
+            threading.RLock() if self.uri.startswith("sqlite") else contextlib.nullcontext()
+        )
 
     def _call(self, call: Callable[[], T]) -> T:
         return TrialRun(self.client, "", self.lock, self.uri)._call(call)

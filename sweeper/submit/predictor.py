@@ -8,9 +8,10 @@ whose loader is this module (:func:`_load_pyfunc`), so loading it runs no pickle
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -22,6 +23,12 @@ from sweeper.store.tracking import ModelLoader
 from sweeper.study.checks import config_from_flat
 from sweeper.study.config import TrialConfig
 from sweeper.train import artifacts, evaluation
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ModelInput = Union["pd.DataFrame", "pd.Series[Any]", list[Any], np.ndarray]
+"""What MLflow hands ``predict``: image paths (a list, a Series, a frame's first column) or arrays."""
 
 REQUIREMENTS = ("torch", "torchvision", "timm", "safetensors", "pyyaml", "pillow", "pandas")
 """What loading the MLflow model needs besides sweeper itself (which is its loader)."""
@@ -60,7 +67,9 @@ class Predictor:
         cfg, classes, dcfg = artifacts.read_config(cfg_path)
         return cls(classes, (Member(cfg, dcfg, folder / "model.safetensors"),))
 
-    def probs(self, files: list[Path], on_member: Any = None) -> torch.Tensor:
+    def probs(
+        self, files: list[Path], on_member: Callable[[int, Member], None] | None = None
+    ) -> torch.Tensor:
         """``[N, C]`` class probabilities, each member seeing the images through its own eval transform
         (batched on the GPU when there is one); ``on_member(i, member)`` hears of each member in turn."""
         total = torch.zeros(len(files), len(self.classes))
@@ -71,7 +80,7 @@ class Predictor:
             total += evaluation.predict_files(net, files, m.cfg, m.data_config)
         return total / len(self.members)
 
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(self, model_input: ModelInput, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """MLflow's pyfunc entry: image paths (a list, a Series or a DataFrame's first column) or decoded
         images (uint8 ``H x W x 3`` arrays) -> a DataFrame of ``pred_label``, ``confidence``, ``probs``."""
         import pandas as pd
@@ -93,11 +102,12 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-def _as_files(model_input: Any, tmp: Path) -> list[Path]:
+def _as_files(model_input: ModelInput, tmp: Path) -> list[Path]:
     """Paths as given; decoded images written losslessly to ``tmp`` first (one decoder for both)."""
+    import pandas as pd
     from PIL import Image
 
-    if hasattr(model_input, "columns"):  # a DataFrame: its first column
+    if isinstance(model_input, pd.DataFrame):  # its first column
         model_input = model_input.iloc[:, 0]
     items = list(model_input)
     files = []

@@ -32,6 +32,7 @@ from sweeper.study.config import TrialConfig
 from sweeper.study.spec import Study
 from sweeper.submit import predictor
 from sweeper.train import artifacts, averaging, evaluation, fit
+from sweeper.train.fit import TrialResult
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ def _log_submission(tracker: Tracker, run: RunLog, out: Path, wrote: list[str], 
     return uri
 
 
-def _write_refit(p: RefitPlan, data: ImageFolderData, out: Path, result: Any) -> list[str]:
+def _write_refit(p: RefitPlan, data: ImageFolderData, out: Path, result: TrialResult) -> list[str]:
     extra = {
         "refit_of_trial": p.trial.number,
         "best_trial_value": record.primary(p.trial),

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -28,6 +28,9 @@ from sweeper.store import record as rec
 from sweeper.store import stores, tracking
 from sweeper.store.tracking import STATUS, MlflowTracker
 from sweeper.sweep import trial as trial_lib
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 Kind = Literal["running", "no-run", "orphan-run", "mismatch", "duplicate", "retries", "checkpoint", "staging"]
 
@@ -129,7 +132,7 @@ def _ran(t: FrozenTrial) -> bool:
     return t.state != TrialState.WAITING and not surplus
 
 
-def _mismatch(tracker: MlflowTracker, t: FrozenTrial, r: Any, dead: set[int]) -> list[Finding]:
+def _mismatch(tracker: MlflowTracker, t: FrozenTrial, r: Run, dead: set[int]) -> list[Finding]:
     if t.state == TrialState.RUNNING:
         if r.info.status == "RUNNING" or t.number in dead:
             return []
@@ -151,7 +154,7 @@ def _mismatch(tracker: MlflowTracker, t: FrozenTrial, r: Any, dead: set[int]) ->
     ]
 
 
-def _drop_run(tracker: MlflowTracker, r: Any) -> None:
+def _drop_run(tracker: MlflowTracker, r: Run) -> None:
     if r.info.status == "RUNNING":
         tracker.end_run(r.info.run_id, "FAIL", "no trial links this run; closed by `sweeper doctor`")
     tracker.delete_run(r.info.run_id)

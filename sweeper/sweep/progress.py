@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def clock(seconds: float | None) -> str:
@@ -123,7 +126,7 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None: ...
@@ -161,7 +164,7 @@ class RichProgress(Progress):
     """A live bar of trials over a line with the running trial's epoch and values (fits 80 columns);
     finished trials print above it and stay."""
 
-    def __init__(self, total: int, epochs: int, metric: str, console: Any = None) -> None:
+    def __init__(self, total: int, epochs: int, metric: str, console: Console | None = None) -> None:
         from rich.console import Console, Group
         from rich.live import Live
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn

@@ -22,12 +22,14 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from sweeper import faults
+from sweeper.data.images import ImageFolderData
 from sweeper.errors import SweeperError
 from sweeper.store import record as rec
 from sweeper.store import stores, tracking
 from sweeper.store.tracking import RunLog, Tracker
 from sweeper.study import objectives
 from sweeper.study import space as space_lib
+from sweeper.study.config import TrialConfig
 from sweeper.study.spec import Study
 from sweeper.sweep import workers
 from sweeper.sweep.progress import Progress
@@ -77,7 +79,7 @@ class Context:
 
 def make_objective(
     spec: Study,
-    data: Any,
+    data: ImageFolderData,
     tracker: Tracker,
     progress: Progress | None = None,
     gpu: str | None = None,
@@ -120,7 +122,7 @@ def make_objective(
     return objective
 
 
-def _dataset(data: Any) -> dict[str, Any]:
+def _dataset(data: ImageFolderData) -> dict[str, Any]:
     """The data a study trains on, as MLflow records a dataset: name, source path, digest, split sizes."""
     fp = rec.fingerprint(data)
     profile = {**fp["images"], "classes": len(fp["classes"])}
@@ -132,7 +134,7 @@ def _dataset(data: Any) -> dict[str, Any]:
     }
 
 
-def _open_run(ctx: Context, cfg: Any, absent: list[str]) -> Any:
+def _open_run(ctx: Context, cfg: TrialConfig, absent: list[str]) -> RunLog:
     """The trial's MLflow run, tagged with its trial number from the start, then linked to the trial."""
     run = ctx.tracker.start(
         run_name=f"trial-{ctx.trial.number:04d}",
@@ -187,7 +189,7 @@ def attempt(ctx: Context, job: Job, progress: Progress, num_classes: int) -> Out
     return Outcome("complete", value=trained.best[ctx.spec.metric], trained=trained)
 
 
-def _before_training(ctx: Context, cfg: Any, num_classes: int) -> Outcome | None:
+def _before_training(ctx: Context, cfg: TrialConfig, num_classes: int) -> Outcome | None:
     """The costs counted without weights (for a trade-off study), then the parameter budget."""
     counted = tuple(c for c, _ in ctx.spec.costs if c in ("num_params", "gmacs"))
     if counted:
@@ -362,7 +364,7 @@ def _train(ctx: Context, job: Job, listener: Listener) -> Trained:
             ) from e
 
 
-def check_budget(trial: optuna.Trial, cfg: Any, num_classes: int, max_params: int) -> Outcome | None:
+def check_budget(trial: optuna.Trial, cfg: TrialConfig, num_classes: int, max_params: int) -> Outcome | None:
     """The parameter budget, checked before any training: a config over it is recorded and never trained.
 
     The relative excess is set as an Optuna constraint on every trial (feasible when <= 0), so TPE and
