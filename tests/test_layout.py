@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "study": set(),
     "data": {"study"},
     "train": {"study", "data"},
-    "store": {"study"},
+    "store": {"study", "data"},  # the record fingerprints the image folder
     "sweep": {"study", "data", "train", "store"},
     "results": {"study", "store"},
     "submit": {"study", "data", "train", "store", "results"},
@@ -164,6 +164,31 @@ def test_no_private_names_across_packages() -> None:
         and room(e.src) not in ROOT_TOP
         and any(n.startswith("_") and not n.startswith("__") for n in e.names)
     ]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_private_attributes_across_packages() -> None:
+    """``module._name`` on a module of another package reaches into it as surely as an import does."""
+    known = modules()
+    bad = []
+    for mod, path in known.items():
+        tree = ast.parse(path.read_text())
+        aliases = {}  # local name -> the sweeper module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sweeper"):
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in known:
+                        aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and room(aliases[node.value.id]) != room(mod)
+            ):
+                bad.append(f"{mod}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
     assert not bad, "\n".join(bad)
 
 

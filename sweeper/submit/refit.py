@@ -369,7 +369,7 @@ def _write_ensemble(
         for m in members
     ]
     doc = {"ensemble": listed, "classes": list(data.classes), "val_acc": val_acc}
-    (out / "config.yaml").write_text(yaml.safe_dump(artifacts._plain(doc), sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(artifacts.to_plain(doc), sort_keys=False))
     wrote = ["config.yaml", "members"]
     if data.test:
         probs = ensemble_probs(members, data.test, num_classes)

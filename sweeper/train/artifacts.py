@@ -16,11 +16,12 @@ import yaml
 from sweeper.study.config import TrialConfig, build_config
 
 
-def _plain(x: Any) -> Any:
+def to_plain(x: Any) -> Any:
+    """Plain YAML values: string keys, lists for tuples, Python numbers for numpy scalars."""
     if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): to_plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [to_plain(v) for v in x]
     if isinstance(x, np.generic):
         return x.item()
     return x
@@ -34,7 +35,7 @@ def write_config(
     extra: dict[str, Any] | None = None,
 ) -> None:
     doc = {"trial": cfg.flat(), "classes": list(classes), "data_config": data_config, **(extra or {})}
-    path.write_text(yaml.safe_dump(_plain(doc), sort_keys=False))
+    path.write_text(yaml.safe_dump(to_plain(doc), sort_keys=False))
 
 
 def read_config(path: Path) -> tuple[TrialConfig, tuple[str, ...], dict[str, Any]]:
