@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import typer
 import yaml
 
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, disk_full_line, no_space
 from sweeper.study import spec as spec_lib
 
 ENVIRONMENT = {  # every variable sweeper reads; the top-level --help and the README list them
@@ -219,6 +219,11 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # a full disk, however a library wrapped it, is one line; the rest are bugs
+        if not no_space(e):
+            raise
+        typer.echo(f"error: {disk_full_line(e)}", err=True)
+        sys.exit(2)
     except typer.TyperException as e:  # usage errors of Typer's bundled Click: usage, hint, Error: ...
         show = getattr(e, "show", None)
         if callable(show):

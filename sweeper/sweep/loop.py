@@ -405,7 +405,9 @@ class _Streak:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(NOT_COUNTED) or trial.user_attrs.get(LOST):
             return  # surplus, interrupted, lost and re-queued: says nothing about the configuration
-        reason = trial.user_attrs.get(FAIL_REASON) if trial.state == TrialState.FAIL else None
+        reason = None
+        if trial.state == TrialState.FAIL:  # every failure counts, with a reason or not
+            reason = trial.user_attrs.get(FAIL_REASON) or "failed without a recorded reason"
         with self._lock:
             self.failed += reason is not None
             if self.total is not None and self.failed >= max(2 * self.total, 10) and self.error is None:

@@ -16,14 +16,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from sweeper import faults
 from sweeper.data.images import ImageFolderData
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, no_space
 from sweeper.store import record as rec
 from sweeper.store import stores, tracking
 from sweeper.store.tracking import RunLog, Tracker
@@ -107,19 +107,68 @@ def make_objective(
         faults.hit("setup-before-run")
         with tracking.staging() as out:
             ctx = Context(spec, trial, tracking.NO_RUN, checkpoint_path(spec, _frozen(trial)), out, tracker)
-            try:
-                ctx.run = _open_run(ctx, cfg, absent)
-                tracker.log_dataset(ctx.run.run_id, **dataset)
-                job = workers.Job(
-                    cfg, data, spec.metric, out, ctx.checkpoint, gpu, threads, latency=_timed(spec)
-                )
-                with tracker.system_metrics(ctx.run.run_id):
-                    outcome = attempt(ctx, job, progress, len(data.classes))
-                return finish(ctx, outcome)
-            except stores.StoreDown as e:  # a store stayed away: this trial does not count
-                return finish(ctx, Outcome("halted", reason=str(e), kind="store"))
+            return finish_safely(ctx, setup_and_train(ctx, cfg, absent))
+
+    def setup_and_train(ctx: Context, cfg: TrialConfig, absent: list[str]) -> Outcome:
+        try:
+            ctx.run = _open_run(ctx, cfg, absent)
+            tracker.log_dataset(ctx.run.run_id, **dataset)
+            job = workers.Job(
+                cfg, data, spec.metric, ctx.out, ctx.checkpoint, gpu, threads, latency=_timed(spec)
+            )
+            with tracker.system_metrics(ctx.run.run_id):
+                return attempt(ctx, job, progress, len(data.classes))
+        except stores.StoreDown as e:  # a store stayed away: this trial does not count
+            return Outcome("halted", reason=str(e), kind="store")
+        except Exception as e:  # the trial's MLflow run could not be set up (or closed its metrics)
+            return unexpected(e, "setting up the trial's MLflow run")
 
     return objective
+
+
+def finish_safely(ctx: Context, outcome: Outcome) -> float | list[float]:
+    """:func:`finish`; whatever goes wrong inside it still ends the trial with its reason: a store that
+    stayed away halts it (re-queued, not counted), a full disk halts the sweep in one line, anything else
+    fails the trial with what broke. No trial ends FAIL without a reason, no run is left open by this."""
+    try:
+        return finish(ctx, outcome)
+    except (optuna.TrialPruned, TrialFailed, Halt, KeyboardInterrupt):
+        raise  # how finish says the trial ended
+    except stores.StoreDown as e:
+        return finish(ctx, Outcome("halted", reason=str(e), kind="store"))
+    except Exception as e:
+        _finish_broken(ctx, unexpected(e, "recording the trial's result"))
+
+
+def unexpected(e: BaseException, what: str) -> Outcome:
+    """An exception on this side of the process seam, as an outcome: a full disk halts, the rest fails."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    if no_space(e):
+        reason = (
+            f"no space left on the device while {what} ({type(e).__name__}: {first}); free space on "
+            "the MLflow artifact store, the checkpoint folder (SWEEPER_CHECKPOINTS) or the temp folder, "
+            "then re-run"
+        )
+        return Outcome("halted", reason=reason[:1000], kind="disk")
+    reason = f"{what} failed: {type(e).__name__}: {first}"[:500]
+    return Outcome("failed", reason=reason, kind="error", details=traceback.format_exc())
+
+
+def _finish_broken(ctx: Context, outcome: Outcome) -> NoReturn:
+    """What :func:`finish` could not write, written as far as the stores allow: the trial's reason on the
+    trial (Optuna), its run closed (MLflow; else the next run's safety net closes it), then the ending."""
+    t = ctx.trial
+    with contextlib.suppress(Exception):
+        t.set_user_attr(rec.FAIL_REASON, outcome.reason)
+        t.set_user_attr(rec.FAIL_KIND, outcome.kind)
+        if outcome.state == "halted":
+            t.set_user_attr(rec.NOT_COUNTED, "halted")
+            _settle(ctx, outcome)
+    with contextlib.suppress(Exception):
+        ctx.run.end("FAIL", outcome.reason)
+    if outcome.state == "halted":
+        raise Halt(outcome.reason)
+    raise TrialFailed(outcome.reason)
 
 
 def _dataset(data: ImageFolderData) -> dict[str, Any]:
