@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from sweeper.study.config import TrialConfig, build_config
 
+if TYPE_CHECKING:
+    from sweeper.train.result import TrialResult
 
-def _plain(x: Any) -> Any:
+
+def _plain(x: object) -> Any:
     if isinstance(x, dict):
         return {str(k): _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -138,7 +141,7 @@ def fold_file(fold: int) -> str:
     return f"fold-{fold}.safetensors"
 
 
-def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], result: Any) -> None:
+def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], result: TrialResult) -> None:
     """Everything a finished trial leaves: config, best checkpoint, confusion, per-class CSV, curves."""
     extra = {"best_epoch": result.best_epoch, "best": result.best, "num_params": result.num_params}
     if result.fold_states:
