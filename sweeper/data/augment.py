@@ -8,6 +8,7 @@ config, never typed twice; the eval geometry is timm's own (``transforms_imagene
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -101,7 +102,7 @@ def eval_transform(
 class _CenterCropOrPad:
     """timm's ``CenterCropOrPad`` (``crop_mode: border``) for tensors: pad with the mean color, crop."""
 
-    def __init__(self, size: tuple[int, int], fill: Any) -> None:
+    def __init__(self, size: tuple[int, int], fill: int | Sequence[int]) -> None:
         self.size, self.fill = tuple(size), fill
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:

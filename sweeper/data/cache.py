@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -46,12 +46,30 @@ from PIL import Image
 from sweeper.data.images import check_decodes, data_dir, load_image
 from sweeper.errors import SweeperError
 
+if TYPE_CHECKING:  # torchvision is imported where it is used
+    from torchvision.transforms import InterpolationMode
+
 log = logging.getLogger("sweeper")
 VERSION = 4  # bump when the file layout or the decoded pixels change (4: shrink-only short side)
 _over_budget: set[str] = set()  # keys already found too big in this process: say so once
 
 
-def resize_key(resize: Any) -> str:
+class Resizer(Protocol):
+    """What the cache applies to every image once, and keys on: a torchvision ``Resize``, or a
+    :class:`ShrinkShortSide` (which also says ``shrink_only``)."""
+
+    @property
+    def size(self) -> int | Sequence[int]: ...
+    @property
+    def interpolation(self) -> InterpolationMode: ...
+    @property
+    def antialias(self) -> bool | None: ...
+    @property
+    def max_size(self) -> int | None: ...
+    def __call__(self, img: torch.Tensor) -> torch.Tensor: ...
+
+
+def resize_key(resize: Resizer) -> str:
     """What about a torchvision ``Resize`` changes the cached pixels."""
     size = resize.size if isinstance(resize.size, int) else list(resize.size)
     interpolation = str(getattr(resize.interpolation, "value", resize.interpolation))
@@ -64,7 +82,7 @@ class ShrinkShortSide:
 
     antialias, max_size, shrink_only = True, None, True
 
-    def __init__(self, size: int, interpolation: Any) -> None:
+    def __init__(self, size: int, interpolation: InterpolationMode) -> None:
         self.size, self.interpolation = size, interpolation
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
@@ -83,7 +101,7 @@ def cached_short_side(eval_resize: int, input_size: int, cache_scale: float) -> 
     return max(eval_resize, math.ceil(cache_scale * input_size))
 
 
-def fingerprint(files: Sequence[Path], resize: Any) -> str:
+def fingerprint(files: Sequence[Path], resize: Resizer) -> str:
     """A key that changes when any file (path, size, mtime, inode), the resize or the decoders change."""
     import PIL
     import torchvision
@@ -96,7 +114,7 @@ def fingerprint(files: Sequence[Path], resize: Any) -> str:
     return h.hexdigest()[:24]
 
 
-def estimate_bytes(files: Sequence[Path], resize: Any) -> int:
+def estimate_bytes(files: Sequence[Path], resize: Resizer) -> int:
     """Bytes the cache will take, from the image headers (no decoding)."""
     total = 0
     for f in files:
@@ -156,7 +174,7 @@ class ImageCache(Mapping):
 
 
 class _Decode(torch.utils.data.Dataset):
-    def __init__(self, files: Sequence[Path], resize: Any) -> None:
+    def __init__(self, files: Sequence[Path], resize: Resizer) -> None:
         self.files, self.resize = files, resize
 
     def __len__(self) -> int:
@@ -171,7 +189,7 @@ class _Decode(torch.utils.data.Dataset):
         return self.resize(img).permute(1, 2, 0).contiguous()
 
 
-def _build(files: Sequence[Path], resize: Any, target: Path, workers: int) -> None:
+def _build(files: Sequence[Path], resize: Resizer, target: Path, workers: int) -> None:
     """Decode (in ``workers`` processes), write to a temporary folder, then rename it to ``target``."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -205,7 +223,7 @@ def _build(files: Sequence[Path], resize: Any, target: Path, workers: int) -> No
         raise
 
 
-def _family(files: Sequence[Path], resize: Any) -> str:
+def _family(files: Sequence[Path], resize: Resizer) -> str:
     """Same dataset folder and resize, any file contents: caches that a new build makes stale."""
     folder = os.path.commonpath([os.path.abspath(f) for f in files])
     return hashlib.sha256(f"{folder}|{resize_key(resize)}".encode()).hexdigest()[:16]
@@ -224,7 +242,7 @@ def _remove_stale(root: Path, keep: Path, family: str) -> None:
 
 
 def open_cache(
-    files: Sequence[Path], resize: Any, workers: int = 0, root: Path | None = None
+    files: Sequence[Path], resize: Resizer, workers: int = 0, root: Path | None = None
 ) -> ImageCache | None:
     """The cache of ``files`` through ``resize``, built on first use; None when it is over the disk budget.
 

@@ -16,8 +16,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import IO, Any
 
 from sweeper.errors import SweeperError, did_you_mean
 
@@ -96,7 +98,7 @@ def server_command(tracking_uri: str, port: int) -> list[str]:
     return cmd
 
 
-def start(tracking_uri: str, port: int, log: Any = None) -> subprocess.Popen[bytes]:
+def start(tracking_uri: str, port: int, log: IO[Any] | None = None) -> subprocess.Popen[bytes]:
     """Start the server in its own process group; its output goes to ``log`` (default: our stderr).
 
     MLflow's job runner (GenAI scoring and trace jobs: a worker pool of its own) stays off unless the
@@ -151,7 +153,7 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _show(announce: Any, url: str, name: str, exp: str, open_browser: bool) -> None:
+def _show(announce: Callable[[str], None], url: str, name: str, exp: str, open_browser: bool) -> None:
     announce(f"MLflow UI: {url}")
     announce(f"experiment {name!r}: {url}/#/experiments/{exp}/runs")
     if open_browser:
@@ -160,7 +162,13 @@ def _show(announce: Any, url: str, name: str, exp: str, open_browser: bool) -> N
         webbrowser.open(f"{url}/#/experiments/{exp}/runs")
 
 
-def serve(tracking_uri: str, name: str, port: int | None, announce: Any, open_browser: bool = False) -> int:
+def serve(
+    tracking_uri: str,
+    name: str,
+    port: int | None,
+    announce: Callable[[str], None],
+    open_browser: bool = False,
+) -> int:
     """Run the UI for experiment ``name`` until the server exits or we are stopped; returns an exit code.
 
     ``announce(line)`` prints the URLs once the server answers; ``open_browser`` then opens the
@@ -175,7 +183,7 @@ def serve(tracking_uri: str, name: str, port: int | None, announce: Any, open_br
     url = f"http://{HOST}:{port}"
     proc = start(tracking_uri, port)
 
-    def on_term(signum: int, frame: Any) -> None:
+    def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)

@@ -8,7 +8,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -17,6 +17,9 @@ from sweeper.results import ablation as ablation_lib
 from sweeper.store import record as record_lib
 from sweeper.study import objectives
 from sweeper.study.spec import Study
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 @dataclass
@@ -45,7 +48,7 @@ def run_id_of(trial: FrozenTrial) -> str:
     return str(trial.user_attrs.get("mlflow_run_id") or "")
 
 
-def learning_curves(client: Any, trials: list[FrozenTrial], metric: str) -> list[Curves]:
+def learning_curves(client: MlflowClient | None, trials: list[FrozenTrial], metric: str) -> list[Curves]:
     """The objective metric and its train counterpart per epoch, from each trial's MLflow run.
 
     A trial whose run is not in this store falls back to Optuna's intermediate values (the objective
@@ -57,7 +60,8 @@ def learning_curves(client: Any, trials: list[FrozenTrial], metric: str) -> list
         c = Curves(t.number, float(t.values[0]) if t.values else float("nan"))
         try:
             for key in keys:
-                history = sorted(client.get_metric_history(run_id_of(t), key), key=lambda m: m.step)
+                got = [] if client is None else client.get_metric_history(run_id_of(t), key)
+                history = sorted(got, key=lambda m: m.step)
                 if history:
                     c.series[key] = [(int(m.step), float(m.value)) for m in history]
         except Exception:  # no run id, or the run is in another store
@@ -69,11 +73,13 @@ def learning_curves(client: Any, trials: list[FrozenTrial], metric: str) -> list
     return out
 
 
-def best_artifacts(client: Any, trial: FrozenTrial) -> BestArtifacts:
+def best_artifacts(client: MlflowClient | None, trial: FrozenTrial) -> BestArtifacts:
     """``confusion_matrix.png`` and ``per_class_accuracy.csv`` of the trial's MLflow run."""
     run_id = run_id_of(trial)
     if not run_id:
         return BestArtifacts(note=f"trial {trial.number} has no MLflow run id")
+    if client is None:
+        return BestArtifacts(note=f"no MLflow store to read trial {trial.number}'s run {run_id} from")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file is noise here
     found = BestArtifacts()
     with tempfile.TemporaryDirectory(prefix="sweeper-report-") as d:

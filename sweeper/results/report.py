@@ -17,7 +17,7 @@ import datetime as dt
 import html
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,14 +30,18 @@ from sweeper.store.tracking import MlflowTracker
 from sweeper.study import objectives
 from sweeper.study.spec import Study
 
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from mlflow import MlflowClient
+
 WORST_CLASSES = 10  # rows of the worst-classes table
 
 
-def _e(x: Any) -> str:
+def _e(x: object) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
@@ -174,7 +178,7 @@ tr.state-PRUNED{background:#fff8e1} tr.state-FAIL{background:#fdecea} tr.state-R
 """
 
 
-def render(spec: Study, study: optuna.Study, client: Any, top: int = 5) -> str:
+def render(spec: Study, study: optuna.Study, client: MlflowClient | None, top: int = 5) -> str:
     """The report as one HTML string (plotly.js inlined).
 
     ``client`` is an ``MlflowClient`` on the study's tracking store; with None (or runs missing from
@@ -284,7 +288,7 @@ def _ablation_section(ab: ablation_lib.Ablation | None) -> list[str]:
     return [*parts, table]
 
 
-def _best_section(client: Any, best: FrozenTrial | None) -> list[str]:
+def _best_section(client: MlflowClient | None, best: FrozenTrial | None) -> list[str]:
     parts = ["<h2>Best trial: confusion matrix and worst classes</h2>"]
     if best is None:
         return [*parts, '<p class="note">no complete trial yet</p>']
@@ -311,7 +315,7 @@ def _best_section(client: Any, best: FrozenTrial | None) -> list[str]:
     return parts
 
 
-def _plot(div: str, title: str, fig: Any) -> str:
+def _plot(div: str, title: str, fig: str | go.Figure) -> str:
     if isinstance(fig, str):
         return f'<p class="note" id="{div}-note">{_e(fig)}</p>'
     fig.update_layout(margin={"t": 60, "l": 60, "r": 30, "b": 50})

@@ -139,7 +139,7 @@ def _record_lines(rec: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
@@ -163,7 +163,9 @@ def studies_view(store: optuna.storages.BaseStorage | None) -> list[dict[str, An
     return rows
 
 
-def _row(name: str, path: Path | None, exists: bool, store: Any) -> dict[str, Any]:
+def _row(
+    name: str, path: Path | None, exists: bool, store: optuna.storages.BaseStorage | None
+) -> dict[str, Any]:
     c = {"complete": 0, "pruned": 0, "fail": 0, "running": 0}
     best = None
     if exists and store is not None:

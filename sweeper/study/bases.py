@@ -53,9 +53,9 @@ def _deep(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def flatten(raw: Any, groups: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
+def flatten(raw: dict[str, Any], groups: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
     """``{aug: {hflip: true}}`` -> ``{"aug.hflip": True}``; other values as they are."""
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict):  # a base's unchecked `fixed:` may be anything
         return raw  # not a mapping: spec.parse names the problem
     out: dict[str, Any] = {}
     for k, v in raw.items():

@@ -9,14 +9,18 @@ from __future__ import annotations
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from sweeper.errors import SweeperError, did_you_mean
 from sweeper.study.config import PARAM_TYPES, TrialConfig, build_config
 
+Fail = Callable[[str, str], SweeperError]
+"""The study parser's error factory: ``fail(key path, message)`` -> the error to raise (it names the file)."""
 
-def type_name(t: Any) -> str:
+
+def type_name(t: object) -> str:
     origin = typing.get_origin(t)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(t))
@@ -136,7 +140,7 @@ RULES: dict[str, Any] = {"aug.blur_kernel": _odd, "aug.rrc_scale": _ordered, "au
 """Checks beyond a range: ``rule(value)`` returns what is wrong, or None."""
 
 
-def coerce(key: str, value: Any) -> Any:
+def coerce(key: str, value: object) -> Any:
     """Check ``value`` against the type, range and rule of parameter ``key``; return it in canonical form.
 
     Raises:
@@ -158,7 +162,7 @@ def coerce(key: str, value: Any) -> Any:
     return v
 
 
-def _number(value: Any) -> float | None:
+def _number(value: object) -> float | None:
     """A finite float from a number, or from a numeric-looking string (YAML 1.1 reads ``3e-3`` as one)."""
     if isinstance(value, str):
         try:
@@ -170,7 +174,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _coerce(t: Any, value: Any) -> tuple[bool, Any]:
+def _coerce(t: object, value: object) -> tuple[bool, Any]:
     """Whether ``value`` is of the (typing) type ``t``, and the value as that type."""
     origin = typing.get_origin(t)
     if origin is Literal:
@@ -186,7 +190,7 @@ def _coerce(t: Any, value: Any) -> tuple[bool, Any]:
     return _coerce_plain(t, value)
 
 
-def _coerce_tuple(args: tuple[Any, ...], value: Any) -> tuple[bool, Any]:
+def _coerce_tuple(args: tuple[Any, ...], value: object) -> tuple[bool, Any]:
     if args[-1] is Ellipsis:  # tuple[float, ...]: a list, or one value
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         pairs = [_coerce(args[0], x) for x in items]
@@ -198,7 +202,7 @@ def _coerce_tuple(args: tuple[Any, ...], value: Any) -> tuple[bool, Any]:
     return all(ok for ok, _ in pairs), tuple(v for _, v in pairs)
 
 
-def _coerce_plain(t: Any, value: Any) -> tuple[bool, Any]:
+def _coerce_plain(t: object, value: object) -> tuple[bool, Any]:
     if t is type(None):
         return value is None, None
     if t is bool:

@@ -195,7 +195,7 @@ def build_config(values: dict[str, Any]) -> TrialConfig:
     return TrialConfig(**top)
 
 
-def plain(v: Any) -> Any:
+def plain(v: object) -> Any:
     """Tuples as lists, recursively: the form a study file (YAML/JSON) writes them in."""
     if isinstance(v, (list, tuple)):
         return [plain(x) for x in v]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from sweeper.errors import SweeperError, did_you_mean
-from sweeper.study.checks import _NON_NEG
+from sweeper.study.checks import _NON_NEG, Fail
 from sweeper.study.dims import Dim
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Design:
         return doc
 
 
-def parse(raw: Any, space: dict[str, Dim], fixed: dict[str, Any], fail: Any) -> Design:
+def parse(raw: object, space: dict[str, Dim], fixed: dict[str, Any], fail: Fail) -> Design:
     """Validate ``design: {kind, repeats, seed, runs, effect}`` against the space it designs."""
     if not isinstance(raw, dict):
         raise fail("design", f"must be a mapping such as {{kind: fractional, repeats: 2}}, got {raw!r}")
@@ -107,7 +107,7 @@ run. An integer range (not a choice of the seeds) so that later runs can take se
 Optuna refuses to change a categorical dimension's choices within a study."""
 
 
-def _counts(raw: dict[str, Any], fail: Any) -> dict[str, int | None]:
+def _counts(raw: dict[str, Any], fail: Fail) -> dict[str, int | None]:
     """``repeats`` (>= 1), ``seed`` (>= 0) and ``runs`` (>= 2, or unset), checked."""
     ints = {k: raw.get(k, d) for k, d in (("repeats", 1), ("seed", 0), ("runs", None))}
     for k, v in ints.items():

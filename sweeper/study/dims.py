@@ -43,7 +43,7 @@ class Dim:
         return [int(v) for v in vals] if self.kind == "int" else vals
 
 
-def _parse_dim(key: str, raw: Any) -> Dim:
+def _parse_dim(key: str, raw: object) -> Dim:
     """Parse ``{float: [lo, hi], log: true}``, ``{int: [lo, hi]}``, ``{choice: [...]}``, ``{bool: true}``."""
     if not isinstance(raw, dict):
         raise ValueError(
@@ -58,7 +58,7 @@ def _parse_dim(key: str, raw: Any) -> Dim:
     return dataclasses.replace(_parse_kind(key, {k: v for k, v in raw.items() if k != "when"}), when=when)
 
 
-def parse_when(raw: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+def parse_when(raw: object) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     """``{optimizer: sgd}`` or ``{optimizer: {in: [sgd, adamw]}, freeze_depth: 0}``: every key must match."""
     if raw is None:
         return ()

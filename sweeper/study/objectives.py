@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sweeper.errors import SweeperError, did_you_mean
+from sweeper.study.checks import Fail
 
 METRICS = ("val_acc", "val_loss")  # what training reports every epoch; the first objective
 COSTS = ("num_params", "latency_ms", "gmacs")  # measured before training; the other objectives
@@ -29,8 +30,6 @@ MEASURED = "costs"  # trial user attribute: every cost measured for the trial (a
 
 if TYPE_CHECKING:  # the CLI starts without importing optuna; study files are parsed before any sweep
     from optuna.trial import FrozenTrial
-
-Fail = Callable[[str, str], SweeperError]
 
 
 def parse(raw: dict[str, Any], fail: Fail) -> tuple[str, str, tuple[tuple[str, str], ...]]:
@@ -57,7 +56,7 @@ def parse(raw: dict[str, Any], fail: Fail) -> tuple[str, str, tuple[tuple[str, s
     return metric, direction, tuple(costs)
 
 
-def _one(item: Any, key: str, allowed: Sequence[str], fail: Fail, first: bool = False) -> tuple[str, str]:
+def _one(item: object, key: str, allowed: Sequence[str], fail: Fail, first: bool = False) -> tuple[str, str]:
     if not isinstance(item, dict):
         raise fail(key, f"must be a mapping {{metric: {allowed[0]}, direction: ...}}, got {item!r}")
     for k in item:

@@ -6,12 +6,15 @@ refit can never drift from what was searched.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeper.study.dims import Dim
 
+if TYPE_CHECKING:  # study/ imports nothing heavy at module level
+    from optuna.trial import BaseTrial
 
-def suggest(trial: Any, space: dict[str, Dim]) -> dict[str, Any]:
+
+def suggest(trial: BaseTrial, space: dict[str, Dim]) -> dict[str, Any]:
     """Sample every dimension of ``space`` from ``trial`` (an Optuna Trial or FixedTrial)."""
     params: dict[str, Any] = {}
     for key, dim in space.items():

@@ -26,6 +26,7 @@ from sweeper.study.checks import (
     _PROB,
     LIMITS,
     RULES,
+    Fail,
     Range,
     _number,
     coerce,
@@ -202,7 +203,7 @@ def load(name_or_path: str) -> Study:
     return dataclasses.replace(parse(raw, path), bases=tuple(str(p) for p in chain))
 
 
-def parse(raw: Any, path: Path) -> Study:
+def parse(raw: object, path: Path) -> Study:
     """Validate a study file's parsed YAML; every problem is a SweeperError naming the file and key path."""
 
     def fail(key: str, msg: str) -> SweeperError:
@@ -264,7 +265,7 @@ def _parse_designed(
     space: dict[str, Dim],
     fixed: dict[str, Any],
     sampler: dict[str, Any],
-    fail: Any,
+    fail: Fail,
     default_pruner: str = "median",
 ) -> tuple[Design | None, dict[str, Any]]:
     """The design (it adds the repeats' seed to ``space``) and the pruner, which a design allows only off.
@@ -288,7 +289,7 @@ def _parse_designed(
     return design, pruner
 
 
-def _parse_constraints(constraints: Any, fail: Any) -> int | None:
+def _parse_constraints(constraints: object, fail: Fail) -> int | None:
     if not isinstance(constraints, dict):
         raise fail("constraints", f"must be a mapping such as {{max_params: 100000000}}, got {constraints!r}")
     for k in constraints:
@@ -305,7 +306,7 @@ def _parse_constraints(constraints: Any, fail: Any) -> int | None:
     return int(max_params) if max_params is not None else None
 
 
-def _parse_fixed(fixed_raw: Any, fail: Any) -> dict[str, Any]:
+def _parse_fixed(fixed_raw: object, fail: Fail) -> dict[str, Any]:
     if not isinstance(fixed_raw, dict):
         raise fail("fixed", f"must be a mapping of parameter: value, got {fixed_raw!r}")
     fixed: dict[str, Any] = {}
@@ -319,7 +320,7 @@ def _parse_fixed(fixed_raw: Any, fail: Any) -> dict[str, Any]:
     return fixed
 
 
-def _parse_space(space_raw: Any, fixed: dict[str, Any], grid: bool, fail: Any) -> dict[str, Dim]:
+def _parse_space(space_raw: object, fixed: dict[str, Any], grid: bool, fail: Fail) -> dict[str, Dim]:
     if not isinstance(space_raw, dict):
         raise fail("space", f"must be a mapping of parameter: dimension, got {space_raw!r}")
     space = {str(key): _parse_one_dim(str(key), dim, fixed, grid, fail) for key, dim in space_raw.items()}
@@ -336,7 +337,7 @@ def _parse_space(space_raw: Any, fixed: dict[str, Any], grid: bool, fail: Any) -
     return settled
 
 
-def _parse_one_dim(key: str, raw: Any, fixed: dict[str, Any], grid: bool, fail: Any) -> Dim:
+def _parse_one_dim(key: str, raw: object, fixed: dict[str, Any], grid: bool, fail: Fail) -> Dim:
     if key not in PARAM_TYPES:
         raise fail(f"space.{key}", f"unknown parameter{did_you_mean(key, PARAM_TYPES)}")
     if key in fixed:
@@ -358,7 +359,7 @@ def _parse_one_dim(key: str, raw: Any, fixed: dict[str, Any], grid: bool, fail: 
     return dim
 
 
-def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int, float]:
+def _parse_data(data: object, path: Path, fail: Fail) -> tuple[str, int, float]:
     """``data: PATH`` or ``{root: PATH, max_pixels: N, val_from_train: F}``; a relative root is relative to
     the study file."""
     if isinstance(data, str):
@@ -384,7 +385,7 @@ def _parse_data(data: Any, path: Path, fail: Any) -> tuple[str, int, float]:
     return root, int(n), frac
 
 
-def _named_section(raw: Any, key: str, names: tuple[str, ...], fail: Any) -> dict[str, Any]:
+def _named_section(raw: object, key: str, names: tuple[str, ...], fail: Fail) -> dict[str, Any]:
     """``tpe`` or ``{name: tpe, seed: 0, ...}`` -> ``{"name": "tpe", "seed": 0, ...}``."""
     section = {"name": raw} if isinstance(raw, str) else raw
     if not isinstance(section, dict) or "name" not in section:
@@ -401,12 +402,13 @@ def _named_section(raw: Any, key: str, names: tuple[str, ...], fail: Any) -> dic
     return dict(section)
 
 
-def _check_arg(key: str, value: Any, kind: type, rng: Range, alt: str | None, fail: Any) -> None:
+def _check_arg(key: str, value: object, kind: type, rng: Range, alt: str | None, fail: Fail) -> None:
     """One numeric sampler or pruner argument: its type, its range, or its one word (``auto``)."""
     if value is None and key.endswith(".seed") or (alt is not None and value == alt):
         return
-    ok = isinstance(value, int) if kind is int else _number(value) is not None
-    if isinstance(value, (bool, str)) or not ok or float(value) not in rng:
+    wrong = isinstance(value, (bool, str)) or (kind is int and not isinstance(value, int))
+    n = None if wrong else _number(value)
+    if n is None or n not in rng:
         what = f"an integer {rng}" if kind is int else f"a number {rng}"
         raise fail(key, f"must be {what}{f' or {alt!r}' if alt else ''}, got {value!r}")
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweeper.errors import SweeperError, did_you_mean
 from sweeper.study.bases import flatten
-from sweeper.study.checks import coerce
+from sweeper.study.checks import Fail, coerce
 from sweeper.study.config import GROUPS
 from sweeper.study.dims import Dim
 
@@ -27,7 +27,7 @@ WARM = "warm_start_from"  # trial user attr: the study (and trial) a borrowed tr
 WARM_LOG = "sweeper:warm_starts"  # study user attr: every warm start, with its trial count
 
 
-def fits(dim: Dim, value: Any) -> bool:
+def fits(dim: Dim, value: object) -> bool:
     """Whether ``value`` is one the dimension can take."""
     if dim.kind == "bool":
         return isinstance(value, bool)
@@ -40,10 +40,10 @@ def fits(dim: Dim, value: Any) -> bool:
 
 
 def parse_enqueue(
-    raw: Any,
+    raw: object,
     space: dict[str, Dim],
     fixed: dict[str, Any],
-    fail: Any,
+    fail: Fail,
     recipe_fixed: Callable[[str], dict[str, Any]],
 ) -> tuple[dict[str, Any], ...]:
     """``enqueue: [{lr_head: 0.001, aug.cutmix: true}, {recipe: recipe-004}]`` -> checked partial params.
@@ -80,7 +80,7 @@ def parse_enqueue(
 
 
 def _from_study(
-    name: Any, space: dict[str, Dim], fail: Any, where: str, recipe_fixed: Callable[[str], dict[str, Any]]
+    name: object, space: dict[str, Dim], fail: Fail, where: str, recipe_fixed: Callable[[str], dict[str, Any]]
 ) -> dict[str, Any]:
     """The values another study (a recipe) fixes for the parameters this one searches."""
     if not isinstance(name, str):

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from sweeper.study.config import TrialConfig, build_config
 
+if TYPE_CHECKING:
+    from sweeper.train.result import TrialResult
 
-def to_plain(x: Any) -> Any:
+
+def to_plain(x: object) -> Any:
     """Plain YAML values: string keys, lists for tuples, Python numbers for numpy scalars."""
     if isinstance(x, dict):
         return {str(k): to_plain(v) for k, v in x.items()}
@@ -139,7 +142,7 @@ def fold_file(fold: int) -> str:
     return f"fold-{fold}.safetensors"
 
 
-def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], result: Any) -> None:
+def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], result: TrialResult) -> None:
     """Everything a finished trial leaves: config, best checkpoint, confusion, per-class CSV, curves."""
     extra = {"best_epoch": result.best_epoch, "best": result.best, "num_params": result.num_params}
     if result.fold_states:

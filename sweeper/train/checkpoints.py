@@ -23,12 +23,16 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sweeper import faults
 from sweeper.study.config import TrialConfig
+
+if TYPE_CHECKING:
+    from sweeper.train.result import TrialResult
+    from sweeper.train.runs import Run
 
 _RESULT_KEYS = ("history", "best", "best_epoch", "state_dict", "also_kept", "stopped_early", "holdout_probs")
 
@@ -38,7 +42,7 @@ class Fold:
     """Where a k-fold trial is: the fold being trained (0-based) and the finished folds' results."""
 
     index: int = 0
-    done: list[Any] = field(default_factory=list)
+    done: list[TrialResult] = field(default_factory=list)
 
 
 FORMAT = "sweeper-checkpoint/1"
@@ -53,21 +57,23 @@ def resume_key(cfg: TrialConfig) -> str:
     return repr(sorted(flat.items()))
 
 
-def result_state(result: Any) -> dict[str, Any]:
+def result_state(result: TrialResult) -> dict[str, Any]:
     """A run's result as plain tensors and lists (what ``torch.load(weights_only=True)`` reads back)."""
     state = {k: getattr(result, k) for k in _RESULT_KEYS}
     state["confusion"] = None if result.confusion is None else torch.from_numpy(result.confusion)
     return state
 
 
-def restore_result(result: Any, state: dict[str, Any]) -> Any:
+def restore_result(result: TrialResult, state: dict[str, Any]) -> TrialResult:
     for k in _RESULT_KEYS:
         setattr(result, k, state[k])
     result.confusion = None if state["confusion"] is None else state["confusion"].numpy()
     return result
 
 
-def save(path: Path, cfg: TrialConfig, epoch: int, run: Any, result: Any, fold: Fold | None = None) -> None:
+def save(
+    path: Path, cfg: TrialConfig, epoch: int, run: Run, result: TrialResult, fold: Fold | None = None
+) -> None:
     """Everything to continue after ``epoch``; written to a temporary file, then renamed (atomic).
 
     Raises:
@@ -181,7 +187,7 @@ def finished_folds(path: Path | None, cfg: TrialConfig) -> list[dict[str, Any]]:
     return [] if state is None else list(state["done"])
 
 
-def restore(path: Path, cfg: TrialConfig, run: Any, result: Any, fold: Fold | None = None) -> int:
+def restore(path: Path, cfg: TrialConfig, run: Run, result: TrialResult, fold: Fold | None = None) -> int:
     """Load a matching checkpoint of this fold into the run and its result; return the next epoch. Its
     epochs are not reported again: the caller learns of them from :func:`saved_state`."""
     state = _load(path, cfg)

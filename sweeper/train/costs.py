@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Any
 
 import torch
 
@@ -82,7 +81,7 @@ def latency(cfg: TrialConfig, num_classes: int, device: torch.device) -> dict[st
     return out
 
 
-def _median_ms(model: Any, x: torch.Tensor, device: torch.device, repeats: int) -> float:
+def _median_ms(model: torch.nn.Module, x: torch.Tensor, device: torch.device, repeats: int) -> float:
     from sweeper.data import loaders
 
     times = []

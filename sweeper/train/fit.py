@@ -8,9 +8,7 @@ stops the run by raising from inside it, and the exception passes through untouc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,30 +21,12 @@ from sweeper.errors import SweeperError
 from sweeper.study.config import FOLDS_KEEP_ONE, TrialConfig
 from sweeper.train import checkpoints, evaluation, sensitivity
 from sweeper.train import model as model_lib
+from sweeper.train.result import TrialResult
 from sweeper.train.runs import DivergedError, EarlyStop, Kept, Run
 
 __all__ = ["DivergedError", "TrialResult", "fit", "run_trial"]
 
 Report = Callable[[int, dict[str, float]], None]
-
-
-@dataclass
-class TrialResult:
-    """What a finished run hands back: its history, best epoch and that epoch's weights and confusion."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0  # 1-based; 0 = no validation (refit)
-    best: dict[str, float] = field(default_factory=dict)
-    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
-    confusion: np.ndarray | None = None
-    data_config: dict[str, Any] = field(default_factory=dict)
-    num_params: int = 0
-    fold_states: list[dict[str, torch.Tensor]] = field(default_factory=list)  # k-fold: every fold's weights
-    stopped_early: int = 0  # the epoch early stopping ended the run at; 0 = ran all epochs
-    sensitive: list[tuple[str, float]] = field(default_factory=list)  # ranked tensors acted on, with scores
-    # checkpoint: both: {"val_loss" or "val_acc": (epoch, its metrics, its weights)}, the second kept epoch
-    also_kept: dict[str, tuple[int, dict[str, float], dict[str, torch.Tensor]]] = field(default_factory=dict)
-    holdout_probs: torch.Tensor | None = None  # fold_holdout: the kept weights' probabilities on val
 
 
 def run_trial(

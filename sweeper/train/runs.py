@@ -11,7 +11,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from sweeper.data import augment, loaders
 from sweeper.study.config import TrialConfig
 from sweeper.train import averaging, evaluation, losses, schedules
 from sweeper.train import model as model_lib
+
+if TYPE_CHECKING:
+    from sweeper.train.result import TrialResult
 
 
 class DivergedError(RuntimeError):
@@ -111,7 +114,14 @@ class Kept:
     def better(a: float, b: float, key: str) -> bool:
         return a > b if key == "val_acc" else a < b
 
-    def update(self, result: Any, epoch: int, metrics: dict[str, float], cm: Any, model: nn.Module) -> None:
+    def update(
+        self,
+        result: TrialResult,
+        epoch: int,
+        metrics: dict[str, float],
+        cm: np.ndarray | None,
+        model: nn.Module,
+    ) -> None:
         """Take one epoch: keep its weights where it is the best so far (always without validation)."""
         validated = "val_acc" in metrics
         if not validated or self.watch == "last" or not result.best:
@@ -155,7 +165,7 @@ class Run:
         self,
         cfg: TrialConfig,
         model: nn.Module,
-        train_ds: Any,
+        train_ds: torch.utils.data.Dataset,
         pipes: loaders.Pipelines,
         device: torch.device,
         own: dict[str, dict[str, float]],
@@ -211,7 +221,9 @@ class Run:
         out = {f"lr/{g['name']}": float(g["lr"]) for g in groups if g.get("name") in ("backbone", "head")}
         return out or {"lr/backbone": float(groups[0]["lr"])}
 
-    def epoch(self, epoch: int, val_dl: Any, metric: str) -> tuple[dict[str, float], np.ndarray | None]:
+    def epoch(
+        self, epoch: int, val_dl: loaders.DeviceLoader | None, metric: str
+    ) -> tuple[dict[str, float], np.ndarray | None]:
         """Train every replica one epoch, score each, merge them, validate; the epoch's metrics, confusion."""
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0.0, 0
