@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -201,6 +202,27 @@ def _print_json(doc: object) -> None:
     import json
 
     typer.echo(json.dumps(spec_lib.plain(doc), indent=2, default=str))
+
+
+def out_dir(path: Path, option: str = "--out") -> Path:
+    """A folder outputs go to: made now if missing, and checked writable before anything expensive runs."""
+    if path.exists() and not path.is_dir():
+        raise SweeperError(f"{option} {path}: is a file; name a folder (it is created when missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        why = e.strerror or e
+        raise SweeperError(f"{option} {path}: cannot write there ({why}); name a writable folder") from None
+    return path
+
+
+def out_file(path: Path, option: str = "--out") -> Path:
+    """A file an output goes to: not a folder, in a folder that exists (or can be made) and is writable."""
+    if path.is_dir():
+        raise SweeperError(f"{option} {path}: is a folder; name the file to write, e.g. {path / 'out.csv'}")
+    out_dir(path.parent if str(path.parent) else Path("."), option=f"{option} {path}: its folder")
+    return path
 
 
 def main() -> None:

@@ -134,7 +134,7 @@ def k8s(
     passed = [*(["--epochs", str(epochs)] if epochs else []), *[a for s in set_ or [] for a in ("--set", s)]]
     plan = k8s_lib.Plan(
         study_name=spec.name,
-        study_text=spec.path.read_text(),
+        study_text=spec.path.read_text(encoding="utf-8"),
         trials=trials,
         workers=workers,
         namespace=namespace,

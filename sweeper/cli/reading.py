@@ -18,6 +18,7 @@ from sweeper.cli.app import (
     _warn,
     app,
     load_spec,
+    out_file,
 )
 from sweeper.errors import SweeperError
 from sweeper.study import spec as spec_lib
@@ -138,6 +139,7 @@ def report(
     out = out or Path(f"{spec.name}-report.html")
     if out.is_dir():
         out = out / f"{spec.name}-report.html"
+    out_file(out)
     run_id = report_lib.write(spec, st, tracker, out, top)
     typer.echo(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline); logged to MLflow experiment "
@@ -269,6 +271,8 @@ def export_best(
     from sweeper.store import record as record_lib
     from sweeper.submit import refit
 
+    if out is not None:
+        out_file(out)
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
     doc = views.best_document(src, *refit.chosen(src, pick))

@@ -24,6 +24,7 @@ from sweeper.cli.app import (
     _warn,
     app,
     load_spec,
+    out_dir,
     parse_sets,
     preflight,
 )
@@ -291,6 +292,7 @@ def refit_best(
 
     if set_ and combine != "refit":
         raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
+    out_dir(out)  # before anything trains: a file in the way is one line now, not after the refit
     if pick and combine != "refit":
         raise SweeperError(
             f"--pick applies to --combine refit only; --combine {combine} takes the --top best"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sweeper.cli.app import TrackingOpt, app
+from sweeper.cli.app import TrackingOpt, app, out_file
 
 if TYPE_CHECKING:
     from sweeper.submit.predictor import Member
@@ -37,6 +37,7 @@ def predict(
 
     from sweeper.submit import predictor
 
+    out_file(out)
     files = predictor.image_files(images)
     net, source = predictor.open_model(model, tracking_uri)
     typer.echo(

@@ -221,7 +221,7 @@ class StudyRecord:
 
     @classmethod
     def of(cls, spec: spec_lib.Study, data: ImageFolderData, overrides: dict[str, Any]) -> StudyRecord:
-        text = spec.path.read_text() if spec.path.is_file() else ""
+        text = spec.path.read_text(encoding="utf-8") if spec.path.is_file() else ""
         return cls(
             document=json.loads(json.dumps(spec_lib.to_document(spec))),
             study_file=text,

@@ -95,7 +95,17 @@ StudyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list
 
 def _read(path: Path) -> Any:
     try:
-        return yaml.load(path.read_text(), Loader=StudyLoader)  # noqa: S506 - a SafeLoader subclass
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise SweeperError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{path.read_bytes()[e.start]:02x}); "
+            "study files are read as UTF-8: save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise SweeperError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        return yaml.load(text, Loader=StudyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -63,9 +63,9 @@ class Predictor:
                 Member(config_from_flat(m["trial_config"]), _tuples(m["data_config"]), folder / m["weights"])
                 for m in doc["ensemble"]
             )
-            return cls(tuple(doc["classes"]), members)
+            return _checked(cls(tuple(doc["classes"]), members), folder)
         cfg, classes, dcfg = artifacts.read_config(cfg_path)
-        return cls(classes, (Member(cfg, dcfg, folder / "model.safetensors"),))
+        return _checked(cls(classes, (Member(cfg, dcfg, folder / "model.safetensors"),)), folder)
 
     def probs(
         self, files: list[Path], on_member: Callable[[int, Member], None] | None = None
@@ -144,6 +144,17 @@ def image_files(paths: list[Path]) -> list[Path]:
     if not out:
         raise SweeperError(f"no image files in {', '.join(map(str, paths))}")
     return out
+
+
+def _checked(model: Predictor, folder: Path) -> Predictor:
+    """A model folder whose weights are all there, or one line naming the missing file."""
+    for m in model.members:
+        if not m.weights.is_file():
+            raise SweeperError(
+                f"{folder}: its config.yaml names {m.weights.name}, which is not there; copy the whole "
+                "folder refit-best wrote (or run refit-best again)"
+            )
+    return model
 
 
 def open_model(ref: str, tracking_uri: str | None) -> tuple[Predictor, str]:

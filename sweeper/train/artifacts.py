@@ -50,9 +50,23 @@ def read_config(path: Path) -> tuple[TrialConfig, tuple[str, ...], dict[str, Any
 
 
 def save_weights(path: Path, state_dict: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Weights as safetensors, readable as the user's umask says (safetensors itself writes 0600, which
+    another user or a serving container could not read)."""
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata=metadata)
+    path.chmod(0o666 & ~umask())
+
+
+def umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022  # the usual default, where /proc is not there
 
 
 def load_weights(path: Path) -> dict[str, Any]:
