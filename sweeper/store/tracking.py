@@ -43,11 +43,44 @@ def default_uri() -> str:
 
 
 def resolve_uri(uri: str | None) -> str:
+    """The tracking URI MLflow is handed. A server's user and password (``http://user:pw@host``) move to
+    MLflow's own ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` variables, so that no line MLflow prints (its
+    "View run ... at" links) and no tag it records carries them."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
     for prefix in ("postgresql://", "postgres://"):  # psycopg 3 is the driver installed with sweeper
         if uri.startswith(prefix):
             return "postgresql+psycopg://" + uri[len(prefix) :]
+    if uri.startswith(("http://", "https://")):
+        return _credentials_to_env(uri)
     return uri
+
+
+def _credentials_to_env(uri: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None:
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username))
+    if parts.password is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=host).geturl()
+
+
+def refused(e: BaseException) -> str | None:
+    """Why a store refused us (a wrong user or password, no permission), when that is what ``e`` is."""
+    text = str(e)
+    for cause in (e.__cause__, e.__context__):
+        if cause is not None:
+            text += " " + str(cause)
+    if "password authentication failed" in text or "authentication failed" in text.lower():
+        return "the user or password was refused"
+    if "error code 401" in text or "UNAUTHENTICATED" in text:
+        return "the server asks for a user and password (401): give them as http://USER:PASSWORD@HOST"
+    if "error code 403" in text or "PERMISSION_DENIED" in text:
+        return "the server refused this user (403)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -193,7 +226,16 @@ class TrialRun:
             with self.lock:
                 return call()
 
-        return stores.patiently(f"MLflow tracking store {stores.display_url(self.uri)}", locked, outage)
+        what = f"MLflow tracking store {stores.display_url(self.uri)}"
+        try:
+            return stores.patiently(what, locked, outage)
+        except Exception as e:
+            why = refused(e)
+            if why is None:
+                raise
+            from sweeper.errors import SweeperError
+
+            raise SweeperError(f"{what}: {why}; check the credentials and run the command again") from None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
