@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -78,8 +79,11 @@ def plant(tmp: Path) -> tuple[optuna.Study, tracking.MlflowTracker]:
     (folder / "trial-0000.pt").write_bytes(b"x")  # trial 0 is finished: stale
     (folder / "trial-0001.pt").write_bytes(b"x")  # trial 1 will be re-queued: kept
     (folder / f".trial-0003.pt.{DEAD_PID}.tmp").write_bytes(b"x")  # half-written
-    (tmp / f"sweeper-artifacts-{DEAD_PID}-abc").mkdir()
-    (tmp / f"sweeper-artifacts-{os.getpid()}-live").mkdir()  # this process is alive: not stale
+    (tmp / f"sweeper-artifacts-{DEAD_PID}-{tracking._tag('planted')}-abc").mkdir()
+    (tmp / f"sweeper-artifacts-{os.getpid()}-{tracking._tag('planted')}-live").mkdir()  # alive: not stale
+    (tmp / f"sweeper-artifacts-{DEAD_PID}-{tracking._tag('another')}-abc").mkdir()  # not this study's
+    refit = tracker.start("refit-trial-0000", {}, {tracking.KIND: "refit", "state": "RUNNING"})
+    MlflowClient(tracker.uri).set_tag(refit.run_id, tracking.PROCESS, f"{socket.gethostname()}:{DEAD_PID}")
     return study, tracker
 
 
@@ -94,6 +98,7 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
     assert kinds == [
         "checkpoint",
         "checkpoint",
+        "dead-run",
         "duplicate",
         "mismatch",
         "no-run",
@@ -104,11 +109,11 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
     assert "running: trial 1: RUNNING with no live worker" in lines
     assert "no-run: trial 2: FAIL with no MLflow run" in lines
     assert "duplicate: trial 4: the same params as trial 0, both counted (not repairable)" in lines
-    assert lines[-1] == "study planted: 8 problems"
+    assert lines[-1] == "study planted: 9 problems"
 
     r = cli("doctor", "planted", "--repair", env=env)
     assert r.returncode == 1, r.stdout + r.stderr  # the duplicate needs a person
-    assert r.stdout.count("repaired ") == 7, r.stdout
+    assert r.stdout.count("repaired ") == 8, r.stdout
     assert r.stdout.splitlines()[-2:] == [
         "duplicate: trial 4: the same params as trial 0, both counted (not repairable)",
         "study planted: 1 problem",
@@ -119,12 +124,29 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
     (retry,) = [t for t in trials if t.state == TrialState.WAITING]
     assert retry.params == trials[1].params  # re-queued, and its checkpoint kept for it
     assert sorted(p.name for p in Path("checkpoints/planted").iterdir()) == ["trial-0001.pt"]
-    assert [p.name for p in own_tmp.iterdir()] == [f"sweeper-artifacts-{os.getpid()}-live"]
+    assert {p.name for p in own_tmp.iterdir()} == {
+        f"sweeper-artifacts-{DEAD_PID}-{tracking._tag('another')}-abc",  # another study's: left alone
+        f"sweeper-artifacts-{os.getpid()}-{tracking._tag('planted')}-live",
+    }
     client = MlflowClient(tracker.uri)
     runs = client.search_runs([tracker.experiment_id])
     assert "RUNNING" not in {x.info.status for x in runs}
-    trial_runs = [
-        x for x in runs if x.data.tags.get("sweeper.kind") != "study"
-    ]  # the study run is their parent
+    trial_runs = [x for x in runs if x.data.tags.get("sweeper.kind") == "trial"]
     numbers = sorted(x.data.tags["trial_number"] for x in trial_runs)
     assert numbers == ["0", "1", "2", "3", "4", "5"]  # 99 trashed
+
+
+@pytest.mark.slow
+def test_the_next_refit_closes_a_killed_refits_run() -> None:
+    tracker = tracking.MlflowTracker(None, "refits")
+    killed = tracker.start("refit-trial-0000", {}, {tracking.KIND: "refit", "state": "RUNNING"})
+    MlflowClient(tracker.uri).set_tag(killed.run_id, tracking.PROCESS, f"{socket.gethostname()}:{DEAD_PID}")
+    elsewhere = tracker.start("refit-trial-0001", {}, {tracking.KIND: "refit", "state": "RUNNING"})
+    MlflowClient(tracker.uri).set_tag(elsewhere.run_id, tracking.PROCESS, f"other-host:{DEAD_PID}")
+    live = tracker.start("refit-trial-0002", {}, {tracking.KIND: "refit", "state": "RUNNING"})  # this process
+    assert [r.info.run_id for r in tracker.dead_runs()] == [killed.run_id]
+    assert tracker.close_dead_runs() == 1  # what refit-best and --combine do before they start their run
+    run = MlflowClient(tracker.uri).get_run(killed.run_id)
+    assert run.info.status == "FAILED" and "ended without closing it (killed)" in run.data.tags["reason"]
+    statuses = {MlflowClient(tracker.uri).get_run(r.run_id).info.status for r in (elsewhere, live)}
+    assert statuses == {"RUNNING"}

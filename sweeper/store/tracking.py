@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import tempfile
 import threading
 import time
@@ -92,6 +93,24 @@ class ModelLoader:
 
 
 KIND = "sweeper.kind"  # what a run is: study (the parent), trial, refit, combine
+PROCESS = "sweeper.process"  # HOST:PID of the process that runs it: a RUNNING run of a dead one is stale
+STANDALONE = ("refit", "combine")  # runs no trial accounts for: their own process alone closes them
+
+
+def this_process() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_gone(tag: str) -> bool:
+    """Whether the process a ``sweeper.process`` tag names is known to be gone (only on this host)."""
+    import socket
+
+    host, _, pid = tag.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
 STUDY_KIND = "study"
 
 STAGING = "sweeper-artifacts-"
@@ -99,21 +118,28 @@ STAGING = "sweeper-artifacts-"
 
 
 @contextlib.contextmanager
-def staging() -> Iterator[Path]:
-    """A temporary folder whose files are meant to be logged as artifacts; named after this process, so
-    that one left by a killed process is recognised (:func:`stale_staging`) and removed."""
-    with tempfile.TemporaryDirectory(prefix=f"{STAGING}{os.getpid()}-") as d:
+def staging(study: str = "") -> Iterator[Path]:
+    """A temporary folder whose files are meant to be logged as artifacts; named after this process and
+    the study, so that one left by a killed process is recognised (:func:`stale_staging`) and removed
+    by that study's next run or its doctor, never by another study's."""
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING}{os.getpid()}-{_tag(study)}-") as d:
         yield Path(d)
 
 
-def stale_staging() -> list[Path]:
-    """Staging folders whose process is gone (it was killed before it could remove them); folders named
-    without a pid (older sweepers) once they are a day old."""
+def _tag(study: str) -> str:
+    """A study name as a path-safe part of a folder name (its hash keeps different names apart)."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9_.]+", "_", study)[:40]
+    return f"{safe}.{hashlib.sha1(study.encode()).hexdigest()[:8]}"
+
+
+def stale_staging(study: str) -> list[Path]:
+    """The staging folders of ``study`` whose process is gone (killed before it could remove them)."""
     out = []
-    for d in Path(tempfile.gettempdir()).glob(f"{STAGING}*"):
+    for d in Path(tempfile.gettempdir()).glob(f"{STAGING}*-{_tag(study)}-*"):
         pid = d.name[len(STAGING) :].split("-")[0]
-        gone = not _alive(int(pid)) if pid.isdigit() else time.time() - d.stat().st_mtime > 86400
-        if gone:
+        if pid.isdigit() and not _alive(int(pid)):
             out.append(d)
     return sorted(out)
 
@@ -204,6 +230,7 @@ class Tracker(Protocol):
     def trial_runs(self) -> list[Any]: ...  # MLflow's Run entities
     def run(self, run_id: str) -> Any: ...  # MLflow's Run entity, or None
     def delete_artifacts(self, run_id: str, suffixes: tuple[str, ...], reason: str) -> bool: ...
+    def close_dead_runs(self) -> int: ...
 
 
 class TrialRun:
@@ -329,6 +356,7 @@ class MlflowTracker:
         exp = self.experiment_id
         str_tags = {**self.context_tags(), **{k: str(v) for k, v in tags.items()}}
         str_tags.setdefault(KIND, "trial")
+        str_tags[PROCESS] = this_process()
         str_tags["mlflow.parentRunId"] = self.study_run_id()
         run = self._call(lambda: self.client.create_run(exp, run_name=run_name, tags=str_tags))
         tr = TrialRun(self.client, run.info.run_id, self.lock, self.uri)
@@ -370,7 +398,7 @@ class MlflowTracker:
         import json
 
         run_id = self.study_run_id()
-        with staging() as d:
+        with staging(self.experiment) as d:
             (d / "study.json").write_text(json.dumps(record_doc, indent=2, default=str))
             self._call(lambda: self.client.log_artifacts(run_id, str(d), "study"))
         if description:
@@ -523,6 +551,22 @@ class MlflowTracker:
         self.end_run(run_id, state, reason)
         return True
 
+    def dead_runs(self) -> list[Any]:
+        """RUNNING refit and ensemble runs whose process is gone (killed before it could close them); a
+        process on another host cannot be seen from here, and its runs are left alone."""
+        exp = self.experiment_id
+        query = f"attributes.status = 'RUNNING' and tags.`{PROCESS}` != ''"
+        runs = self._call(lambda: self.client.search_runs([exp], query, max_results=50000))
+        return [r for r in runs if r.data.tags.get(KIND) in STANDALONE and process_gone(r.data.tags[PROCESS])]
+
+    def close_dead_runs(self) -> int:
+        """Close the runs :meth:`dead_runs` finds, as failed, saying why; returns how many."""
+        dead = self.dead_runs()
+        for r in dead:
+            why = f"its process ({r.data.tags[PROCESS]}) ended without closing it (killed)"
+            self.end_run(r.info.run_id, "FAIL", why)
+        return len(dead)
+
     def close_stale_runs(self, trial_states: dict[int, str], reasons: dict[int, str] | None = None) -> int:
         """Close RUNNING runs whose trial has ended or does not exist: they take the trial's state, or
         FAIL for a run whose trial was never created (a kill between the two)."""
@@ -584,6 +628,9 @@ class NullTracker:
 
     def delete_artifacts(self, run_id: str, suffixes: tuple[str, ...], reason: str) -> bool:
         return False
+
+    def close_dead_runs(self) -> int:
+        return 0
 
 
 class _NullRun:

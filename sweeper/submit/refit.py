@@ -141,6 +141,7 @@ def refit_best(
     on purpose is tagged: the data (train+val) and the epoch it stops after.
     """
     out.mkdir(parents=True, exist_ok=True)
+    tracker.close_dead_runs()  # a refit killed before: its run is closed now, not left RUNNING
     run = tracker.start(
         run_name=f"refit-trial-{p.trial.number:04d}",
         params=p.cfg.flat(),
@@ -282,6 +283,7 @@ def combine(
     trials = record.top_trials(src.study, 1 if how == "folds" else top, spec.direction)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    tracker.close_dead_runs()
     run = tracker.start(
         run_name=f"{how}-trial-{trials[0].number:04d}",
         params={"combine": how, "top": top},

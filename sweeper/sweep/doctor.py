@@ -32,7 +32,9 @@ from sweeper.sweep import trial as trial_lib
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-Kind = Literal["running", "no-run", "orphan-run", "mismatch", "duplicate", "retries", "checkpoint", "staging"]
+Kind = Literal[
+    "running", "no-run", "orphan-run", "mismatch", "duplicate", "retries", "checkpoint", "staging", "dead-run"
+]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,18 @@ def examine(study: optuna.Study, tracker: MlflowTracker, live: bool) -> list[Fin
     out += _pairs(study, tracker, trials, runs, dead)
     out += _duplicates(trials)
     out += _files(study.study_name, trials, dead)
+    out += _dead_runs(tracker)
+    return out
+
+
+def _dead_runs(tracker: MlflowTracker) -> list[Finding]:
+    """Refit and ensemble runs left RUNNING by a killed ``refit-best`` (no trial accounts for them)."""
+    out = []
+    for r in tracker.dead_runs():
+        kind = r.data.tags.get(tracking.KIND, "?")
+        why = f"its process ({r.data.tags[tracking.PROCESS]}) ended without closing it (killed)"
+        fix = functools.partial(tracker.end_run, r.info.run_id, "FAIL", why + "; closed by `sweeper doctor`")
+        out.append(Finding("dead-run", f"{kind} run {r.info.run_id}", f"RUNNING, but {why}", fix))
     return out
 
 
@@ -214,7 +228,7 @@ def _files(study: str, trials: list[FrozenTrial], dead: set[int]) -> list[Findin
     for f in trial_lib.stale_temporaries(study):
         detail = "half-written by a dead process"
         out.append(Finding("checkpoint", str(f), detail, functools.partial(_unlink, f)))
-    for d in tracking.stale_staging():
+    for d in tracking.stale_staging(study):
         fix = functools.partial(shutil.rmtree, d, ignore_errors=True)
         out.append(Finding("staging", str(d), "staging folder of a dead process", fix))
     return out

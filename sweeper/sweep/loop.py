@@ -385,7 +385,7 @@ def _remove_leftovers(study: str) -> None:
     half-written checkpoint files."""
     import shutil
 
-    for d in tracking.stale_staging():
+    for d in tracking.stale_staging(study):
         shutil.rmtree(d, ignore_errors=True)
     for f in trial_lib.stale_temporaries(study):
         f.unlink(missing_ok=True)

@@ -105,7 +105,7 @@ def make_objective(
         trial.set_user_attr(rec.CONFIG, rec.config_json(cfg))
         trial.set_user_attr(rec.WORKER, workers.worker_name(slot, gpu))
         faults.hit("setup-before-run")
-        with tracking.staging() as out:
+        with tracking.staging(spec.name) as out:
             ctx = Context(spec, trial, tracking.NO_RUN, checkpoint_path(spec, _frozen(trial)), out, tracker)
             return finish_safely(ctx, setup_and_train(ctx, cfg, absent))
 
@@ -340,7 +340,7 @@ def finish(ctx: Context, outcome: Outcome) -> float | list[float]:
     if outcome.state in ("interrupted", "halted"):
         t.set_user_attr(rec.NOT_COUNTED, outcome.state)
     if outcome.details:
-        with tracking.staging() as d:  # the full traceback, for bugs; the console gets one line
+        with tracking.staging(ctx.spec.name) as d:  # the full traceback, for bugs; the console gets one line
             (d / "error.txt").write_text(outcome.details)
             run.log_dir(d)
     run.end("FAIL", reason)
