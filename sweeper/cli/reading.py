@@ -38,7 +38,11 @@ def studies(storage: StorageOpt = None, json_: JsonOpt = False) -> None:
     from sweeper.store import stores
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rows = views.studies_view(stores.storage(storage))
+    try:
+        store = stores.storage(storage, create=False)  # listing never creates a storage
+    except stores.NoStudies:
+        store = None
+    rows = views.studies_view(store)
     if json_:
         _print_json(rows)
         return

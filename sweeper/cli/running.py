@@ -85,14 +85,16 @@ def run_study(
     from sweeper.data import images as data_lib
     from sweeper.store import record as record_lib
     from sweeper.store import stores, tracking
+    from sweeper.study import spec as spec_lib
     from sweeper.sweep import progress as progress_lib
     from sweeper.sweep import session
     from sweeper.sweep import workers as workers_lib
 
     spec = load_spec(study, data, set_, epochs)
     if name is not None:
-        if not name.strip():
-            raise SweeperError("--name must not be empty")
+        why = spec_lib.name_problem(name.strip())
+        if why:
+            raise SweeperError(f"--name {why}")
         spec = dataclasses.replace(spec, name=name.strip())
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     _check_writable(storage, tracking_uri)
@@ -203,6 +205,13 @@ def _check_writable(storage: str | None, tracking_uri: str | None) -> None:
         db = stores.sqlite_path(url)
         if db is not None:
             places.append(db.parent)
+    for url in (stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)):
+        db = stores.sqlite_path(url)
+        if db is not None and db.is_file() and not os.access(db, os.W_OK):
+            raise SweeperError(
+                f"{db}: the database is read-only; a sweep writes every trial there: make it writable, or "
+                "point --storage/--tracking-uri at a writable copy (show, report and doctor only read it)"
+            )
     for place in places:
         try:
             place.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -135,10 +135,49 @@ def db_outage(e: BaseException | None) -> bool:
     return False
 
 
+Holds = Literal["optuna", "mlflow", "empty", "missing", "other"]
+
+
+def holds(url: str) -> Holds:
+    """What a database holds, read without creating or changing anything: Optuna's tables, MLflow's,
+    none (``empty``; ``missing`` for a SQLite file that does not exist), or another system's."""
+    from sqlalchemy import create_engine, inspect
+
+    db = sqlite_path(url)
+    if db is not None and not db.is_file():
+        return "missing"
+    engine = create_engine(with_driver(url))
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if {"studies", "trials", "version_info"} <= tables:
+        return "optuna"
+    if {"experiments", "runs"} <= tables:
+        return "mlflow"
+    return "empty" if not tables else "other"
+
+
+def other_system(url: str, held: Holds, ours: str) -> SweeperError | None:
+    """The one-line refusal when a database given as ``ours`` belongs to another system."""
+    names = {"optuna": "an Optuna study storage", "mlflow": "an MLflow tracking store"}
+    if held in names and held != ours:
+        return SweeperError(
+            f"{display_url(url)} is {names[held]}, not {names[ours]}; give each store a database of its "
+            "own (the defaults: sweeper.db for --storage, mlruns/mlflow.db for --tracking-uri)"
+        )
+    if held == "other":
+        return SweeperError(
+            f"{display_url(url)} holds tables of another program; give sweeper a database of its own"
+        )
+    return None
+
+
 def storage(
     url: str | None,
     on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     mark_stale: Callable[[optuna.storages.RDBStorage, int], None] | None = None,
+    create: bool = True,
 ) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats: a trial whose worker died is failed and its params re-queued.
 
@@ -152,8 +191,11 @@ def storage(
         on_stale: called for each trial this process finds stale (its worker died); the default only
             re-queues the trial's params with Optuna's RetryHeartbeatStaleTrialCallback.
         mark_stale: called with the storage and a stale trial's id before Optuna fails it (its reason).
+        create: make Optuna's tables in a new database; False for read-only commands, which then find
+            no study in it (:class:`NoStudies`) and leave it as it was.
     """
     url = resolve_storage(url)
+    _check_holds(url, create)
     engine_kwargs: dict[str, Any]
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # seconds a transaction waits for the lock
@@ -183,6 +225,22 @@ def storage(
     if url.startswith("sqlite"):
         _begin_immediate(store.engine)
     return store
+
+
+class NoStudies(SweeperError):
+    """A read-only command found no Optuna storage at the URL (nothing was created there)."""
+
+
+def _check_holds(url: str, create: bool) -> None:
+    try:
+        held = holds(url)
+    except Exception:  # a server down, a bad URL: opening it says so, in one line, just below
+        return
+    refusal = other_system(url, held, "optuna")
+    if refusal is not None:
+        raise refusal
+    if not create and held in ("empty", "missing"):
+        raise NoStudies(f"no study storage at {display_url(url)} (nothing has run there yet)")
 
 
 def _rdb_class(url: str) -> type[_Storage]:
@@ -282,9 +340,10 @@ def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
 
 
 def load_existing(name: str, storage_url: str | None) -> optuna.Study:
+    """A stored study, opened without creating anything (read-only commands, and the check before a run)."""
     try:
-        return optuna.load_study(study_name=name, storage=storage(storage_url))
-    except KeyError:
+        return optuna.load_study(study_name=name, storage=storage(storage_url, create=False))
+    except (KeyError, NoStudies):
         raise SweeperError(
             f"no study {name!r} in {display_url(resolve_storage(storage_url))}; "
             f"run `sweeper run-study {name}` first or pass the --storage it ran with"

@@ -186,6 +186,20 @@ def _check_reachable(uri: str) -> None:
         reach.check(uri, "the MLflow tracking store")
 
 
+def _check_not_optuna(uri: str) -> None:
+    """An Optuna storage given as the tracking store is refused before MLflow adds its tables to it."""
+    if not uri.startswith(("sqlite", "postgresql", "mysql", "mssql")):
+        return
+    try:
+        held = stores.holds(uri)
+    except Exception:  # unreachable or odd: MLflow's own first call says so
+        return
+    if held == "optuna":
+        refusal = stores.other_system(uri, held, "mlflow")
+        assert refusal is not None
+        raise refusal
+
+
 def _artifact_root(uri: str) -> str | None:
     """Local SQLite stores keep artifacts beside the database; servers choose their own."""
     if uri.startswith("sqlite:///"):
@@ -310,6 +324,7 @@ class MlflowTracker:
 
         self.uri = resolve_uri(uri)
         _check_reachable(self.uri)
+        _check_not_optuna(self.uri)
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)

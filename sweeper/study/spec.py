@@ -12,6 +12,7 @@ This module imports nothing heavy: the CLI and every other module may import it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -217,6 +218,9 @@ def parse(raw: object, path: Path) -> Study:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise fail("name", f"must be a non-empty string, got {name!r}")
+    why = name_problem(name)
+    if why:
+        raise fail("name", why)
     root, max_pixels, val_from_train = _parse_data(raw.get("data"), path, fail)
     metric, direction, costs = objectives_lib.parse(raw, fail)
     epochs = raw.get("epochs", 10)
@@ -411,6 +415,20 @@ def _check_arg(key: str, value: object, kind: type, rng: Range, alt: str | None,
     if n is None or n not in rng:
         what = f"an integer {rng}" if kind is int else f"a number {rng}"
         raise fail(key, f"must be {what}{f' or {alt!r}' if alt else ''}, got {value!r}")
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a study, or None. It names folders (checkpoints, MLflow artifacts), so
+    it is one path part: letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit."""
+    if NAME.fullmatch(name):
+        return None
+    return (
+        f"{name!r} cannot name a study: use letters, digits, '.', '_' and '-' (up to 128), starting "
+        "with a letter or digit (it names folders, so no '/' or '..')"
+    )
 
 
 def to_document(study: Study) -> dict[str, Any]:
