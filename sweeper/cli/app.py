@@ -57,11 +57,11 @@ def installed_version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
 
-    try:
-        return dist_version("sweeper")
-    except PackageNotFoundError:
-        from sweeper import __version__
+    from sweeper import DISTRIBUTION, __version__
 
+    try:
+        return dist_version(DISTRIBUTION)
+    except PackageNotFoundError:
         return __version__
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper import DISTRIBUTION
 from sweeper.data.images import ImageFolderData
 from sweeper.errors import SweeperError
 from sweeper.study import objectives as objectives_lib
@@ -196,9 +197,10 @@ def fingerprint(data: ImageFolderData) -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("sweeper", "torch", "torchvision", "timm", "optuna", "mlflow"):
+    dists = {"sweeper": DISTRIBUTION, **{p: p for p in ("torch", "torchvision", "timm", "optuna", "mlflow")}}
+    for pkg, dist in dists.items():  # keyed "sweeper" as before the rename, so old and new records compare
         try:
-            out[pkg] = metadata.version(pkg)
+            out[pkg] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out

@@ -463,7 +463,7 @@ class MlflowTracker:
         block runs, every 10 s, where the ``system`` extra (psutil) is installed; nothing otherwise."""
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-        except ImportError:  # psutil missing: pip install 'sweeper[system]'
+        except ImportError:  # psutil missing: pip install 'sweeper-timm[system]'
             yield
             return
         interval = float(os.environ.get("SWEEPER_SYSTEM_METRICS_S", "10"))
