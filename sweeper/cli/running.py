@@ -105,24 +105,29 @@ def run_study(
     if existing is not None:  # refuse a changed definition before anything slow
         record_lib.ensure(existing, rec)
     _warn(preflight(spec, len(ds.classes)))
-    tracker = tracking.MlflowTracker(tracking_uri, spec.name)
-    t0 = time.monotonic()
-    on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
-    typer.echo(
-        f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val / "
-        f"{len(ds.test)} test images{_skipped(ds)}; "
-        f"{len(slots)} worker{'s' if len(slots) > 1 else ''} on {on}; "
-        f"storage {stores.display_url(stores.resolve_storage(storage))}; "
-        f"MLflow {stores.display_url(tracker.uri)}"
-    )
-    progress = progress_lib.create(trials, spec.epochs, spec.metric)
-    if existing is not None:  # a resumed study: progress starts from what storage holds
-        progress.update(record_lib.counts(existing.get_trials(deepcopy=False)), session.best_value(existing))
-    tracker.log_study(rec.summary(), spec.description)
-    prepare = _warm_start(warm_start, spec, storage) if warm_start else None
-    threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
-    s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
-    st = _sweep(progress, lambda: session.run(s, trials, timeout, rec, prepare))
+    # Local SQLite stores: this process is their one writer from before MLflow first touches its store (it
+    # creates the schema then), so workers started together are refused in one line, never a traceback.
+    with stores.single_writer([stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)]):
+        tracker = tracking.MlflowTracker(tracking_uri, spec.name)
+        t0 = time.monotonic()
+        on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
+        typer.echo(
+            f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val / "
+            f"{len(ds.test)} test images{_skipped(ds)}; "
+            f"{len(slots)} worker{'s' if len(slots) > 1 else ''} on {on}; "
+            f"storage {stores.display_url(stores.resolve_storage(storage))}; "
+            f"MLflow {stores.display_url(tracker.uri)}"
+        )
+        progress = progress_lib.create(trials, spec.epochs, spec.metric)
+        if existing is not None:  # a resumed study: progress starts from what storage holds
+            progress.update(
+                record_lib.counts(existing.get_trials(deepcopy=False)), session.best_value(existing)
+            )
+        tracker.log_study(rec.summary(), spec.description)
+        prepare = _warm_start(warm_start, spec, storage) if warm_start else None
+        threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
+        s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
+        st = _sweep(progress, lambda: session.run(s, trials, timeout, rec, prepare))
     c = record_lib.counts(st.get_trials(deepcopy=False))
     typer.echo(
         f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "

@@ -382,14 +382,19 @@ def single_writer(urls: list[str]) -> Iterator[None]:
     SQLite serves one writer at a time; several processes writing to it (Optuna heartbeats, trial
     updates, MLflow metrics) end in "database is locked". So one process per database file writes,
     with all its workers sharing one connection; a second process is refused here, up front.
-    The lock dies with its process, so a crashed sweep never blocks the next one.
+    The lock dies with its process, so a crashed sweep never blocks the next one. Re-entrant within
+    a process: a command takes it before it first touches a store (MLflow creates its schema then),
+    and the sweep it runs takes it again.
     """
     import fcntl
 
     held: list[Any] = []
     dbs = dict.fromkeys(db for db in map(sqlite_path, urls) if db is not None)  # each file once
+    mine = [db for db in dbs if db in _HELD]
+    for db in mine:
+        _HELD[db] += 1
     try:
-        for db in dbs:
+        for db in (d for d in dbs if d not in mine):
             db.parent.mkdir(parents=True, exist_ok=True)
             lock = db.with_name(db.name + ".lock")
             f = open(lock, "a+")  # noqa: SIM115 - held open for the sweep's lifetime
@@ -410,7 +415,17 @@ def single_writer(urls: list[str]) -> Iterator[None]:
             f.write(f"run-study pid {os.getpid()} on {socket.gethostname()}\n")
             f.flush()
             held.append(f)
+            _HELD[db] = 1
         yield
     finally:
+        for db in dbs:
+            if db in _HELD:
+                _HELD[db] -= 1
+                if not _HELD[db]:
+                    del _HELD[db]
         for f in held:
             f.close()
+
+
+_HELD: dict[Path, int] = {}
+"""The SQLite files this process holds the writer lock of, and how many holders inside it."""

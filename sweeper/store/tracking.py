@@ -186,6 +186,40 @@ def _check_reachable(uri: str) -> None:
         reach.check(uri, "the MLflow tracking store")
 
 
+def _client(uri: str) -> MlflowClient:
+    """The MLflow client of ``uri``. MLflow makes its tables when a client first opens a new database,
+    and workers started together (a Slurm array, an Indexed Job) race to: the losers see a unique
+    violation on alembic_version, a table that already exists, or a schema still being migrated. They
+    wait a moment and open it again; the tables are there then."""
+    import random
+
+    from mlflow import MlflowClient
+
+    for attempt in range(10):
+        try:
+            return MlflowClient(tracking_uri=uri)
+        except Exception as e:
+            if attempt == 9 or not _schema_race(e):
+                raise
+            time.sleep(0.5 + attempt * random.random())
+    raise AssertionError("unreachable")
+
+
+def _schema_race(e: BaseException) -> bool:
+    text = str(e) + " " + str(e.__cause__ or "") + " " + str(e.__context__ or "")
+    return any(
+        hint in text
+        for hint in (
+            "alembic_version",
+            "already exists",
+            "UniqueViolation",
+            "DuplicateTable",
+            "CommandError",
+            "out-of-date database schema",
+        )
+    )
+
+
 def _check_not_optuna(uri: str) -> None:
     """An Optuna storage given as the tracking store is refused before MLflow adds its tables to it."""
     if not uri.startswith(("sqlite", "postgresql", "mysql", "mssql")):
@@ -320,14 +354,12 @@ class MlflowTracker:
     """An MLflow experiment (one per study) at ``uri``."""
 
     def __init__(self, uri: str | None, experiment: str) -> None:
-        from mlflow import MlflowClient
-
         self.uri = resolve_uri(uri)
         _check_reachable(self.uri)
         _check_not_optuna(self.uri)
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = _client(self.uri)
         self.experiment = experiment
         self._experiment_id: str | None = None
         self._study_run: str | None = None
