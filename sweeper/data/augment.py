@@ -52,7 +52,7 @@ def train_transform(aug: AugConfig, data_cfg: dict[str, Any], normalize: bool = 
             T.RandomAffine(
                 degrees=aug.rotation_deg if aug.rotation else 0.0,
                 translate=(aug.translate_frac, aug.translate_frac) if aug.translate else None,
-                interpolation=InterpolationMode.BILINEAR,  # grid-sampled ops have no bicubic on tensors
+                interpolation=_interp(aug.rotation_interpolation),  # no bicubic for grid-sampled tensors
             )
         )
     if aug.color_jitter:
