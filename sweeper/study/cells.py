@@ -36,7 +36,8 @@ def parse(raw: Any, fail: Any) -> dict[str, dict[str, Any]]:
         for key, value in flatten(values, GROUPS).items():
             where = f"cells.{name}.{key}"
             try:
-                out[name][known_key(key, where)] = coerce(key, value)
+                known_key(key, where)
+                out[name][key] = coerce(key, value)
             except SweeperError as e:
                 raise fail(where, str(e).split(": ", 1)[-1]) from None
             except ValueError as e:
