@@ -361,3 +361,10 @@ def test_check_json_shows_recipe_000s_lr_and_its_cells_by_tensor_name() -> None:
     assert doc["cells"]["freeze"]["freeze"] == list(TENSORS)
     assert doc["cells"]["boost"]["train_only"] == list(TENSORS)
     assert doc["cells"]["boost"]["grad_clip_tensors"] == [TENSORS[0]]
+
+
+def test_a_cell_can_be_enqueued_by_name_and_a_wrong_name_is_refused() -> None:
+    raw = yaml.safe_load((REPO / "sweeper" / "studies" / "recipe-000.yaml").read_text())
+    assert spec.parse({**raw, "enqueue": [{"cell": "boost"}]}, Path("x.yaml")).enqueue == ({"cell": "boost"},)
+    with pytest.raises(SweeperError, match=r"enqueue\[0\]\.cell: 'bost' is outside the searched dimension"):
+        spec.parse({**raw, "enqueue": [{"cell": "bost"}]}, Path("x.yaml"))

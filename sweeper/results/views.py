@@ -218,6 +218,7 @@ def best_document(src: record_lib.Recorded, best: FrozenTrial, why: str = "") ->
         fixed=fixed,
         space={},
     )
+    doc.pop("cells", None)  # the winner's cell is in its pinned values already
     return doc
 
 
