@@ -136,7 +136,7 @@ def test_every_augmentation_is_off_by_default_except_crop_and_flip() -> None:
         ),
         ({"hflip_p": 0.8}, T.RandomHorizontalFlip, lambda t: t.p == 0.8),
         ({"vflip": True, "vflip_p": 0.3}, T.RandomVerticalFlip, lambda t: t.p == 0.3),
-        ({"rotation": True, "rotation_deg": 30.0}, T.RandomAffine, lambda t: t.degrees == [-30.0, 30.0]),
+        ({"rotation": True, "rotation_deg": 30.0}, T.RandomRotation, lambda t: t.degrees == [-30.0, 30.0]),
         (
             {"translate": True, "translate_frac": 0.1},
             T.RandomAffine,

@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from sweeper import cli
+from sweeper.errors import SweeperError
 from sweeper.study import spec
 from sweeper.train import artifacts, averaging, evaluation
 from tests.conftest import REPO
@@ -98,6 +99,8 @@ def test_one_trial_of_every_shipped_study_on_the_builtin_dataset(
     name: str, digits: Path, shared_stores: list[str]
 ) -> None:
     extra = ["--set", "folds=2"] if spec.load(name).fixed.get("folds", 1) > 1 else []
+    if spec.load(name).cells:  # the first cell: others name tensors test_resnet does not have (000)
+        extra += ["--set", f"cell={next(iter(spec.load(name).cells))}"]
     out = sweeper(
         "run-study",
         name,
@@ -233,3 +236,135 @@ def test_top_k_ensemble_and_greedy_soup(image_folder: Path, shared_stores: list[
     for k in soup:
         torch.testing.assert_close(soup[k], expected[k])  # the soup's weights are the average of those kept
     assert Path("soup/prediction.csv").is_file() and 0 <= doc["soup_val_acc"] <= 1
+
+
+# ---- what each recipe study's comment cites, in its resolved configs ---------------------------------
+
+
+def resolved(name: str, cell: str | None = None, **params: object) -> spec.TrialConfig:
+    return spec.load(name).resolve({**({"cell": cell} if cell else {}), **params})
+
+
+TENSORS = ("layer4.1.conv1.weight", "layer4.2.conv3.weight")  # 000: 8.ipynb and 7.py, by name
+
+
+def test_recipe_000_runs_at_lr_1e3_with_its_freeze_and_boost_cells_by_tensor_name() -> None:
+    study = spec.load("recipe-000")
+    assert list(study.space) == ["cell"] and list(study.cells) == ["none", "freeze", "boost"]
+    for cell in study.cells:
+        c = resolved("recipe-000", cell)
+        assert (c.lr_backbone, c.lr_head, c.opt_eps, c.lr_schedule) == (1e-3, 1e-3, 1e-5, "onecycle")
+        assert (c.batch_size, c.epochs, c.aug.rotation_deg, c.aug.rotation_interpolation) == (
+            96,
+            50,
+            30,
+            "nearest",
+        )
+    none, freeze, boost = (resolved("recipe-000", c) for c in ("none", "freeze", "boost"))
+    assert none.freeze == none.train_only == none.boost == () and none.grad_clip is None
+    assert freeze.freeze == TENSORS and freeze.train_only == () and freeze.sensitivity.action == "none"
+    assert boost.train_only == boost.boost == TENSORS
+    assert boost.sensitivity.lr == (1e-3, 8e-4) and boost.sensitivity.weight_decay == (0.005, 0.007)
+    assert (boost.grad_clip, boost.grad_clip_tensors, boost.freeze_bn_stats) == (2.0, TENSORS[:1], False)
+
+
+def test_recipe_000s_lr_log_fits_onecycle_at_1e3_and_not_at_3e3() -> None:
+    """lab1/img/training_metadata_{loss,acc}.json: LR 2.054e-6 in epoch 48, 4.17e-9 in epoch 49 (0-based),
+    through torch's OneCycleLR as sweeper builds it (216 steps an epoch: ~20.7k images at batch 96)."""
+    from sweeper.train import schedules
+
+    def lrs(lr: float) -> list[float]:
+        c = spec.build_config({**resolved("recipe-000", "none").flat(), "lr_backbone": lr, "lr_head": lr})
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        sched, out = schedules.create(opt, c, 216), []
+        for _ in range(50 * 216):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    at_1e3, at_3e3 = lrs(1e-3), lrs(3e-3)
+    assert min(at_1e3[48 * 216 : 49 * 216]) < 2.054e-6 < max(at_1e3[48 * 216 : 49 * 216])
+    assert min(at_1e3[49 * 216 :]) == pytest.approx(4.0e-9) and min(at_1e3[49 * 216 :]) < 4.17e-9
+    assert min(at_3e3) == pytest.approx(1.2e-8) and min(at_3e3) > 4.17e-9  # 3e-3 never gets that low
+
+
+def test_recipe_002_has_the_contrastive_run_as_its_own_row() -> None:
+    study = spec.load("recipe-002")
+    assert list(study.cells) == ["resnext50", "resnet50", "resnext101", "contrastive"]
+    plain = [resolved("recipe-002", c) for c in ("resnext50", "resnet50", "resnext101")]
+    assert [c.backbone for c in plain] == [
+        "resnext50_32x4d.tv_in1k",
+        "resnet50.tv_in1k",
+        "resnext101_32x8d.tv2_in1k",
+    ]
+    assert all((c.batch_size, c.epochs, c.cosine_weight) == (64, 50, 0.0) for c in plain)
+    c = contrastive = resolved("recipe-002", "contrastive")
+    assert (c.backbone, c.batch_size, c.epochs) == ("resnext101_64x4d.tv_in1k", 32, 100)
+    assert (c.cosine_weight, c.cosine_margin, c.cosine_partners) == (15.0, 0.2, "dataset")
+    assert (c.cosine_same_class, c.cosine_partner_ce) == (0.5, True)
+    for c in [*plain, contrastive]:
+        assert (c.lr_backbone, c.grad_clip, c.head_dropout, c.normalize, c.drop_last) == (
+            3e-5,
+            10.0,
+            0.7,
+            False,
+            False,
+        )
+        assert (c.aug.rotation_deg, c.aug.rotation_interpolation, c.seed) == (50, "nearest", 6666)
+
+
+def test_recipe_004_trains_its_stem_batchnorms_bilinear_in_fp16() -> None:
+    c = resolved("recipe-004", backbone="resnest200e.in1k", head="linear")
+    assert (c.freeze_stem, c.freeze_bn_stats, c.interpolation, c.precision) == (
+        True,
+        False,
+        "bilinear",
+        "fp16",
+    )
+    assert (c.drop_last, c.lr_backbone, c.lr_head, c.weight_decay, c.eval.crop_pct) == (
+        False,
+        1e-4,
+        1e-3,
+        1e-5,
+        0.625,
+    )
+
+
+def test_recipe_001_rotates_with_torchvisions_default_nearest_and_keeps_the_last_batch() -> None:
+    c = resolved("recipe-001", backbone="resnext50_32x4d.tv_in1k")
+    assert (c.aug.rotation_deg, c.aug.rotation_interpolation, c.drop_last) == (15, "nearest", False)
+
+
+def test_cells_round_trip_and_set_wins_over_them() -> None:
+    study = spec.load("recipe-002")
+    again = spec.parse(spec.to_document(study), study.path)
+    assert again.cells == study.cells and again.space.keys() == study.space.keys()
+    pinned = study.with_overrides({"cell": "contrastive", "backbone": "test_resnet"})
+    assert pinned.space["cell"].choices == ("contrastive",)
+    c = pinned.resolve({"cell": "contrastive"})
+    assert (c.backbone, c.batch_size, c.cosine_partners) == ("test_resnet", 32, "dataset")
+
+
+def test_a_cell_with_an_unknown_key_names_it() -> None:
+    raw = {"name": "x", "data": {"root": "data/"}, "cells": {"a": {"lr_bakbone": 0.1}}}
+    with pytest.raises(SweeperError, match=r"cells\.a\.lr_bakbone: unknown parameter.*did you mean"):
+        spec.parse(raw, Path("x.yaml"))
+
+
+@pytest.mark.slow
+def test_check_json_shows_recipe_000s_lr_and_its_cells_by_tensor_name() -> None:
+    import json
+
+    doc = json.loads(sweeper("check", "recipe-000", "--json"))["study"]
+    assert doc["fixed"]["lr_backbone"] == doc["fixed"]["lr_head"] == 0.001
+    assert doc["cells"]["freeze"]["freeze"] == list(TENSORS)
+    assert doc["cells"]["boost"]["train_only"] == list(TENSORS)
+    assert doc["cells"]["boost"]["grad_clip_tensors"] == [TENSORS[0]]
+
+
+def test_a_cell_can_be_enqueued_by_name_and_a_wrong_name_is_refused() -> None:
+    raw = yaml.safe_load((REPO / "sweeper" / "studies" / "recipe-000.yaml").read_text())
+    assert spec.parse({**raw, "enqueue": [{"cell": "boost"}]}, Path("x.yaml")).enqueue == ({"cell": "boost"},)
+    with pytest.raises(SweeperError, match=r"enqueue\[0\]\.cell: 'bost' is outside the searched dimension"):
+        spec.parse({**raw, "enqueue": [{"cell": "bost"}]}, Path("x.yaml"))

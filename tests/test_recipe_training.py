@@ -11,6 +11,7 @@ import torch
 from sweeper.data import images as data_lib
 from sweeper.study import spec
 from sweeper.train import fit as train
+from sweeper.train import model as model_lib
 
 
 def cfg(**kw) -> spec.TrialConfig:
@@ -205,3 +206,29 @@ def test_a_killed_trial_resumes_where_it_stopped(data, tmp_path: Path, extra, ki
     r = train.run_trial(c, data, lambda s, m: steps.append(s), checkpoint=ckpt)
     assert steps == expected
     assert len(r.history) == 6 if "folds" in extra else len(r.history) == 3
+
+
+@pytest.mark.slow
+def test_the_recipe_cells_knobs_train_end_to_end(data) -> None:
+    """002's contrastive row (dataset partners, partner CE, last batch kept) and 000's boost cell (two
+    named tensors, one clipped, BatchNorms updating) in fp16 with its scaler: whole epochs that finish."""
+    pairs = cfg(cosine_weight=15.0, cosine_margin=0.2, cosine_partners="dataset", cosine_partner_ce=True)
+    pairs = spec.build_config({**pairs.flat(), "drop_last": False, "precision": "fp16", "micro_batch": 5})
+    r = train.fit(pairs, data.train, data.val, data.classes)
+    assert np.isfinite(r.best["val_loss"]) and r.history[0]["train_loss"] > 0
+    tensors = ("layer4.0.downsample.1.weight", "fc.weight")
+    boost = cfg(
+        optimizer="adamw",
+        train_only=tensors,
+        boost=tensors,
+        grad_clip=2.0,
+        grad_clip_tensors=tensors[:1],
+        freeze_bn_stats=False,
+        **{"sensitivity.lr": (1e-3, 8e-4), "sensitivity.weight_decay": (0.005, 0.007)},
+    )
+    torch.manual_seed(boost.seed)
+    before = model_lib.create(boost, len(data.classes)).state_dict()
+    r = train.fit(boost, data.train, data.val, data.classes)
+    changed = {k for k, v in r.state_dict.items() if not torch.equal(v, before[k])}
+    assert set(tensors) <= changed and "layer1.0.conv1.weight" not in changed
+    assert any(k.endswith("running_mean") for k in changed)  # the BatchNorms kept updating

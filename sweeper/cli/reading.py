@@ -177,7 +177,6 @@ def ui(
 @app.command("check")
 def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Validate a study file (merged over its bases) and print it with its search space; nothing runs."""
-    from sweeper.study import space as space_lib
     from sweeper.sweep import loop
     from sweeper.train import model as model_lib
     from sweeper.train import weights
@@ -221,12 +220,23 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
         typer.echo(
             f"  constraints: at most {spec.max_params:,} parameters (over-budget configs are not trained)"
         )
+    _echo_values(spec)
+
+
+def _echo_values(spec: spec_lib.Study) -> None:
+    """``check``'s listing of the fixed values, the searched dimensions and the cells."""
+    from sweeper.study import space as space_lib
+
     typer.echo("  fixed:")
     for k, v in spec.fixed.items():
         typer.echo(f"    {k} = {v}")
     typer.echo("  space:")
     for k, d in spec.space.items():
         typer.echo(f"    {k}: {space_lib.describe(d)}")
+    if spec.cells:
+        typer.echo("  cells (over fixed):")
+        for name, values in spec.cells.items():
+            typer.echo(f"    {name}: {', '.join(f'{k} = {v}' for k, v in values.items()) or '(fixed as is)'}")
 
 
 @app.command("doctor")

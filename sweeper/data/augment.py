@@ -37,25 +37,7 @@ def _to_float(data_cfg: dict[str, Any], normalize: bool) -> list[Any]:
 
 def train_transform(aug: AugConfig, data_cfg: dict[str, Any], normalize: bool = True) -> T.Compose:
     """The training pipeline: geometry, then color, then policy augmentations, then normalize/erase."""
-    size = data_cfg["input_size"][-1]
-    interp = interpolation(data_cfg)
-    ops: list[Any] = []
-    if aug.rrc:
-        ops.append(T.RandomResizedCrop(size, scale=aug.rrc_scale, ratio=aug.rrc_ratio, interpolation=interp))
-    else:
-        ops.append(T.Resize((size, size), interpolation=interp))
-    if aug.hflip:
-        ops.append(T.RandomHorizontalFlip(aug.hflip_p))
-    if aug.vflip:
-        ops.append(T.RandomVerticalFlip(aug.vflip_p))
-    if aug.rotation or aug.translate:
-        ops.append(
-            T.RandomAffine(
-                degrees=aug.rotation_deg if aug.rotation else 0.0,
-                translate=(aug.translate_frac, aug.translate_frac) if aug.translate else None,
-                interpolation=InterpolationMode.BILINEAR,  # grid-sampled ops have no bicubic on tensors
-            )
-        )
+    ops = _geometry(aug, data_cfg["input_size"][-1], interpolation(data_cfg))
     if aug.color_jitter:
         jitter = T.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)
         ops.append(jitter if aug.color_jitter_p >= 1 else T.RandomApply([jitter], p=aug.color_jitter_p))
@@ -73,6 +55,29 @@ def train_transform(aug: AugConfig, data_cfg: dict[str, Any], normalize: bool = 
     if aug.erasing:
         ops.append(T.RandomErasing(p=aug.erasing_p))
     return T.Compose(ops)
+
+
+def _geometry(aug: AugConfig, size: int, interp: InterpolationMode) -> list[Any]:
+    """Crop or resize to ``size``, flips, rotation, translation: torchvision's own ops, as the recipes
+    ran them (RandomRotation, then RandomAffine to translate; RandomAffine(degrees=d) turns the other
+    way than RandomRotation(d) for the same draw)."""
+    ops: list[Any] = []
+    if aug.rrc:
+        ops.append(T.RandomResizedCrop(size, scale=aug.rrc_scale, ratio=aug.rrc_ratio, interpolation=interp))
+    else:
+        ops.append(T.Resize((size, size), interpolation=interp))
+    if aug.hflip:
+        ops.append(T.RandomHorizontalFlip(aug.hflip_p))
+    if aug.vflip:
+        ops.append(T.RandomVerticalFlip(aug.vflip_p))
+    resample = _interp(aug.rotation_interpolation)  # no bicubic for grid-sampled tensors
+    if aug.rotation:
+        ops.append(T.RandomRotation(aug.rotation_deg, interpolation=resample))
+    if aug.translate:
+        ops.append(
+            T.RandomAffine(0.0, translate=(aug.translate_frac, aug.translate_frac), interpolation=resample)
+        )
+    return ops
 
 
 def eval_geometry(data_cfg: dict[str, Any], ev: EvalConfig | None = None) -> dict[str, Any]:

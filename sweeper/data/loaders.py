@@ -97,12 +97,18 @@ def loader(
     """Batches of ``ds`` on ``device``; a training loader shuffles with its own generator (``seed``,
     default cfg.seed). ``tail`` is the device part of a transform split by ``augment.split_for_device``."""
     n = workers(cfg)
+    partners = train and cfg.cosine_partners == "dataset"
+    if partners:  # every image with a partner from the whole set: batches of 2 x batch_size, interleaved
+        from sweeper.data import pairs
+
+        ds = pairs.PartnerDataset(ds, ds.labels, cfg.cosine_same_class)  # type: ignore[attr-defined]
     dl = torch.utils.data.DataLoader(
         ds,
         batch_size=cfg.batch_size,
         shuffle=train,
-        # a tiny last batch adds noise to BatchNorm
-        drop_last=train and len(ds) > cfg.batch_size,  # type: ignore[arg-type]
+        collate_fn=pairs.collate if partners else None,
+        # a tiny last batch adds noise to BatchNorm; drop_last false keeps it, as torch's default
+        drop_last=cfg.drop_last and train and len(ds) > cfg.batch_size,  # type: ignore[arg-type]
         num_workers=n,
         persistent_workers=n > 0,
         prefetch_factor=max(2, 8 // n) if n else None,  # ~8 batches in flight whatever the worker count
@@ -149,13 +155,36 @@ class Pipelines:
         return loader(self.eval(split), cfg, train=False, device=device, tail=self.eval_tail)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; on the CPU only with ``SWEEPER_CPU_BF16=1`` (CPUs with AMX or AVX512-BF16
-    gain from it, others lose), which also runs the CUDA numerics path where there is no GPU."""
+def autocast(device: torch.device, precision: str = "bf16"):
+    """bf16 (or fp16) autocast on CUDA; on the CPU only with ``SWEEPER_CPU_BF16=1`` (CPUs with AMX or
+    AVX512-BF16 gain from it, others lose), which also runs the CUDA numerics path where there is no GPU.
+
+    Without it the CPU computes in float32 whatever ``precision`` says (fp16's loss scaling still runs,
+    see :func:`grad_scaler`, so the fp16 code path is the one a GPU would take)."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=dtype)
     on = os.environ.get("SWEEPER_CPU_BF16", "").lower() in ("1", "true", "yes", "on")
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
+    return torch.autocast("cpu", dtype=dtype, enabled=on)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """torch's GradScaler for fp16 (its loss scaling keeps small float16 gradients from flushing to
+    zero); None for bf16, whose range needs none.
+
+    Raises:
+        SweeperError: fp16 on a device this torch has no GradScaler for.
+    """
+    if precision != "fp16":
+        return None
+    try:
+        return torch.amp.GradScaler(device.type)
+    except (RuntimeError, TypeError, ValueError) as e:
+        from sweeper.errors import SweeperError
+
+        raise SweeperError(
+            f"precision: fp16 needs a GradScaler on {device.type}, which this torch lacks ({e})"
+        ) from None
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -220,7 +220,7 @@ def best_document(src: record_lib.Recorded, best: FrozenTrial, why: str = "") ->
         fixed=fixed,
         space={},
     )
-    for searching in ("design", "enqueue", "objectives"):  # a pinned config searches nothing
+    for searching in ("design", "enqueue", "objectives", "cells"):  # the winner's cell: in its values
         doc.pop(searching, None)
     doc["objective"] = {"metric": spec.metric, "direction": spec.direction}  # a trade-off: its metric alone
     return doc

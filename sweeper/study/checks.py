@@ -87,6 +87,7 @@ LIMITS: dict[str, Range] = {
     "supcon_temperature": _POSITIVE,
     "cosine_weight": _NON_NEG,
     "cosine_margin": Range(-1, 1),  # torch's CosineEmbeddingLoss: a cosine
+    "cosine_same_class": _PROB,
     "patience": _ONE_UP,
     "folds": _ONE_UP,
     "merge_models": _ONE_UP,
@@ -215,6 +216,31 @@ def _coerce_plain(t: object, value: object) -> tuple[bool, Any]:
     if t is str:
         return isinstance(value, str), value
     return False, value
+
+
+def combination(cfg: TrialConfig) -> None:
+    """Settings that only mean something together; a resolved config that pairs them wrongly is refused.
+
+    Raises:
+        SweeperError: one line naming the key and what it needs.
+    """
+    pairs = cfg.cosine_partners == "dataset"
+    problems = [
+        (
+            "grad_clip_tensors",
+            bool(cfg.grad_clip_tensors) and cfg.grad_clip is None,
+            "needs grad_clip (the norm)",
+        ),
+        ("cosine_partner_ce", cfg.cosine_partner_ce and not pairs, "needs cosine_partners: dataset"),
+        (
+            "cosine_partners",
+            pairs and (cfg.aug.mixup or cfg.aug.cutmix),
+            "dataset does not combine with aug.mixup / aug.cutmix (a mixed image has no one class)",
+        ),
+    ]
+    for key, wrong, why in problems:
+        if wrong:
+            raise SweeperError(f"{key}: {why}")
 
 
 def known_key(key: str, where: str) -> str:

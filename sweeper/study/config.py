@@ -31,6 +31,8 @@ class AugConfig:
     vflip_p: float = 0.5
     rotation: bool = False
     rotation_deg: float = 15.0  # uniform in [-deg, deg]
+    rotation_interpolation: Literal["bilinear", "nearest"] = "bilinear"  # smoother; nearest = torchvision's
+    # RandomRotation default (what recipes 000, 001 and 002 ran)
     translate: bool = False
     translate_frac: float = 0.1  # max shift, fraction of width/height
     color_jitter: bool = False
@@ -97,6 +99,10 @@ class TrialConfig:
     epochs: int = 10  # fidelity budget: one report to the pruner per epoch
     batch_size: int = 64  # images per optimizer step (the effective batch)
     micro_batch: int | None = None  # images per forward pass; None = batch_size, smaller = grad accumulation
+    drop_last: bool = True  # drop a last partial training batch (a tiny batch adds noise to BatchNorm);
+    # false = keep it, as torch's DataLoader does by default (what the recipes' authors ran)
+    precision: Literal["bf16", "fp16"] = "bf16"  # autocast dtype on CUDA (bf16 needs no loss scaling);
+    # fp16 = float16 with torch's GradScaler, the authors' AMP (recipe 004); on the CPU see loaders.autocast
     optimizer: Optimizer = "adamw"
     momentum: float = 0.9  # SGD only
     nesterov: bool = False  # SGD only
@@ -110,19 +116,31 @@ class TrialConfig:
     opt_eps: float | None = None  # Adam-family epsilon; None = the optimizer's default (1e-8)
     opt_betas: tuple[float, float] | None = None  # Adam-family betas; None = the default (0.9, 0.999)
     grad_clip: float | None = None  # clip the gradients' global L2 norm to this before each step; None = off
+    grad_clip_tensors: tuple[str, ...] = ()  # glob patterns: clip each matching tensor's own gradient norm to
+    # grad_clip instead (torch's clip_grad_norm_ on that tensor alone); () = the global norm
     layer_decay: float | None = None  # layer-wise LR decay factor per block, None = off
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0  # linear warmup, then cosine to zero
     freeze_depth: int = 0  # 0 = train all; k = freeze the stem and the first k stages
     freeze_stem: bool = False  # freeze the stem alone (the layers before the first stage)
     freeze: tuple[str, ...] = ()  # glob patterns of parameter names to freeze ("layer4.1.conv1.*")
+    freeze_bn_stats: bool = True  # frozen BatchNorms keep their running statistics (eval mode); false = they
+    # update as in model.train(), as for a tensor merely left out of the optimizer (recipes 000, 004)
+    train_only: tuple[str, ...] = ()  # glob patterns: the optimizer holds these tensors alone, the others
+    # stay as loaded; () = every tensor not frozen
     boost: tuple[str, ...] = ()  # glob patterns: own groups, sensitivity.lr / .weight_decay i for pattern i
+    interpolation: Literal["model", "bilinear", "bicubic"] = "model"  # resize and crop, training and eval;
+    # model = its pretrained config's (bicubic for most timm weights; torchvision's transforms: bilinear)
     normalize: bool = True  # subtract the model's mean and divide by its std; off = pixels in [0, 1]
     label_smoothing: float = 0.0
     supcon_weight: float = 0.0  # weight of the auxiliary supervised-contrastive loss; 0 = off
     supcon_temperature: float = 0.1  # softmax temperature of that loss
     cosine_weight: float = 0.0  # weight of the pairwise cosine-embedding loss (half same-class); 0 = off
     cosine_margin: float = 0.0  # that loss's margin for different-class pairs (torch's CosineEmbeddingLoss)
+    cosine_partners: Literal["batch", "dataset"] = "batch"  # batch: a partner among the batch's images;
+    # dataset: a second image per image drawn from the whole training set, augmented on its own (002)
+    cosine_same_class: float = 0.5  # dataset partners: probability that a partner shares the image's class
+    cosine_partner_ce: bool = False  # dataset partners: add the partners' cross entropy too (002's loss2)
     checkpoint: Checkpoint = "objective"  # the epoch whose weights a trial keeps; objective = study's metric
     # both: the objective's epoch, and also the other one of val_acc / val_loss as a second artifact
     patience: int | None = None  # stop after this many epochs without a better checkpoint; None = never

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sweeper.errors import SweeperError, did_you_mean
-from sweeper.study import bases, files, starts
+from sweeper.study import bases, cells, files, starts
 from sweeper.study import objectives as objectives_lib
 from sweeper.study.checks import (
     _NON_NEG,
@@ -31,6 +31,7 @@ from sweeper.study.checks import (
     Range,
     _number,
     coerce,
+    combination,
     config_from_flat,
     known_key,
     type_name,
@@ -87,6 +88,7 @@ TOP_KEYS = (
     "enqueue",
     "keep_weights",
     "design",
+    "cells",
 )
 CONSTRAINTS = ("max_params",)
 SECTION_ARGS: dict[str, tuple[type, Range, str | None]] = {
@@ -139,6 +141,7 @@ class Study:
     )  # base files merged under this one, nearest first
     design: Design | None = None  # toggles run as a balanced design (space then holds the repeats' seed)
     val_from_train: float = 0.0  # data.val_from_train: fraction of train (per class) added to val
+    cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # named rows over fixed (study.cells)
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
@@ -159,7 +162,12 @@ class Study:
         cannot be pinned.
         """
         fixed, space, design = dict(self.fixed), dict(self.space), self.design
+        kept = cells.pin(self.cells, sets or {})
+        if self.cells:
+            space[cells.CELL] = Dim("choice", choices=tuple(kept))
         for key, value in (sets or {}).items():
+            if key == cells.CELL and self.cells:
+                continue
             key = known_key(key, f"--set {key}")
             if design is not None and key in design.dims:
                 raise SweeperError(
@@ -187,13 +195,22 @@ class Study:
             data_root=data_root or self.data_root,
             enqueue=tuple(e for e in pinned if e),
             design=design,
+            cells=kept,
         )
 
     def resolve(self, params: dict[str, Any]) -> TrialConfig:
-        """The frozen config of one trial: defaults, then fixed values, then sampled params."""
-        values = {"epochs": self.epochs, **self.fixed, **{k: coerce(k, v) for k, v in params.items()}}
+        """The frozen config of one trial: defaults, then fixed values, its cell's, then sampled params.
+
+        Raises:
+            SweeperError: settings that only mean something together are paired wrongly (one line).
+        """
+        cell = self.cells.get(params.get(cells.CELL, ""), {})
+        sampled = {k: coerce(k, v) for k, v in params.items() if k != cells.CELL}
+        values = {"epochs": self.epochs, **self.fixed, **cell, **sampled}
         values["epochs"] = min(int(values["epochs"]), self.epochs)
-        return build_config(values)
+        cfg = build_config(values)
+        combination(cfg)
+        return cfg
 
 
 def load(name_or_path: str) -> Study:
@@ -231,6 +248,8 @@ def parse(raw: object, path: Path) -> Study:
     if fixed.get("checkpoint") == "both" and int(fixed.get("folds", 1)) > 1:
         raise fail("fixed.checkpoint", FOLDS_KEEP_ONE)
     space = _parse_space(raw.get("space", {}) or {}, fixed, sampler["name"] == "grid", fail)
+    cell_values = cells.parse(raw.get("cells"), fail)
+    space = cells.dimension(cell_values, space, fail)
     max_params = _parse_constraints(raw.get("constraints", {}) or {}, fail)
     if costs:
         objectives_lib.check_multi(raw, sampler["name"], fail)
@@ -261,6 +280,7 @@ def parse(raw: object, path: Path) -> Study:
         keep_weights=keep,
         design=design,
         val_from_train=val_from_train,
+        cells=cell_values,
     )
 
 
@@ -453,8 +473,14 @@ def to_document(study: Study) -> dict[str, Any]:
         "sampler": plain(study.sampler),
         "pruner": plain(study.pruner),
         "fixed": plain(study.fixed),
-        "space": {k: dim_document(d) for k, d in study.space.items() if not (study.design and k == "seed")},
+        "space": {
+            k: dim_document(d)
+            for k, d in study.space.items()
+            if not (study.design and k == "seed") and not (study.cells and k == cells.CELL)
+        },
     }
+    if study.cells:
+        doc["cells"] = plain(study.cells)
     if study.design is not None:
         doc["design"] = study.design.document()
     if study.max_params is not None:

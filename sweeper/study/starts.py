@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sweeper.errors import SweeperError, did_you_mean
 from sweeper.study.bases import flatten
 from sweeper.study.checks import Fail, coerce
-from sweeper.study.config import GROUPS
+from sweeper.study.config import GROUPS, PARAM_TYPES
 from sweeper.study.dims import Dim
 
 if TYPE_CHECKING:  # optuna is imported where it is used: spec imports this module, and the CLI spec
@@ -69,7 +69,7 @@ def parse_enqueue(
                     f"{where}.{key}", f"is not searched by this study ({why}){did_you_mean(key, space)}"
                 )
             try:
-                value = coerce(key, value)
+                value = coerce(key, value) if key in PARAM_TYPES else value  # a cell's name: fits checks it
             except ValueError as e:
                 raise fail(f"{where}.{key}", str(e)) from None
             if not fits(space[key], value):

@@ -191,7 +191,7 @@ def fit(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = model_lib.create(cfg, len(classes))
-    dcfg = model_lib.data_config(model, cfg.img_size)
+    dcfg = model_lib.data_config(model, cfg.img_size, cfg.interpolation)
     loaders.setup_model(model, cfg, device)
     pipes = loaders.Pipelines(cfg, dcfg, device, train_split, val_split, probe, holdout)
     val_dl = None if val_split is None else pipes.eval_loader(val_split, cfg, device)

@@ -7,6 +7,8 @@ class within a batch and pushes apart the others; it is added to the classificat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -71,3 +73,31 @@ def cosine_embedding(
     j, target = sample_pairs(labels, generator)
     f = features.float()
     return F.cosine_embedding_loss(f, f[j], target, margin=margin)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The loss over images and their dataset-drawn partners (``cosine_partners: dataset``)."""
+
+    weight: float  # of the cosine-embedding term; 0 = cross entropy alone
+    margin: float  # torch's CosineEmbeddingLoss margin for different-class pairs
+    partner_ce: bool  # add the partners' cross entropy (recipe 002: loss1 + loss2 + contrastive)
+    label_smoothing: float = 0.0
+
+
+def partner_loss(
+    features: torch.Tensor | None, logits: torch.Tensor, labels: torch.Tensor, pairs: Pairs
+) -> torch.Tensor:
+    """Rows interleave images and partners (``sweeper.data.pairs``): cross entropy on the images (and
+    the partners'), plus torch's cosine-embedding loss of each image's features against its partner's,
+    +1 where the two share a class and -1 where not."""
+    loss = F.cross_entropy(logits[0::2].float(), labels[0::2], label_smoothing=pairs.label_smoothing)
+    if pairs.partner_ce:
+        loss = loss + F.cross_entropy(
+            logits[1::2].float(), labels[1::2], label_smoothing=pairs.label_smoothing
+        )
+    if features is not None and pairs.weight > 0:
+        f = features.float()
+        target = torch.where(labels[0::2] == labels[1::2], 1, -1)
+        loss = loss + pairs.weight * F.cosine_embedding_loss(f[0::2], f[1::2], target, margin=pairs.margin)
+    return loss

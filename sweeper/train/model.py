@@ -171,13 +171,33 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
         model = HeadedModel(model, FeatureHead(cfg.head, model.num_features, num_classes, cfg.head_dropout))  # type: ignore[arg-type]  # nn.Module attributes type as Tensor | Module
     elif cfg.head_dropout > 0:
         model.get_classifier().register_forward_pre_hook(DropoutBefore(cfg.head_dropout))  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
+    freeze_as_asked(model, cfg)
+    return model
+
+
+def freeze_as_asked(model: nn.Module, cfg: TrialConfig) -> None:
+    """Every way a config leaves tensors untrained: depth, stem, named patterns, all but ``train_only``."""
     if cfg.freeze_depth:
         freeze(model, cfg.freeze_depth)
     if cfg.freeze_stem:
         freeze_stem(model)
     for name in matching(model, cfg.freeze, "freeze"):
         model.get_parameter(name).requires_grad_(False)
-    return model
+    if cfg.train_only:
+        train_only(model, cfg.train_only)
+
+
+def train_only(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Leave only the tensors matching ``patterns`` trainable (the optimizer holds them alone); return them.
+
+    The others get no gradient rather than a gradient nobody applies: the same weights after every step
+    as the author's optimizer over two tensors (recipe 000), without the backward pass through them.
+    """
+    keep = matching(model, patterns, "train_only")
+    for name, p in model.named_parameters():
+        if name not in keep:
+            p.requires_grad_(False)
+    return keep
 
 
 class DropoutBefore:
@@ -228,13 +248,20 @@ def count_params_for(cfg: TrialConfig, num_classes: int) -> int:
     return count_params(model)
 
 
-def data_config(model: nn.Module, img_size: int | None) -> dict[str, Any]:
-    """Input size, mean/std, interpolation and crop_pct from the model's pretrained config."""
+def data_config(model: nn.Module, img_size: int | None, interpolation: str = "model") -> dict[str, Any]:
+    """Input size, mean/std, interpolation and crop_pct from the model's pretrained config.
+
+    Args:
+        interpolation: ``model`` keeps the config's; a name replaces it for every resize and crop of the
+            run (training, eval, the cache, and the predictor, which reads this config back).
+    """
     from timm.data import resolve_model_data_config
 
     cfg = dict(resolve_model_data_config(model))
     if img_size is not None:
         cfg["input_size"] = (3, img_size, img_size)
+    if interpolation != "model":
+        cfg["interpolation"] = interpolation
     return cfg
 
 
@@ -269,9 +296,16 @@ def freeze(model: nn.Module, depth: int) -> list[str]:
     return frozen
 
 
-def train_mode(model: nn.Module) -> None:
-    """``model.train()``, but normalization layers whose parameters are all frozen stay in eval mode."""
+def train_mode(model: nn.Module, freeze_bn_stats: bool = True) -> None:
+    """``model.train()``, but normalization layers whose parameters are all frozen stay in eval mode.
+
+    Args:
+        freeze_bn_stats: False = plain ``model.train()``: frozen BatchNorms still update their running
+            statistics, as they do for a tensor merely left out of the optimizer (recipe 004's stem).
+    """
     model.train()
+    if not freeze_bn_stats:
+        return
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._NormBase):
             ps = list(m.parameters(recurse=False))
@@ -379,6 +413,18 @@ def create_optimizer(model: nn.Module, cfg: TrialConfig, groups: list[dict[str, 
         weight_decay=cfg.weight_decay,
         **extra,
     )
+
+
+def clip_gradients(model: nn.Module, max_norm: float | None, per_tensor: tuple[str, ...]) -> None:
+    """torch's ``clip_grad_norm_``: over every gradient at once, or on each tensor matching ``per_tensor``
+    alone (recipe 000 clips ``layer4.1.conv1``'s gradient at 2.0 and leaves the rest as they are)."""
+    if max_norm is None:
+        return
+    if not per_tensor:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return
+    for name in matching(model, per_tensor, "grad_clip_tensors"):
+        torch.nn.utils.clip_grad_norm_(model.get_parameter(name), max_norm)
 
 
 def count_params(model: nn.Module) -> int:

@@ -30,9 +30,10 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def micro_slices(n: int, micro: int | None) -> list[slice]:
-    """Slices of a batch of ``n`` for gradient accumulation (one slice when micro is None or >= n)."""
-    step = n if micro is None or micro >= n else micro
+def micro_slices(n: int, micro: int | None, multiple: int = 1) -> list[slice]:
+    """Slices of a batch of ``n`` for gradient accumulation (one slice when micro is None or >= n), each
+    a multiple of ``multiple`` rows (2 keeps an image and its partner together)."""
+    step = n if micro is None or micro >= n else max(multiple, micro - micro % multiple)
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
@@ -45,9 +46,15 @@ def train_epoch(
     mix,
     device: torch.device,
     on_step: Callable[[], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over ``batches``; returns (summed loss, correct predictions, images seen)."""
-    model_lib.train_mode(model)
+    """One pass over ``batches``; returns (summed loss, correct predictions, images seen).
+
+    With a ``scaler`` (fp16) the loss is scaled before backward and the gradients unscaled before
+    clipping, and a step whose gradients overflowed is skipped: torch's AMP recipe, step by step.
+    """
+    model_lib.train_mode(model, cfg.freeze_bn_stats)
+    multiple = 2 if cfg.cosine_partners == "dataset" else 1
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -59,20 +66,33 @@ def train_epoch(
         if mix is not None:
             x, target = mix(x, y)  # soft targets
         optimizer.zero_grad(set_to_none=True)
-        for sl in micro_slices(len(x), cfg.micro_batch):
-            with loaders.autocast(device):
+        for sl in micro_slices(len(x), cfg.micro_batch, multiple):
+            with loaders.autocast(device, cfg.precision):
                 loss, logits = step_loss(model, x[sl], y[sl], None if target is None else target[sl], cfg)
-            (loss * (logits.shape[0] / len(x))).backward()
+            part = loss * (logits.shape[0] / len(x))
+            (part if scaler is None else scaler.scale(part)).backward()
             loss_sum += loss.detach() * logits.shape[0]
             correct += (logits.argmax(1) == y[sl]).sum()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        optimizer_step(model, optimizer, cfg, scaler)
         scheduler.step()
         if on_step is not None:
             on_step()
         seen += len(x)
     return loss_sum.item(), float(correct.item()), seen
+
+
+def optimizer_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrialConfig, scaler: torch.amp.GradScaler | None
+) -> None:
+    """Clip (globally or per tensor, on unscaled gradients) and step, through the fp16 scaler if any."""
+    if scaler is not None and cfg.grad_clip is not None:
+        scaler.unscale_(optimizer)
+    model_lib.clip_gradients(model, cfg.grad_clip, cfg.grad_clip_tensors)
+    if scaler is None:
+        optimizer.step()
+        return
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def step_loss(
@@ -85,6 +105,9 @@ def step_loss(
         feats, logits = None, model(x)
     else:
         feats, logits = model_lib.features_and_logits(model, x)
+    if cfg.cosine_partners == "dataset":  # rows interleave images and their partners
+        pairs = losses.Pairs(cfg.cosine_weight, cfg.cosine_margin, cfg.cosine_partner_ce, cfg.label_smoothing)
+        return losses.partner_loss(feats, logits, y, pairs), logits
     if target is not None:
         loss = losses.soft_cross_entropy(logits, target)
     else:
@@ -180,6 +203,7 @@ class Run:
             )
             optimizer = model_lib.create_optimizer(m, cfg, model_lib.param_groups(m, cfg, own))
             self.trainers.append((m, optimizer, schedules.create(optimizer, cfg, len(dl)), dl))
+        self.scalers = [loaders.grad_scaler(cfg.precision, device) for _ in self.trainers]
         self.mix = augment.mixer(cfg.aug, cfg.label_smoothing, num_classes)
         self.ema = averaging.ema(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.steps = 0
@@ -196,6 +220,7 @@ class Run:
             "schedulers": [t[2].state_dict() for t in self.trainers],
             "ema": None if self.ema is None else self.ema.state_dict(),
             "steps": self.steps,
+            "scalers": [None if sc is None else sc.state_dict() for sc in self.scalers],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -208,6 +233,9 @@ class Run:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.steps = state["steps"]
+        for sc, ss in zip(self.scalers, state.get("scalers") or [None] * len(self.scalers), strict=True):
+            if sc is not None and ss is not None:
+                sc.load_state_dict(ss)
 
     def _ema_step(self) -> None:
         self.steps += 1
@@ -230,7 +258,9 @@ class Run:
         replica_metrics: dict[str, float] = {}
         for i, (m, optimizer, scheduler, dl) in enumerate(self.trainers):
             on_step = self._ema_step if self.ema is not None and i == 0 else None
-            ls, c, n = train_epoch(m, optimizer, scheduler, dl, self.cfg, self.mix, self.device, on_step)
+            ls, c, n = train_epoch(
+                m, optimizer, scheduler, dl, self.cfg, self.mix, self.device, on_step, self.scalers[i]
+            )
             loss_sum, correct, seen = loss_sum + ls, correct + c, seen + n
             if len(self.trainers) > 1 and val_dl is not None:  # each replica before the merge
                 loss, acc, _ = evaluation.evaluate(

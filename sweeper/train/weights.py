@@ -17,10 +17,12 @@ from sweeper.train import model as model_lib
 
 
 def candidates(spec: Study) -> list[TrialConfig]:
-    """One config per backbone the study can sample (every choice of a searched backbone)."""
-    if "backbone" in spec.space:
-        return [spec.resolve({"backbone": b}) for b in spec.space["backbone"].choices]
-    return [spec.resolve({})]
+    """One config per backbone the study can sample (every choice of a searched backbone, in every cell)."""
+    rows = [{"cell": c} for c in spec.cells] or [{}]
+    backbones = (
+        [{"backbone": b} for b in spec.space["backbone"].choices] if "backbone" in spec.space else [{}]
+    )
+    return [spec.resolve({**r, **b}) for r in rows for b in backbones]
 
 
 def fetch(backbone: str) -> tuple[Path, bool]:
