@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -34,6 +36,28 @@ def isolated(
     for var in ("MLFLOW_TRACKING_URI", "SWEEPER_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     return work
+
+
+@pytest.fixture(autouse=True)
+def units_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the fast layer honest: a test without the ``slow`` mark that starts a process fails, naming it.
+
+    The unit layer (``make test-fast``, ``-m 'not slow'``) runs no process, no training and no server; a
+    test that needs one is marked ``@pytest.mark.slow`` (or its module sets ``pytestmark``).
+    """
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process but is not marked slow: "
+            "mark it @pytest.mark.slow, or test the code in this process"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(os, "system", refuse)
 
 
 @pytest.fixture

@@ -63,6 +63,7 @@ USAGE_ERRORS = {  # args -> words the error must name
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "words"), USAGE_ERRORS.values(), ids=USAGE_ERRORS.keys())
 def test_usage_error(args: list[str], words: list[str]) -> None:
     r = sweeper(*args)
@@ -80,6 +81,7 @@ def test_usage_error(args: list[str], words: list[str]) -> None:
     assert not (Path.cwd() / "sweeper.db").exists()  # nothing ran
 
 
+@pytest.mark.slow
 def test_version() -> None:
     r = sweeper("--version")
     assert r.returncode == 0, r.stderr
@@ -87,6 +89,7 @@ def test_version() -> None:
     assert r.stdout.split()[1][0].isdigit()
 
 
+@pytest.mark.slow
 def test_help_lists_environment_variables() -> None:
     r = sweeper("--help")
     assert r.returncode == 0, r.stderr
@@ -125,6 +128,7 @@ def test_complete_study_names(studies_dir: Path) -> None:
     assert cli.complete_study("x") == []
 
 
+@pytest.mark.slow
 def test_bash_completes_study_names(studies_dir: Path) -> None:
     env = {"_SWEEPER_COMPLETE": "complete_bash", "COMP_WORDS": "sweeper show abl", "COMP_CWORD": "2"}
     r = sweeper(env=env)
@@ -132,6 +136,7 @@ def test_bash_completes_study_names(studies_dir: Path) -> None:
     assert r.stdout.split() == ["ablation-aug", "ablation-lr"]
 
 
+@pytest.mark.slow
 def test_start_up_imports_nothing_heavy() -> None:
     code = "import sys, sweeper.cli; print(sorted({'torch', 'optuna', 'mlflow', 'timm'} & set(sys.modules)))"
     r = subprocess.run(

@@ -322,6 +322,7 @@ def quick(trial: optuna.Trial) -> float:
     return trial.suggest_float("x", 0.0, 1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_three_workers_extended_twice_never_repeat_params(
     sampler: str, tmp_path: Path, image_folder: Path

@@ -87,6 +87,7 @@ def test_kustomization_lists_every_file() -> None:
     assert kustomization["namespace"] == "sweeper"
 
 
+@pytest.mark.slow
 def test_the_shipped_manifests_validate_and_match_the_renderer(cli: Callable) -> None:
     shipped = REPO / "deploy" / "k8s"
     r = cli(
@@ -104,6 +105,7 @@ def test_the_shipped_manifests_validate_and_match_the_renderer(cli: Callable) ->
             assert (shipped / name).read_text() == (Path("fresh") / name).read_text(), name
 
 
+@pytest.mark.slow
 def test_cli_prints_the_manifests_by_default(cli: Callable) -> None:
     r = cli("k8s", "quickstart", "--trials", "8", "--workers", "2")
     assert r.returncode == 0, r.stderr

@@ -132,6 +132,7 @@ def urls(port: int) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_cli_writes_the_script_and_never_the_password(cli: Callable, listening: int) -> None:
     r = cli("slurm", "quickstart", "--trials", "8", "--gpus-per-node", "2", *urls(listening))
     assert r.returncode == 0, r.stderr
@@ -141,6 +142,7 @@ def test_cli_writes_the_script_and_never_the_password(cli: Callable, listening: 
     assert Path("slurm-logs").is_dir() and Path("checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_cli_dry_run_prints_the_script_and_writes_nothing(cli: Callable) -> None:
     r = cli("slurm", "quickstart", "--trials", "8", "--gpus-per-node", "1", "--dry-run", *urls(free_port()))
     assert r.returncode == 0, r.stderr
@@ -158,6 +160,7 @@ def test_cli_dry_run_prints_the_script_and_writes_nothing(cli: Callable) -> None
         (["--tracking-uri", "http://127.0.0.1:1"], "error: the MLflow tracking server http://127.0.0.1:1"),
     ],
 )
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_nothing_is_written(
     cli: Callable, listening: int, args: list[str], message: str
 ) -> None:
@@ -168,6 +171,7 @@ def test_cli_bad_input_is_one_line_and_nothing_is_written(
     assert not Path("slurm").exists()
 
 
+@pytest.mark.slow
 def test_cli_submit_without_sbatch_is_one_error(cli: Callable, listening: int, tmp_path: Path) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()

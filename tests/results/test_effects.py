@@ -163,6 +163,7 @@ def _simulated(s: spec.Study, truth: Truth) -> Any:
     return objective
 
 
+@pytest.mark.slow
 def test_show_ablation_and_the_report_fit_a_design_study(isolated: Path, cli: Any) -> None:
     from sweeper.results import report
 

@@ -112,6 +112,7 @@ def simulated_objective(s: spec.Study, truth: Truth) -> Any:
     return objective
 
 
+@pytest.mark.slow
 def test_design_runs_go_through_the_sweep_loop_once_resumed_and_with_two_workers(tmp_path: Path) -> None:
     s = parse(doc(TOGGLES[:4]))  # 8 rows x 2 repeats
     assert s.design is not None

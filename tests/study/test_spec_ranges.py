@@ -121,6 +121,7 @@ def test_merge_keys_may_override(tmp_path: Path) -> None:
         (["ok.yaml", "--set", "aug.hflip_p=5"], "--set aug.hflip_p=5: must be in [0, 1], got 5.0"),
     ],
 )
+@pytest.mark.slow
 def test_check_command_prints_one_line(cli, tmp_path: Path, args: list[str], expected: str) -> None:
     (tmp_path / "fixed.yaml").write_text(study("{batch_size: 0}"))
     (tmp_path / "ok.yaml").write_text(study())
@@ -130,6 +131,7 @@ def test_check_command_prints_one_line(cli, tmp_path: Path, args: list[str], exp
     assert expected.replace("s.yaml", "fixed.yaml") in r.stderr
 
 
+@pytest.mark.slow
 def test_check_command_reads_the_readme_example(cli, tmp_path: Path) -> None:
     (tmp_path / "ok.yaml").write_text(study("{lr_head: 3e-3}"))
     r = cli("check", str(tmp_path / "ok.yaml"), "--set", "lr_head=3e-3")

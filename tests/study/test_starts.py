@@ -44,6 +44,7 @@ def objective(spec: spec_lib.Study):
     return f
 
 
+@pytest.mark.slow
 def test_enqueued_configurations_run_first_and_are_not_repeated_on_resume(tmp_path: Path) -> None:
     tail = "enqueue:\n  - {lr_head: 0.003, aug: {cutmix: true}}\n  - {recipe: recipe-004}\n"
     spec = load(tmp_path, tail=tail)
@@ -86,6 +87,7 @@ def test_a_pinned_parameter_leaves_the_enqueued_configurations(tmp_path: Path) -
     assert spec.with_overrides({"lr_head": 0.02}).enqueue == ({"lr_backbone": 0.001},)
 
 
+@pytest.mark.slow
 def test_a_warm_start_changes_the_first_sampled_trial_and_never_counts_or_wins(tmp_path: Path) -> None:
     donor_spec = load(tmp_path, name="donor")
     donor = sweep.run(donor_spec, 8, objective(donor_spec))

@@ -87,6 +87,7 @@ def quick(trial: optuna.Trial) -> float:
     return trial.suggest_float("x", 0.0, 1.0)
 
 
+@pytest.mark.slow
 def test_workers_of_one_process_run_exactly_n_trials(tmp_path: Path, image_folder: Path) -> None:
     spec = tiny_study(tmp_path, image_folder, "exact")
     st = sweep.run(spec, 7, [quick, quick, quick])
@@ -97,6 +98,7 @@ def test_workers_of_one_process_run_exactly_n_trials(tmp_path: Path, image_folde
     assert sweep.run(spec, 7, [quick, quick]).get_trials() == trials  # resuming a full study runs nothing
 
 
+@pytest.mark.slow
 def test_a_trial_left_running_by_a_dead_sweep_is_requeued_at_once(tmp_path: Path, image_folder: Path) -> None:
     spec = tiny_study(tmp_path, image_folder, "orphan")
     dead = optuna.create_study(study_name="orphan", storage=stores.storage(None), direction="maximize").ask()
@@ -246,6 +248,7 @@ def test_a_resumed_study_does_not_repeat_its_params(tmp_path) -> None:
     assert len({sweep.sampler_seed(0, w, n) for w in range(3) for n in range(3)}) == 9
 
 
+@pytest.mark.slow
 def test_failed_trials_do_not_count_and_many_failures_stop_the_sweep(
     tmp_path: Path, image_folder: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import pytest
 import torch
 
 from sweeper.data import images as data_lib
@@ -72,6 +73,7 @@ def test_boost_gives_each_ranked_tensor_its_own_lr_and_decay() -> None:
     assert len(grouped) == len({id(p) for p in grouped}) == sum(1 for _ in model.parameters())
 
 
+@pytest.mark.slow
 def test_freeze_keeps_the_top_k_tensors_bit_identical_through_training(image_folder: Path) -> None:
     data = data_lib.scan(image_folder)
     c = cfg(**{"sensitivity.action": "freeze", "sensitivity.top_k": 2, "sensitivity.batches": 2})
