@@ -7,15 +7,17 @@ written where the test says and loaded by the real parser, an image folder of le
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import yaml
 from PIL import Image
 
 from sweeper.study import spec as spec_lib
 from sweeper.study.config import TrialConfig, build_config
+
+if TYPE_CHECKING:
+    import torch
 
 TINY = ["--set", "backbone=test_resnet", "--set", "img_size=32", "--set", "num_workers=0"]
 """CLI args that pin a tiny, fast backbone for tests."""

@@ -18,7 +18,7 @@ from sweeper.study import spec as spec_lib
 from sweeper.study.config import build_config
 from sweeper.sweep import retention
 from sweeper.train import costs
-from tests.helpers.builders import load_study, write_study
+from tests.helpers.builders import config, load_study, write_study
 
 BASE = "data: {root: builtin:digits}\nfixed: {backbone: test_resnet}\n"
 
@@ -140,7 +140,7 @@ def test_costs_are_counted_on_the_meta_device() -> None:
 def test_latency_is_timed_at_batch_1_and_at_the_batch_size() -> None:
     import torch
 
-    cfg = build_config({"backbone": "test_resnet", "img_size": 32, "batch_size": 4, "pretrained": False})
+    cfg = config(img_size=32, batch_size=4, pretrained=False)
     got = costs.latency(cfg, 10, torch.device("cpu"))
     assert got["latency_batch"] == 4.0
     assert got["latency_ms"] > 0 and got["latency_ms_batch"] > 0

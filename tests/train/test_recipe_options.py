@@ -17,7 +17,7 @@ from sweeper.errors import SweeperError
 from sweeper.study import spec
 from sweeper.train import evaluation, schedules
 from sweeper.train import model as model_lib
-from tests.helpers.builders import data_config, write_study
+from tests.helpers.builders import config, data_config, write_study
 from tests.helpers.builders import tiny_config as cfg
 
 DCFG = data_config(16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -302,6 +302,6 @@ def test_checkpoint_both_with_folds_is_refused_not_halved(tmp_path: Path) -> Non
     study.write_text("data: {root: x}\nfixed: {folds: 5, checkpoint: both}\n")
     with pytest.raises(SweeperError, match="s.yaml: fixed.checkpoint: checkpoint: both keeps two epochs"):
         spec.load(str(study))
-    cfg = spec.build_config({"folds": 3, "checkpoint": "both", "backbone": "test_resnet"})  # sampled so
+    cfg = config(folds=3, checkpoint="both")  # sampled so
     with pytest.raises(SweeperError, match="with folds, use checkpoint: val_acc"):  # the trial fails on it
         train.run_folds(cfg, None, None, metric="val_acc", device=torch.device("cpu"), checkpoint=None)
