@@ -74,7 +74,7 @@ def test_kfold_trial_reports_every_fold_and_returns_the_mean(data) -> None:
 
 
 @pytest.mark.slow
-def test_merged_replicas_train_apart_and_end_each_epoch_averaged(data, monkeypatch) -> None:
+def test_merged_replicas_train_apart_end_each_epoch_averaged_and_report_each(data, monkeypatch) -> None:
     from sweeper.train import averaging
 
     seen = []
@@ -93,6 +93,8 @@ def test_merged_replicas_train_apart_and_end_each_epoch_averaged(data, monkeypat
     monkeypatch.setattr(averaging, "merge", spy)
     r = train.fit(cfg(epochs=2, merge_models=2), data.train, data.val, data.classes)
     assert seen == [True, True] and len(r.history) == 2
+    replicas = {"val_acc_replica0", "val_acc_replica1", "val_loss_replica0", "val_loss_replica1"}
+    assert replicas <= set(r.history[0])  # each replica's val metrics are reported too
 
 
 @pytest.mark.slow
@@ -154,13 +156,6 @@ def test_fold_holdout_never_trains_on_val_and_scores_every_fold_and_the_ensemble
     folds = [r.best["holdout_acc_fold0"], r.best["holdout_acc_fold1"]]
     assert r.best["holdout_acc"] == pytest.approx(np.mean(folds))
     assert 0 <= r.best["holdout_ensemble_acc"] <= 1 and np.isfinite(r.best["holdout_ensemble_loss"])
-
-
-@pytest.mark.slow
-def test_merged_training_reports_each_replicas_val_metrics(data) -> None:
-    r = train.fit(cfg(epochs=1, merge_models=2), data.train, data.val, data.classes)
-    m = r.history[0]
-    assert {"val_acc_replica0", "val_acc_replica1", "val_loss_replica0", "val_loss_replica1"} <= set(m)
 
 
 class _Killed(Exception):
