@@ -9,6 +9,7 @@ import pytest
 
 from sweeper.errors import SweeperError
 from sweeper.study import spec
+from tests.helpers.builders import load_study
 
 
 def study(fixed: str = "{}", space: str = "{}", top: str = "") -> str:
@@ -85,33 +86,28 @@ def test_every_numeric_parameter_has_a_range() -> None:
 
 
 def test_set_values_go_through_the_same_checks(tmp_path: Path) -> None:
-    p = tmp_path / "s.yaml"
-    p.write_text(study())
-    s = spec.load(str(p))
+    s = load_study(tmp_path, study())
     with pytest.raises(SweeperError, match=r"^--set aug\.hflip_p=5: must be in \[0, 1\], got 5\.0$"):
         s.with_overrides({"aug.hflip_p": 5})
     assert s.with_overrides({"lr_head": "3e-3"}).fixed["lr_head"] == 0.003  # PyYAML's YAML 1.1 string
 
 
 def test_exponents_without_a_dot_are_floats_and_in_range_values_pass(tmp_path: Path) -> None:
-    p = tmp_path / "s.yaml"
-    p.write_text(
+    s = load_study(
+        tmp_path,
         study(
             "{lr_head: 3e-3, aug.blur_p: 1, momentum: 0, aug.rrc_scale: [0.5, 0.5], seed: 4294967295}",
             "{lr_backbone: {float: [1e-5, 1e-3], log: true}, aug.blur_kernel: {int: [3, 7], step: 2}}",
             "pruner: {name: hyperband, min_resource: auto, reduction_factor: 3}\n"
             "sampler: {name: tpe, seed: null}",
-        ).replace("builtin:digits}", "builtin:digits, max_pixels: 1.0e9}")
+        ).replace("builtin:digits}", "builtin:digits, max_pixels: 1.0e9}"),
     )
-    s = spec.load(str(p))
     assert s.fixed["lr_head"] == 0.003 and s.space["lr_backbone"].low == 1e-5 and s.max_pixels == 10**9
     assert s.fixed["aug.rrc_scale"] == (0.5, 0.5) and s.pruner["min_resource"] == "auto"
 
 
 def test_merge_keys_may_override(tmp_path: Path) -> None:
-    p = tmp_path / "s.yaml"
-    p.write_text(study("{<<: {batch_size: 8}, batch_size: 16}"))
-    assert spec.load(str(p)).fixed["batch_size"] == 16
+    assert load_study(tmp_path, study("{<<: {batch_size: 8}, batch_size: 16}")).fixed["batch_size"] == 16
 
 
 @pytest.mark.parametrize(

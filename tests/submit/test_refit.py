@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from sweeper.data import images as data_lib
 from sweeper.store import record as record_lib
 from sweeper.train import fit as train
-from tests.helpers.builders import make_image_folder, trial_config
+from tests.helpers.builders import load_study, make_image_folder, trial_config
 
 pytestmark = pytest.mark.slow
 
@@ -99,12 +99,10 @@ def test_a_refit_stopped_mid_schedule_follows_the_trials_learning_rates(image_fo
 
 def test_an_ensemble_over_the_parameter_budget_is_refused_unless_allowed(tmp_path: Path) -> None:
     from sweeper.errors import SweeperError
-    from sweeper.study import spec as spec_lib
     from sweeper.submit import refit
 
-    study = tmp_path / "b.yaml"
-    study.write_text("name: b\ndata: {root: builtin:digits}\nconstraints: {max_params: 500000}\n")
-    spec = spec_lib.load(str(study))
+    text = "name: b\ndata: {root: builtin:digits}\nconstraints: {max_params: 500000}\n"
+    spec = load_study(tmp_path, text, "b")
     one = refit.Member(0, "best", trial_config(), {}, tmp_path / "w.safetensors")  # about 373k parameters
     refit._check_budget(spec, [one], 3, allow=False)  # one model fits
     with pytest.raises(SweeperError, match=r"ensemble of 2 models has 0\.\d+M parameters, over .*--allow"):

@@ -20,7 +20,7 @@ from sweeper.store import stores, tracking
 from sweeper.study import spec as spec_lib
 from sweeper.sweep import loop as sweep
 from sweeper.sweep import trial as trial_lib
-from tests.helpers.builders import TINY, tiny_study
+from tests.helpers.builders import TINY, load_study, tiny_study
 from tests.helpers.processes import FAULT_MODELS, REPO
 
 
@@ -228,14 +228,12 @@ def test_a_broken_configuration_stops_the_sweep_after_three_identical_failures(
 
 
 def test_a_resumed_study_does_not_repeat_its_params(tmp_path) -> None:
-    from sweeper.study import spec as spec_lib
 
-    p = tmp_path / "s.yaml"
-    p.write_text(
+    spec = load_study(
+        tmp_path,
         "name: s\ndata: {root: builtin:digits}\nsampler: {name: random, seed: 0}\n"
-        "space:\n  lr_head: {float: [1.0e-4, 1.0e-2], log: true}\n"
+        "space:\n  lr_head: {float: [1.0e-4, 1.0e-2], log: true}\n",
     )
-    spec = spec_lib.load(str(p))
     url = f"sqlite:///{tmp_path}/s.db"
     drawn = []
     for _ in range(2):  # two runs of the same command, one trial each

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ from sweeper.data import images as data
 from sweeper.study import spec
 from sweeper.train import fit as train
 from tests.helpers.builders import data_config, fit_config
-from tests.helpers.processes import REPO
 
 CPU = torch.device("cpu")
 
@@ -80,14 +77,3 @@ def test_a_trial_gives_the_same_result_whether_it_builds_the_cache_or_maps_it(im
         dataclasses.replace(cfg, num_workers=1, device_aug=True, channels_last=True), ds, device=CPU
     )
     assert fast.history[-1]["val_acc"] >= 0.0 and len(fast.history) == 2
-
-
-@pytest.mark.slow
-def test_cli_start_imports_no_heavy_library() -> None:
-    """``sweeper --help`` stays fast because torch, timm, optuna and mlflow load inside commands."""
-    code = (
-        "import sys; import sweeper.cli; heavy = {'torch', 'timm', 'optuna', 'mlflow', 'torchvision'}; "
-        "print(sorted(heavy & set(sys.modules)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert out.stdout.strip() == "[]"
