@@ -21,8 +21,8 @@ demo: $(STAMP)  ## the quickstart study on the built-in digits, then the submiss
 test: $(STAMP)  ## every test, slow ones included (real training on tiny data, real servers)
 	$(BIN)/pytest -q --durations=15
 
-test-fast: $(STAMP)  ## unit tests only
-	$(BIN)/pytest -q -m 'not slow'
+test-fast: $(STAMP)  ## the unit layer: no process, no training, no server (about a minute)
+	$(BIN)/pytest -q -m 'not slow' --durations=5
 
 lint: $(STAMP)
 	$(BIN)/ruff check sweeper tests bench

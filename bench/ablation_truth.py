@@ -1,7 +1,7 @@
 """Known ground truth: does the ablation find the effects a SIMULATED objective was given?
 
 The objective has set effects per toggle (on - off), seed noise, and slow starters (rrc and vflip rise
-later but end where their effect says), no training (tests/simulated.py). Each repeat runs two ways:
+later but end where their effect says), no training (tests/helpers/simulated.py). Each repeat runs two ways:
 
 - design: the 16-run resolution IV fractional factorial x 2 paired-seed repeats (32 runs), no pruner,
   queued in Optuna and analysed by ``sweeper.results.effects`` (the joint least-squares fit);
@@ -26,7 +26,7 @@ from sweeper.results import ablation
 from sweeper.study import space as space_lib
 from sweeper.study import spec
 from sweeper.sweep import loop as sweep
-from tests.test_effects import RUNS, SE, TOGGLES, TRUTH, fitted  # noqa: E402
+from tests.results.test_effects import RUNS, SE, TOGGLES, TRUTH, fitted  # noqa: E402
 
 
 def adaptive(seed: int) -> dict[str, str]:

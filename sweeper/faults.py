@@ -1,7 +1,7 @@
 """Test-only fault injection: named points where the fault suite pauses, breaks or kills a run.
 
 Unset in normal use: :func:`hit` is one environment lookup and returns. The fault suite
-(``tests/test_faults.py``) sets ``SWEEPER_FAULT`` to a comma-separated list of ``POINT:ACTION``:
+(``tests/e2e/test_faults.py``) sets ``SWEEPER_FAULT`` to a comma-separated list of ``POINT:ACTION``:
 
 - ``pause``: write ``$SWEEPER_FAULT_DIR/POINT`` (this process's pid), then wait until the test creates
   ``POINT.go``. The test sends its signal (SIGKILL to the group, the worker or the trial process,

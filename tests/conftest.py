@@ -2,68 +2,18 @@
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-import numpy as np
 import pytest
-from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = ["--set", "backbone=test_resnet", "--set", "img_size=32", "--set", "num_workers=0"]
-"""CLI args that pin a tiny, fast backbone for tests."""
-
-
-def _pattern(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
-    """A class-specific image: a dominant color and a stripe orientation, plus noise, so it is learnable."""
-    img = rng.integers(0, 60, (size, size, 3)).astype(np.int16)
-    img[..., label % 3] += 150
-    if label % 2:
-        img[::4, :, :] += 60
-    else:
-        img[:, ::4, :] += 60
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def make_image_folder(
-    root: Path,
-    classes: tuple[str, ...] = ("bird", "insect", "plant"),
-    n_train: int = 10,
-    n_val: int = 5,
-    n_test: int = 6,
-    size: int = 24,
-    seed: int = 0,
-) -> Path:
-    """Write ROOT/train/<class>, ROOT/val/<class>, ROOT/test in mixed formats (RGB/gray/RGBA PNG, JPEG)."""
-    rng = np.random.default_rng(seed)
-    modes = ["png", "jpg", "gray", "rgba"]
-
-    def save(arr: np.ndarray, path_stem: Path, k: int) -> None:
-        mode = modes[k % len(modes)]
-        im = Image.fromarray(arr)
-        path_stem.parent.mkdir(parents=True, exist_ok=True)
-        if mode == "jpg":
-            im.save(path_stem.with_suffix(".jpg"), quality=95)
-        elif mode == "gray":
-            im.convert("L").save(path_stem.with_suffix(".png"))
-        elif mode == "rgba":
-            im.convert("RGBA").save(path_stem.with_suffix(".png"))
-        else:
-            im.save(path_stem.with_suffix(".png"))
-
-    k = 0
-    for label, c in enumerate(classes):
-        for split, n in (("train", n_train), ("val", n_val)):
-            for i in range(n):
-                save(_pattern(rng, label, size), root / split / c / f"{c}_{i:03d}", k)
-                k += 1
-    for i in range(n_test):
-        save(_pattern(rng, i % len(classes), size), root / "test" / f"img_{i:03d}", i)
-    return root
+from tests.helpers.builders import make_image_folder
+from tests.helpers.processes import REPO
 
 
 @pytest.fixture
@@ -88,18 +38,26 @@ def isolated(
     return work
 
 
-def interruptible() -> None:
-    """``preexec_fn`` for a CLI process the test will Ctrl-C (SIGINT).
+@pytest.fixture(autouse=True)
+def units_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the fast layer honest: a test without the ``slow`` mark that starts a process fails, naming it.
 
-    A non-interactive shell starts background jobs with SIGINT ignored, and Python then never raises
-    KeyboardInterrupt; a user's terminal doesn't do that, so the process gets the default handling back.
+    The unit layer (``make test-fast``, ``-m 'not slow'``) runs no process, no training and no server; a
+    test that needs one is marked ``@pytest.mark.slow`` (or its module sets ``pytestmark``).
     """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if request.node.get_closest_marker("slow") is not None:
+        return
 
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process but is not marked slow: "
+            "mark it @pytest.mark.slow, or test the code in this process"
+        )
 
-def write_study(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(os, "system", refuse)
 
 
 @pytest.fixture
@@ -122,13 +80,13 @@ def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
-# ---- real servers for the scale-out tests (see tests/servers.py) ----------------------------------
+# ---- real servers for the scale-out tests (see tests/helpers/servers.py) ----------------------------------
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> object:
     """One PostgreSQL cluster for the session; each test creates its own database in it."""
-    from tests.servers import postgres
+    from tests.helpers.servers import postgres
 
     with postgres() as url:
         yield url
@@ -137,7 +95,7 @@ def pg_server() -> object:
 @pytest.fixture(scope="session")
 def mlflow_url(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> object:
     """One MLflow tracking server for the session, backed by PostgreSQL; tests use distinct study names."""
-    from tests.servers import create_database, mlflow_server
+    from tests.helpers.servers import create_database, mlflow_server
 
     with mlflow_server(create_database(pg_server, "mlflow"), tmp_path_factory.mktemp("mlartifacts")) as url:
         yield url

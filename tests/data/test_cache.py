@@ -1,0 +1,193 @@
+"""The decoded-image cache: the pixels of plain decoding, rebuilt on change, safe to build concurrently."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+from sweeper.data import augment, cache
+from sweeper.data import images as data
+from tests.helpers.builders import data_config
+from tests.helpers.processes import REPO
+
+
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees only its own caches."""
+    monkeypatch.setenv("SWEEPER_DATA_DIR", str(tmp_path / "sweeper-data"))
+
+
+def _files(root: Path) -> tuple[Path, ...]:
+    return data.scan(root).files
+
+
+def _with_odd_shapes(root: Path) -> Path:
+    """Add non-square images larger and smaller than the cache size, so resizing goes both ways."""
+    rng = np.random.default_rng(1)
+    for i, (w, h) in enumerate([(61, 47), (30, 90), (200, 150)]):
+        arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / "train" / "bird" / f"odd_{i}.jpg", quality=90)
+    return root
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_eval_tensors_identical_to_plain_decoding(image_folder: Path, interpolation: str) -> None:
+    files = _files(_with_odd_shapes(image_folder))
+    tf = augment.eval_transform(data_config(interpolation=interpolation))
+    c = cache.open_cache(files, tf.transforms[0])
+    assert c is not None and len(c) == len(files)
+    for f in files:
+        assert torch.equal(tf(c[f]), tf(data.load_image(f))), f
+
+
+def test_cache_holds_the_resized_image_with_its_aspect(image_folder: Path) -> None:
+    files = _files(_with_odd_shapes(image_folder))
+    resize = augment.eval_transform(data_config()).transforms[0]
+    c = cache.open_cache(files, resize)
+    assert c is not None
+    for f in files:
+        img = c[f]
+        assert img.dtype == torch.uint8 and min(img.shape[1:]) == 32 * 8 // 7  # floor(32 / 0.875), as timm
+        assert torch.equal(img, resize(data.load_image(f)))
+
+
+def test_datasets_read_the_cache_and_decode_what_it_lacks(image_folder: Path) -> None:
+    ds = data.scan(image_folder)
+    tf = augment.eval_transform(data_config())
+    c = cache.open_cache(ds.train.files, tf.transforms[0])
+    both = data.ImageDataset(ds.train.files + ds.val.files, None, tf, c)
+    plain = data.ImageDataset(ds.train.files + ds.val.files, None, tf)
+    for i in range(len(both)):
+        assert torch.equal(both[i][0], plain[i][0])
+
+
+def test_a_changed_file_rebuilds_the_cache_and_drops_the_old_one(image_folder: Path) -> None:
+    files = _files(image_folder)
+    resize = augment.eval_transform(data_config()).transforms[0]
+    first = cache.open_cache(files, resize)
+    assert first is not None and cache.open_cache(files, resize).folder == first.folder  # reused
+    changed = files[3]
+    before = first[changed]  # a trial still running maps the old cache
+    arr = np.full((40, 30, 3), 200, dtype=np.uint8)
+    Image.fromarray(arr).save(changed, format=Image.open(changed).format)
+    second = cache.open_cache(files, resize)
+    assert second is not None and second.folder != first.folder
+    assert torch.equal(second[changed], resize(data.load_image(changed)))
+    assert not torch.equal(second[changed], before)
+    assert not first.folder.exists()  # stale cache of the same dataset and size removed
+    assert torch.equal(first[changed], before)  # ...while its open map stays readable
+
+
+def test_another_size_is_another_cache(image_folder: Path) -> None:
+    files = _files(image_folder)
+    a = cache.open_cache(files, augment.eval_transform(data_config(32)).transforms[0])
+    b = cache.open_cache(files, augment.eval_transform(data_config(48)).transforms[0])
+    assert a is not None and b is not None and a.folder != b.folder and a.folder.exists()
+    assert min(b[files[0]].shape[1:]) == 48 * 8 // 7  # floor, as timm
+
+
+def test_over_budget_falls_back_with_a_message(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = _files(image_folder)
+    monkeypatch.setenv("SWEEPER_CACHE_GB", "0.000001")  # 1 kB
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
+        assert cache.open_cache(files, augment.eval_transform(data_config()).transforms[0]) is None
+    assert "over the budget" in caplog.text and "decoding every image" in caplog.text
+    assert not any(p.is_dir() for p in (data.data_dir() / "cache").iterdir())
+
+
+def test_budget_zero_turns_the_cache_off_quietly(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SWEEPER_CACHE_GB", "0")
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
+        assert (
+            cache.open_cache(_files(image_folder), augment.eval_transform(data_config(40)).transforms[0])
+            is None
+        )
+    assert caplog.text == ""
+
+
+def test_cache_pickles_without_its_map(image_folder: Path) -> None:
+    """Spawned DataLoader workers get the index and map the file themselves."""
+    files = _files(image_folder)
+    c = cache.open_cache(files, T.Resize(20))
+    assert c is not None
+    c[files[0]]  # opens the map
+    clone = pickle.loads(pickle.dumps(c))
+    assert len(pickle.dumps(c)) < 10_000 + 100 * len(files)
+    assert all(torch.equal(clone[f], c[f]) for f in files)
+
+
+def test_a_killed_build_leaves_nothing_half_written(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = list(_files(image_folder))
+    resize = T.Resize(21)
+
+    def broken(path: Path) -> torch.Tensor:
+        if path == files[5]:
+            raise KeyboardInterrupt
+        return data.load_image(path)
+
+    monkeypatch.setattr(cache, "load_image", broken)
+    with pytest.raises(KeyboardInterrupt):
+        cache.open_cache(files, resize)
+    assert [p for p in (data.data_dir() / "cache").iterdir() if p.is_dir()] == []
+    monkeypatch.undo()
+    c = cache.open_cache(files, resize)
+    assert c is not None and torch.equal(c[files[5]], resize(data.load_image(files[5])))
+
+
+_BUILD = """
+import logging, os, sys, time
+from pathlib import Path
+from torchvision.transforms import v2 as T
+from sweeper.data import cache
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+files = [Path(p) for p in Path(sys.argv[1]).read_text().split()]
+while time.time() < float(sys.argv[2]):  # both processes start building at the same moment
+    time.sleep(0.001)
+c = cache.open_cache(files, T.Resize(64), workers=int(sys.argv[3]))
+print(c.folder, sum(int(c[f].sum()) for f in files))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_building_at_once_get_one_correct_cache(image_folder: Path, tmp_path: Path) -> None:
+    files = _files(_with_odd_shapes(image_folder))
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(str(f) for f in files))
+    start = str(time.time() + 3.0)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILD, str(listing), start, str(w)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in (0, 1)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    results = {o.strip() for o, _ in outs}
+    assert len(results) == 1  # the same folder, the same pixels
+    assert sum(e.count("cached ") for _, e in outs) == 1  # one built it, the other waited and mapped it
+    root = data.data_dir() / "cache"
+    assert [p.name for p in root.iterdir() if p.is_dir()] == [Path(results.pop().split()[0]).name]
+    expected = sum(int(T.Resize(64)(data.load_image(f)).sum()) for f in files)
+    assert outs[0][0].split()[1] == str(expected)

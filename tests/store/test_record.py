@@ -1,0 +1,136 @@
+"""The study record: what defines a study, kept with it, checked on resume, read back by refit and show."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeper.data import images as data_lib
+from sweeper.errors import SweeperError
+from sweeper.store import record as record_lib
+from sweeper.store import stores
+from sweeper.study import spec as spec_lib
+from tests.helpers.builders import write_study
+
+STUDY = """
+name: rec
+data: {{root: {root}}}
+epochs: 4
+sampler: {{name: random, seed: 0}}
+fixed: {{backbone: test_resnet, img_size: 32, batch_size: 8, aug: {{rrc: false}}}}
+space:
+  lr_head: {{float: [1.0e-4, 1.0e-2], log: true}}
+  aug.hflip: {{bool: true}}
+"""
+
+
+def study_file(tmp_path: Path, image_folder: Path, text: str = STUDY) -> Path:
+    return write_study(tmp_path / "rec.yaml", text.format(root=image_folder))
+
+
+def make_record(path: Path, **overrides: object) -> record_lib.StudyRecord:
+    spec = spec_lib.load(str(path)).with_overrides(overrides.get("set"), overrides.get("epochs"))  # type: ignore[arg-type]
+    return record_lib.StudyRecord.of(spec, data_lib.scan(spec.data_root), dict(overrides))
+
+
+@pytest.mark.parametrize("name", [p.stem for p in spec_lib.available_studies()])
+def test_every_shipped_study_round_trips_through_its_document(name: str) -> None:
+    spec = spec_lib.load(name).with_overrides({"seed": 3}, 2)
+    doc = json.loads(json.dumps(spec_lib.to_document(spec)))  # as stored: JSON
+    assert spec_lib.parse(doc, spec.path) == spec
+
+
+def test_a_trial_config_round_trips_through_json() -> None:
+    cfg = spec_lib.load("recipe-004").resolve({})
+    assert record_lib.trial_config(_trial_with(record_lib.config_json(cfg))) == cfg
+
+
+def _trial_with(config: str) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(value=0.5, user_attrs={record_lib.CONFIG: config})
+
+
+def test_a_new_study_keeps_its_record_and_an_identical_rerun_passes(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    path = study_file(tmp_path, image_folder)
+    rec = make_record(path, set={"lr_head": 0.02}, epochs=2)
+    st = optuna.create_study(study_name="rec", storage=stores.storage(None))
+    assert record_lib.ensure(st, rec) == rec
+    again = optuna.load_study(study_name="rec", storage=stores.storage(None))
+    stored = record_lib.load(again)
+    assert stored is not None and stored.study_file == path.read_text()
+    assert stored.overrides == {"set": {"lr_head": 0.02}, "epochs": 2}
+    assert stored.data["classes"] == ["bird", "insect", "plant"] and stored.data["images"]["train"] == 30
+    assert {"sweeper", "torch", "timm", "optuna", "mlflow"} <= set(stored.versions)
+    assert stored.spec().fixed["lr_head"] == 0.02 and "lr_head" not in stored.spec().space
+    assert record_lib.ensure(again, make_record(path, set={"lr_head": 0.02}, epochs=2)) is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda t: t.replace("[1.0e-4, 1.0e-2]", "[1.0e-5, 1.0e-2]"), "space.lr_head"),
+        (lambda t: t.replace("batch_size: 8", "batch_size: 16"), "fixed.batch_size"),
+        (lambda t: t.replace("epochs: 4", "epochs: 5"), "epochs (4 -> 5)"),
+        (lambda t: t.replace("  aug.hflip: {{bool: true}}\n", ""), "space.aug.hflip"),
+    ],
+)
+def test_a_rerun_that_changes_what_a_trial_means_is_refused_naming_the_keys(
+    tmp_path: Path, image_folder: Path, change, named: str
+) -> None:
+    path = study_file(tmp_path, image_folder)
+    st = optuna.create_study(study_name="rec", storage=stores.storage(None))
+    record_lib.ensure(st, make_record(path))
+    changed = study_file(tmp_path, image_folder, change(STUDY))
+    with pytest.raises(SweeperError, match="already ran with another definition") as e:
+        record_lib.ensure(st, make_record(changed))
+    assert named in str(e.value) and "--name" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_what_does_not_change_a_trial_is_free_and_moved_data_is_the_same_data(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    path = study_file(tmp_path, image_folder)
+    st = optuna.create_study(study_name="rec", storage=stores.storage(None))
+    record_lib.ensure(st, make_record(path))
+    moved = shutil.copytree(image_folder, tmp_path / "elsewhere")
+    other_sampler = STUDY.replace("seed: 0", "seed: 7").replace("{root}", str(moved))
+    assert record_lib.ensure(st, make_record(study_file(tmp_path, image_folder, other_sampler))) is not None
+    (moved / "train" / "bird" / "extra.png").write_bytes(
+        (moved / "train" / "bird").iterdir().__next__().read_bytes()
+    )
+    with pytest.raises(SweeperError, match=r"data.images .*data.digest"):
+        record_lib.ensure(st, make_record(study_file(tmp_path, image_folder, other_sampler)))
+
+
+def test_a_study_from_before_the_record_runs_on_unchecked(tmp_path: Path, image_folder: Path) -> None:
+    st = optuna.create_study(study_name="rec", storage=stores.storage(None))
+    st.add_trial(optuna.trial.create_trial(value=0.5))
+    assert record_lib.ensure(st, make_record(study_file(tmp_path, image_folder))) is None
+    assert record_lib.load(st) is None
+
+
+def test_a_study_is_found_by_file_stem_or_stored_name(tmp_path: Path, image_folder: Path) -> None:
+    path = study_file(tmp_path, image_folder)
+    spec = spec_lib.load(str(path))
+    renamed = spec_lib.parse(spec_lib.to_document(spec) | {"name": "rec-v2"}, path)
+    ds = data_lib.scan(spec.data_root)
+    for s in (spec, renamed):
+        st = optuna.create_study(study_name=s.name, storage=stores.storage(None))
+        record_lib.ensure(st, record_lib.StudyRecord.of(s, ds, {}))
+    assert record_lib.open_recorded(str(path), None).spec.name == "rec"
+    found = record_lib.open_recorded("rec-v2", None)  # no such file: the stored study
+    assert found.spec == renamed and found.notes == []
+    with pytest.raises(SweeperError, match="no study 'nope'"):
+        record_lib.open_recorded("nope", None)
+
+
+def test_refit_data_with_other_classes_is_refused(tmp_path: Path, image_folder: Path) -> None:
+    rec = make_record(study_file(tmp_path, image_folder))
+    record_lib.check_classes(rec, ("bird", "insect", "plant"), image_folder)
+    with pytest.raises(SweeperError, match=r"other classes .*missing \['plant'\]; new \['tree'\]"):
+        record_lib.check_classes(rec, ("bird", "insect", "tree"), tmp_path)

@@ -1,0 +1,80 @@
+"""Stores are only written by the commands that mean to: read-only commands leave a database's bytes as
+they were (or create none), and a database of the other system is refused in one line, untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeper.errors import SweeperError
+from sweeper.store import stores
+from sweeper.study import spec as spec_lib
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_holds_reads_what_a_database_is_without_creating_it(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    assert stores.holds(f"sqlite:///{missing}") == "missing" and not missing.exists()
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    assert stores.holds(f"sqlite:///{tmp_path / 'o.db'}") == "optuna"
+    with sqlite3.connect(tmp_path / "m.db") as c:  # the two tables every MLflow store has
+        c.execute("create table experiments (experiment_id int)")
+        c.execute("create table runs (run_uuid text)")
+    assert stores.holds(f"sqlite:///{tmp_path / 'm.db'}") == "mlflow"
+    with sqlite3.connect(tmp_path / "x.db") as c:
+        c.execute("create table invoices (id int)")
+    assert stores.holds(f"sqlite:///{tmp_path / 'x.db'}") == "other"
+
+
+def test_read_only_opening_creates_no_storage(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    with pytest.raises(SweeperError, match=r"no study 'x' in .*fresh.db"):
+        stores.load_existing("x", url)
+    assert not (tmp_path / "fresh.db").exists()
+
+
+def test_another_systems_database_is_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    with sqlite3.connect(db) as c:
+        c.execute("create table experiments (experiment_id int)")
+        c.execute("create table runs (run_uuid text)")
+    before = digest(db)
+    with pytest.raises(SweeperError, match=r"is an MLflow tracking store, not an Optuna study storage"):
+        stores.storage(f"sqlite:///{db}")
+    assert digest(db) == before
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "", "x" * 200, "with space"])
+def test_a_study_name_is_one_safe_path_part(name: str) -> None:
+    assert spec_lib.name_problem(name) is not None
+    assert spec_lib.name_problem("recipe-000.v2_b") is None
+
+
+@pytest.mark.slow
+def test_read_only_commands_leave_the_stores_bytes_and_refuse_the_mlflow_db(cli, image_folder: Path) -> None:
+    from tests.helpers.builders import TINY, write_tiny_study
+
+    study = write_tiny_study("ro", image_folder)
+    assert cli("run-study", study, "--trials", "1", *TINY).returncode == 0
+    optuna_db, mlflow_db = Path("sweeper.db"), Path("mlruns/mlflow.db")
+    before = (digest(optuna_db), digest(mlflow_db))
+    for args in (["show", "ro"], ["studies"], ["show", "ro", "--json"], ["export-best", "ro"]):
+        r = cli(*args)
+        assert r.returncode == 0, (args, r.stderr)
+    r = cli("show", "ro", "--storage", f"sqlite:///{mlflow_db.resolve()}")
+    assert r.returncode == 2 and "is an MLflow tracking store, not an Optuna study storage" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = cli("run-study", study, "--trials", "1", *TINY, "--tracking-uri", f"sqlite:///{optuna_db.resolve()}")
+    assert r.returncode == 2 and "is an Optuna study storage, not an MLflow tracking store" in r.stderr
+    r = cli("run-study", study, "--trials", "2", *TINY, "--name", "../../escape")
+    assert r.returncode == 2 and "cannot name a study" in r.stderr
+    assert (digest(optuna_db), digest(mlflow_db)) == before
+    r = cli("studies", "--storage", f"sqlite:///{Path('nowhere.db').resolve()}")
+    assert r.returncode == 0 and not Path("nowhere.db").exists()
