@@ -420,7 +420,8 @@ class MlflowTracker:
 
     def study_run_id(self) -> str:
         """The study's own run, parent of its trials, refits and ensembles: found by its tag, else made.
-        Workers starting together may each make one; every one of them then keeps the oldest."""
+        Workers starting together may each make one; each then keeps the oldest it sees, and a run that
+        lost is re-tagged, never deleted: another worker that saw it first may already log to it."""
         if self._study_run is None:
             exp = self.experiment_id
             query = f"tags.`{KIND}` = '{STUDY_KIND}'"
@@ -435,7 +436,9 @@ class MlflowTracker:
                 self._call(lambda: self.client.set_terminated(made.info.run_id, status="FINISHED"))
                 runs = self._call(find)
                 if runs[0].info.run_id != made.info.run_id:  # another worker's came first
-                    self._call(lambda: self.client.delete_run(made.info.run_id))
+                    first = runs[0].info.run_id
+                    self._call(lambda: self.client.set_tag(made.info.run_id, KIND, "study-duplicate"))
+                    self._call(lambda: self.client.set_tag(made.info.run_id, "sweeper.duplicate_of", first))
             self._study_run = runs[0].info.run_id
         return self._study_run
 

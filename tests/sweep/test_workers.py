@@ -69,14 +69,20 @@ def test_sqlite_path() -> None:
 
 
 def test_a_second_writer_of_the_same_sqlite_file_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
     url = f"sqlite:///{tmp_path / 'sweeper.db'}"
-    refused = r"sweeper\.db is being written by another sweep \(run-study pid \d+ on .*\); SQLite allows one"
-    with (
-        stores.single_writer([url, "http://127.0.0.1:5000"]),
-        pytest.raises(SweeperError, match=refused),
-        stores.single_writer([url]),
-    ):
-        pass
+    refused = (
+        r"sweeper\.db is being written by another sweep \(run-study pid 4242 on elsewhere\); SQLite allows"
+    )
+    with open(tmp_path / "sweeper.db.lock", "a+") as other:  # another process's lock, as flock sees it
+        other.write("run-study pid 4242 on elsewhere\n")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SweeperError, match=refused), stores.single_writer([url]):
+            pass
+    with stores.single_writer([url, "http://127.0.0.1:5000"]), stores.single_writer([url]):
+        pass  # re-entrant within one process: a command holds it, and the sweep it runs takes it again
     with stores.single_writer([url, url]):  # released with the first; the same file listed twice is one
         pass
 
