@@ -241,11 +241,6 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:  # a full disk, however a library wrapped it, is one line; the rest are bugs
-        if not no_space(e):
-            raise
-        typer.echo(f"error: {disk_full_line(e)}", err=True)
-        sys.exit(2)
     except typer.TyperException as e:  # usage errors of Typer's bundled Click: usage, hint, Error: ...
         show = getattr(e, "show", None)
         if callable(show):
@@ -253,3 +248,8 @@ def main() -> None:
         else:
             typer.echo(f"Error: {e}", err=True)
         sys.exit(getattr(e, "exit_code", 2))
+    except Exception as e:  # a full disk, however a library wrapped it, is one line; the rest are bugs
+        if not no_space(e):
+            raise
+        typer.echo(f"error: {disk_full_line(e)}", err=True)
+        sys.exit(2)

@@ -98,7 +98,10 @@ def run_study(
         spec = dataclasses.replace(spec, name=name.strip())
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     _check_writable(storage, tracking_uri)
-    ds = data_lib.hold_out(data_lib.scan(spec.data_root, max_pixels=spec.max_pixels), spec.val_from_train)
+    ds = data_lib.hold_out(
+        data_lib.scan(spec.data_root, max_pixels=spec.max_pixels, duplicates=spec.duplicates),
+        spec.val_from_train,
+    )
     overrides = {"set": parse_sets(set_), "epochs": epochs, "data": str(data) if data else None, "name": name}
     rec = record_lib.StudyRecord.of(spec, ds, overrides)
     existing = _existing(spec.name, storage)
@@ -312,7 +315,11 @@ def refit_best(
             f"--pick applies to --combine refit only; --combine {combine} takes the --top best"
         )
     src = record_lib.open_recorded(study, storage)
-    ds = data_lib.scan(str(data) if data else src.spec.data_root, max_pixels=src.spec.max_pixels)
+    ds = data_lib.scan(
+        str(data) if data else src.spec.data_root,
+        max_pixels=src.spec.max_pixels,
+        duplicates=src.spec.duplicates,
+    )
     ds = data_lib.hold_out(ds, src.spec.val_from_train)  # the split the trials saw (soup picks on val)
     record_lib.check_classes(src.record, ds.classes, ds.root)
     tracker = tracking.MlflowTracker(tracking_uri, src.spec.name)
@@ -364,7 +371,9 @@ def confirm(
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
     spec = confirm_lib.spec_for(src.spec)
-    ds = data_lib.scan(str(data) if data else spec.data_root, max_pixels=spec.max_pixels)
+    ds = data_lib.scan(
+        str(data) if data else spec.data_root, max_pixels=spec.max_pixels, duplicates=spec.duplicates
+    )
     ds = data_lib.hold_out(ds, spec.val_from_train)
     record_lib.check_classes(src.record, ds.classes, ds.root)
     queued = confirm_lib.enqueue(src.study, spec.direction, top, seeds)

@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 
 from sweeper.data.images import check_decodes, data_dir, load_image
+from sweeper.data.workers import worker_context
 from sweeper.errors import SweeperError
 
 if TYPE_CHECKING:  # torchvision is imported where it is used
@@ -196,7 +197,11 @@ def _build(files: Sequence[Path], resize: Resizer, target: Path, workers: int) -
         index = np.zeros((len(files), 3), dtype=np.int64)
         offset = 0
         decoded = torch.utils.data.DataLoader(  # own generator: building leaves the trial's RNG untouched
-            _Decode(files, resize), batch_size=None, num_workers=workers, generator=torch.Generator()
+            _Decode(files, resize),
+            batch_size=None,
+            num_workers=workers,
+            multiprocessing_context=worker_context(workers),
+            generator=torch.Generator(),
         )
         with open(tmp / "pixels.u8", "wb") as out:
             for i, img in enumerate(decoded):

@@ -29,11 +29,13 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import PIL
@@ -90,10 +92,22 @@ def is_image_name(name: str) -> bool:
 
 
 def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files under ``folder`` at any depth (sorted), and the other non-hidden files (skipped)."""
+    """Image files under ``folder`` at any depth (sorted), and the other non-hidden files (skipped).
+
+    Linked folders are followed, but never into a loop: a folder already walked (a link to it, or to one
+    of its parents, such as ``cat/loop -> ..``) is not walked again, so no image is counted twice or
+    under another class's label."""
     images: list[Path] = []
     skipped: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    top = Path(folder).resolve()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        upward = dirpath != str(folder) and top.is_relative_to(Path(dirpath).resolve())  # cat/x -> ..
+        if (st.st_dev, st.st_ino) in seen or upward:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if is_image_name(name):
@@ -224,7 +238,10 @@ def _check_root(root_path: Path) -> None:
 
 
 def scan(
-    root: str | Path, check_images: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+    root: str | Path,
+    check_images: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    duplicates: Literal["error", "warn"] = "error",
 ) -> ImageFolderData:
     """Scan and check ROOT; every problem is a one-line SweeperError naming the path.
 
@@ -233,6 +250,8 @@ def scan(
         check_images: open every file's header (and fully decode the test images) so a bad file is named
             before training.
         max_pixels: the largest width x height accepted (the study's ``data.max_pixels``).
+        duplicates: the same file content in two splits (or twice in one) is an error, or with
+            ``warn`` a warning on stderr (the study's ``data.duplicates``).
     """
     root_path = materialize_builtin() if str(root) == BUILTIN else Path(root)
     _check_root(root_path)
@@ -244,8 +263,14 @@ def scan(
             f"only in val: {only_v or 'none'}; both splits need the same class folders"
         )
     classes = tuple(sorted(train))
+    if len(classes) < 2:
+        raise SweeperError(
+            f"{root_path / 'train'} has {len(classes)} class folder ({', '.join(classes)}); a classifier "
+            "needs at least two, and one class would score a meaningless 1.0"
+        )
     test, test_labels, skip_test = _scan_test(root_path / "test", classes)
     _check_unique_ids(test)
+    check_apart({"train": _flat(train), "val": _flat(val), "test": test}, duplicates)
     if check_images:
         for files in (*train.values(), *val.values(), test):
             for f in files:
@@ -265,6 +290,39 @@ def scan(
         None if test_labels is None else tuple(test_labels),
         tuple(skip_t + skip_v + skip_test),
     )
+
+
+def _flat(by_class: dict[str, list[Path]]) -> list[Path]:
+    return [f for files in by_class.values() for f in files]
+
+
+def check_apart(splits: dict[str, Sequence[Path]], duplicates: Literal["error", "warn"] = "error") -> None:
+    """The same file (a link, or a copy: equal bytes) reachable twice, in one split or two, leaks val
+    into train or gives one image two labels. Files are compared by size first, then by content."""
+    by_size: dict[int, list[tuple[str, Path]]] = {}
+    for split, files in splits.items():
+        for f in files:
+            by_size.setdefault(os.stat(f).st_size, []).append((split, f))
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        by_hash: dict[str, tuple[str, Path]] = {}
+        for split, f in group:
+            digest = hashlib.sha1(f.read_bytes()).hexdigest()
+            if digest not in by_hash:
+                by_hash[digest] = (split, f)
+                continue
+            first_split, first = by_hash[digest]
+            if first_split == split == "test":
+                continue  # two unlabelled copies to predict: no label is wrong, nothing leaks
+            harm = "leaks val into train" if {first_split, split} == {"train", "val"} else "counts twice"
+            line = (
+                f"the same image is in {first_split} ({first}) and {split} ({f}): it {harm}; remove "
+                "one copy, or set data: {duplicates: warn} in the study to go on"
+            )
+            if duplicates == "error":
+                raise SweeperError(line)
+            print(f"warning: {line}", file=sys.stderr)
 
 
 def hold_out(data: ImageFolderData, fraction: float, seed: int = 0) -> ImageFolderData:

@@ -13,6 +13,7 @@ from torch import nn
 
 from sweeper.data import augment
 from sweeper.data import images as data_lib
+from sweeper.data.workers import worker_context
 from sweeper.study.config import TrialConfig
 
 
@@ -110,6 +111,7 @@ def loader(
         # a tiny last batch adds noise to BatchNorm; drop_last false keeps it, as torch's default
         drop_last=cfg.drop_last and train and len(ds) > cfg.batch_size,  # type: ignore[arg-type]
         num_workers=n,
+        multiprocessing_context=worker_context(n),
         persistent_workers=n > 0,
         prefetch_factor=max(2, 8 // n) if n else None,  # ~8 batches in flight whatever the worker count
         pin_memory=device.type == "cuda",

@@ -113,7 +113,7 @@ SECTION_ARGS: dict[str, tuple[type, Range, str | None]] = {
     "swapping_prob": (float, _PROB, None),
 }
 """Numeric arguments of Optuna's samplers and pruners, checked when a study loads (others pass through)."""
-DATA_KEYS = ("root", "max_pixels", "val_from_train")
+DATA_KEYS = ("root", "max_pixels", "val_from_train", "duplicates")
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,7 @@ class Study:
     )  # base files merged under this one, nearest first
     design: Design | None = None  # toggles run as a balanced design (space then holds the repeats' seed)
     val_from_train: float = 0.0  # data.val_from_train: fraction of train (per class) added to val
+    duplicates: Literal["error", "warn"] = "error"  # data.duplicates: one image in two splits (or twice)
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # named rows over fixed (study.cells)
 
     @property
@@ -239,6 +240,7 @@ def parse(raw: object, path: Path) -> Study:
     if why:
         raise fail("name", why)
     root, max_pixels, val_from_train = _parse_data(raw.get("data"), path, fail)
+    duplicates = _parse_duplicates(raw.get("data"), fail)
     metric, direction, costs = objectives_lib.parse(raw, fail)
     epochs = raw.get("epochs", 10)
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs not in _ONE_UP:
@@ -280,6 +282,7 @@ def parse(raw: object, path: Path) -> Study:
         keep_weights=keep,
         design=design,
         val_from_train=val_from_train,
+        duplicates=duplicates,
         cells=cell_values,
     )
 
@@ -409,6 +412,13 @@ def _parse_data(data: object, path: Path, fail: Fail) -> tuple[str, int, float]:
     return root, int(n), frac
 
 
+def _parse_duplicates(data: object, fail: Fail) -> Literal["error", "warn"]:
+    value = data.get("duplicates", "error") if isinstance(data, dict) else "error"
+    if value not in ("error", "warn"):
+        raise fail("data.duplicates", f"must be error or warn, got {value!r}")
+    return "warn" if value == "warn" else "error"
+
+
 def _named_section(raw: object, key: str, names: tuple[str, ...], fail: Fail) -> dict[str, Any]:
     """``tpe`` or ``{name: tpe, seed: 0, ...}`` -> ``{"name": "tpe", "seed": 0, ...}``."""
     section = {"name": raw} if isinstance(raw, str) else raw
@@ -463,6 +473,7 @@ def to_document(study: Study) -> dict[str, Any]:
             "root": study.data_root,
             "max_pixels": study.max_pixels,
             **({"val_from_train": study.val_from_train} if study.val_from_train else {}),
+            **({"duplicates": study.duplicates} if study.duplicates != "error" else {}),
         },
         **(
             {"objectives": [{"metric": m, "direction": d} for m, d in study.objectives]}

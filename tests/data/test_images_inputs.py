@@ -123,7 +123,7 @@ def test_layout_rules(root: Path) -> None:
     nested.parent.mkdir()
     Image.new("RGB", (24, 24), "white").save(nested)
     (root / "test" / "batch2").mkdir()
-    Image.new("RGB", (24, 24), "white").save(root / "test" / "batch2" / "late.png")
+    Image.new("RGB", (24, 24), "black").save(root / "test" / "batch2" / "late.png")  # not a copy of deep
     (root / "train" / "bird" / "notes.txt").write_text("collected 2024")
     (root / "train" / "insect" / "Thumbs.db").write_bytes(b"\0" * 10)
     (root / "test" / "desc.json").write_text("{}")
@@ -140,9 +140,9 @@ def test_layout_rules(root: Path) -> None:
 
 def test_a_labelled_test_folder_keeps_its_labels(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "d", n_train=2, n_val=1, n_test=0)
-    for c in ("insect", "bird"):
+    for c, color in (("insect", "red"), ("bird", "blue")):
         (root / "test" / c).mkdir(parents=True)
-        Image.new("RGB", (24, 24), "white").save(root / "test" / c / f"{c}_t.png")
+        Image.new("RGB", (24, 24), color).save(root / "test" / c / f"{c}_t.png")
     d = data.scan(root)
     assert [p.name for p in d.test] == ["bird_t.png", "insect_t.png"] and d.test_labels == (0, 1)
     Image.new("RGB", (24, 24), "white").save(root / "test" / "loose.png")  # mixed: unlabelled, all kept
@@ -175,3 +175,37 @@ def test_an_image_over_the_pixel_limit_names_the_file_and_the_option(root: Path)
     with pytest.raises(SweeperError) as e:
         data.scan(root, max_pixels=2999)
     assert str(big) in str(e.value) and "3000 pixels" in str(e.value) and "max_pixels" in str(e.value)
+
+
+def test_a_link_into_a_loop_is_not_followed(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "d", classes=("cat", "dog"), n_train=4, n_val=2)
+    (root / "train" / "cat" / "loop").symlink_to("..")  # points at train/: would relabel dog as cat
+    (root / "train" / "cat" / "self").symlink_to(".")
+    d = data.scan(root)
+    assert len(d.train) == 8 and d.train.labels.count(0) == 4
+
+
+def test_the_same_image_in_train_and_val_is_refused_naming_both(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "d", classes=("cat", "dog"), n_train=4, n_val=2)
+    src = sorted((root / "val" / "dog").iterdir())[0]
+    copy = root / "train" / "dog" / f"copy{src.suffix}"
+    copy.write_bytes(src.read_bytes())
+    with pytest.raises(
+        SweeperError, match=rf"same image is in train .*{copy.name}.* and val .*{src.name}.*leaks val"
+    ):
+        data.scan(root)
+    d = data.scan(root, duplicates="warn")  # the study's data: {duplicates: warn} goes on
+    assert copy in d.train.files
+
+
+def test_a_link_to_another_class_is_one_image_twice(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "d", classes=("cat", "dog"), n_train=4, n_val=2)
+    (root / "train" / "cat" / "dogs").symlink_to(root / "train" / "dog")
+    with pytest.raises(SweeperError, match=r"same image is in train .* and train .*: it counts twice"):
+        data.scan(root)
+
+
+def test_one_class_is_refused(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "d", classes=("cat",), n_train=4, n_val=2)
+    with pytest.raises(SweeperError, match=r"has 1 class folder \(cat\); a classifier needs at least two"):
+        data.scan(root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,28 @@ def test_a_prune_stops_the_trial_process(tmp_path: Path, image_folder: Path) -> 
     with pytest.raises(Pruned):
         run_job(tmp_path, image_folder, prune, epochs=5)
     assert not multiprocessing.active_children()
+
+
+@pytest.mark.slow
+def test_loader_workers_are_the_trials_children_and_die_with_it(tmp_path: Path, image_folder: Path) -> None:
+    import psutil
+
+    seen: dict[str, object] = {}
+
+    def look_then_kill(epoch: int, metrics: dict[str, float]) -> None:
+        (trial,) = [p for p in multiprocessing.active_children() if p.name == "sweeper-trial"]
+        kids = psutil.Process(trial.pid).children()
+        seen["workers"] = [k.pid for k in kids]
+        seen["parents"] = {k.ppid() for k in kids}
+        seen["trial"] = trial.pid
+        os.kill(trial.pid, signal.SIGKILL)
+
+    with pytest.raises(workers.WorkerLost):
+        run_job(tmp_path, image_folder, look_then_kill, epochs=3, num_workers=2)
+    assert len(seen["workers"]) >= 2, seen  # the train loader's two workers (at least)
+    assert seen["parents"] == {seen["trial"]}, seen  # forked by the trial, not by a fork server of its own
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in seen["workers"]):
+        time.sleep(0.5)
+    alive = [p for p in seen["workers"] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert alive == [], "loader workers outlived their trial"
