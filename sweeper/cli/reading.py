@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sweeper.cli.app import (
+    DataOpt,
     JsonOpt,
     PickOpt,
     SetOpt,
@@ -175,13 +176,17 @@ def ui(
 
 
 @app.command("check")
-def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
-    """Validate a study file (merged over its bases) and print it with its search space; nothing runs."""
+def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False, data: DataOpt = None) -> None:
+    """Validate a study file (merged over its bases) and print it with its search space; nothing trains.
+
+    With --data, every data check a sweep runs too: the folder layout, every image's header, every image
+    fully decoded, the same image in two splits, the class count."""
     from sweeper.sweep import loop
     from sweeper.train import model as model_lib
     from sweeper.train import weights
 
-    spec = load_spec(study, sets=set_)
+    spec = load_spec(study, data=data, sets=set_)
+    checked = _check_data(spec) if data is not None else None
     loop.build_sampler(spec)
     loop.build_pruner(spec)
     for cfg in weights.candidates(spec):
@@ -194,6 +199,7 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
                 "path": str(spec.path),
                 "bases": list(spec.bases),
                 "study": spec_lib.to_document(spec),
+                **({"data": checked} if checked is not None else {}),
             }
         )
         return
@@ -207,6 +213,11 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     if spec.description:
         typer.echo(f"  {spec.description.strip()}")
     typer.echo(f"  data: {spec.data_root}")
+    if checked is not None:
+        typer.echo(
+            f"  data checked: {checked['classes']} classes, {checked['train']} train / {checked['val']} "
+            f"val / {checked['test']} test images, every one decoded; no image in two splits"
+        )
     goal = ", ".join(f"{d} {m}" for m, d in spec.objectives)
     front = " (a Pareto front; no pruning: Optuna prunes single objectives only)" if spec.multi else ""
     typer.echo(f"  objective{'s' if spec.multi else ''}: {goal}{front}; {spec.epochs} epochs per trial")
@@ -221,6 +232,17 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
             f"  constraints: at most {spec.max_params:,} parameters (over-budget configs are not trained)"
         )
     _echo_values(spec)
+
+
+def _check_data(spec: spec_lib.Study) -> dict[str, int]:
+    """Every check of the data a sweep makes before it trains, the full decode included (once per
+    version of the files: a later run skips what decoded)."""
+    from sweeper.data import images as data_lib
+
+    ds = data_lib.scan(spec.data_root, max_pixels=spec.max_pixels, duplicates=spec.duplicates)
+    data_lib.check_decodes([*ds.train.files, *ds.val.files])
+    ds = data_lib.hold_out(ds, spec.val_from_train)
+    return {"classes": len(ds.classes), "train": len(ds.train), "val": len(ds.val), "test": len(ds.test)}
 
 
 def _echo_values(spec: spec_lib.Study) -> None:

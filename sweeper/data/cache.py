@@ -261,15 +261,30 @@ def open_cache(
 
     if not files:
         return None
+    if os.environ.get("SWEEPER_CACHE_GB") is not None and budget_bytes(Path(".")) == 0:
+        check_decodes(files)  # turned off on purpose, whatever caches exist: no build to find a bad file
+        return None
     root = root or data_dir() / "cache"
-    root.mkdir(parents=True, exist_ok=True)
     key = fingerprint(files, resize)
     target = root / key
     if key in _over_budget:
         return None
     if (target / "meta.json").is_file():
-        return ImageCache(target, files)
-    with FileLock(str(root / f".{key}.lock")):
+        return ImageCache(target, files)  # built before: read as it is, even where nothing can be written
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / f".{key}.lock"))
+        with lock:  # can this process write here at all? (the build below takes it again)
+            pass
+    except OSError as e:  # a read-only data dir (a shared cache mounted read-only) without this cache
+        log.warning(
+            f"sweeper: cannot build the decoded-image cache in {root} ({e.strerror or e}): decoding every "
+            "image in every epoch instead; build it where it is writable, or point SWEEPER_DATA_DIR there"
+        )
+        check_decodes(files)
+        _over_budget.add(key)
+        return None
+    with lock:
         if not (target / "meta.json").is_file():  # nobody built it while we waited for the lock
             for leftover in root.glob(f".{key}-*"):  # a build killed half-way
                 shutil.rmtree(leftover, ignore_errors=True)

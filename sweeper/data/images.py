@@ -25,6 +25,7 @@ decoded by the first trial's cache build (:mod:`sweeper.data.cache`) before it t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -220,8 +221,9 @@ def check_decodes(files: Sequence[Path]) -> None:
         return
     for f in files:
         load_image(f)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.touch()
+    with contextlib.suppress(OSError):  # a read-only data dir: decoded, just not remembered
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
 
 
 def _check_root(root_path: Path) -> None:

@@ -191,3 +191,46 @@ def test_two_processes_building_at_once_get_one_correct_cache(image_folder: Path
     assert [p.name for p in root.iterdir() if p.is_dir()] == [Path(results.pop().split()[0]).name]
     expected = sum(int(T.Resize(64)(data.load_image(f)).sum()) for f in files)
     assert outs[0][0].split()[1] == str(expected)
+
+
+def test_cache_gb_0_turns_off_a_cache_that_exists(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _files(image_folder)
+    resize = augment.eval_transform(data_config(32)).transforms[0]
+    assert cache.open_cache(files, resize) is not None  # built
+    monkeypatch.setenv("SWEEPER_CACHE_GB", "0")
+    assert cache.open_cache(files, resize) is None  # off, although it exists
+
+
+@pytest.fixture
+def read_only_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A data dir on its own tmpfs, to remount read-only (root ignores permission bits; a mount does not)."""
+    where = tmp_path / "ro-data"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(where)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    monkeypatch.setenv("SWEEPER_DATA_DIR", str(where))
+    try:
+        yield lambda: subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.slow  # mounts a filesystem
+def test_a_read_only_data_dir_serves_its_built_cache_and_decodes_the_rest(
+    image_folder: Path, read_only_data_dir, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = _files(image_folder)
+    resize = augment.eval_transform(data_config(32)).transforms[0]
+    built = cache.open_cache(files, resize)
+    assert built is not None
+    read_only_data_dir()
+    again = cache.open_cache(files, resize)  # the shared, pre-built cache, mounted read-only
+    assert (
+        again is not None and again.folder == built.folder and torch.equal(again[files[0]], built[files[0]])
+    )
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
+        other = cache.open_cache(files, augment.eval_transform(data_config(48)).transforms[0])
+    assert other is None and "cannot build the decoded-image cache" in caplog.text
+    data.check_decodes(files)  # decodes, and cannot remember it: no error
