@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sweeper.data.images import check_decodes, data_dir, load_image
+from sweeper.data.images import BadImage, check_decodes, data_dir, load_image
 from sweeper.data.workers import worker_context
 from sweeper.errors import SweeperError
 
@@ -205,8 +205,8 @@ def _build(files: Sequence[Path], resize: Resizer, target: Path, workers: int) -
         )
         with open(tmp / "pixels.u8", "wb") as out:
             for i, img in enumerate(decoded):
-                if isinstance(img, str):
-                    raise SweeperError(img)
+                if isinstance(img, str):  # a worker's BadImage, as its one line
+                    raise BadImage(img)
                 index[i] = (offset, img.shape[0], img.shape[1])
                 out.write(memoryview(img.numpy()).cast("B"))
                 offset += img.numel()

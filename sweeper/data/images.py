@@ -186,8 +186,12 @@ def _check_unique_ids(files: Sequence[Path]) -> None:
         seen[f.stem] = f
 
 
+class BadImage(SweeperError):
+    """An image file that cannot be read or decoded: the data's problem, named by its path."""
+
+
 def _unreadable(path: Path, e: BaseException) -> SweeperError:
-    return SweeperError(f"unreadable image {path}: {e}; remove or replace the file")
+    return BadImage(f"unreadable image {path}: {e}; remove or replace the file")
 
 
 def check_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

@@ -219,6 +219,8 @@ def attempt(ctx: Context, job: Job, progress: Progress, num_classes: int) -> Out
         return Outcome("interrupted", reason="interrupted (Ctrl-C or SIGTERM)", kind="interrupted")
     except workers.DiskFull as e:
         return Outcome("halted", reason=e.reason, kind="disk")
+    except workers.BadData as e:  # not counted, re-queued: the sweep stops on the data's one line
+        return Outcome("halted", reason=e.reason, kind="data")
     except stores.StoreDown as e:
         return Outcome("halted", reason=str(e), kind="store")
     except workers.TrialFailure as e:

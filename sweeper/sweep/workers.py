@@ -102,11 +102,19 @@ class DiskFull(TrialFailure):
     kind = "error"
 
 
+class BadData(TrialFailure):
+    """An image that cannot be decoded (found by the cache build, before training): the data's problem,
+    the same for every trial, so the sweep stops on it."""
+
+    kind = "error"
+
+
 _KINDS: dict[str, type[TrialFailure]] = {
     "oom": OutOfMemory,
     "diverged": Diverged,
     "error": Crashed,
     "disk": DiskFull,
+    "data": BadData,
 }
 
 

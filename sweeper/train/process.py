@@ -33,7 +33,7 @@ from sweeper.study.config import TrialConfig
 
 History = list[tuple[int, dict[str, float]]]
 """Reported epochs as ``(step, metrics)``; a k-fold trial's step runs on across folds."""
-FailureKind = Literal["oom", "diverged", "error", "disk"]
+FailureKind = Literal["oom", "diverged", "error", "disk", "data"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,7 @@ def _train(conn: Connection, job: Job) -> Trained:
 
 def failure(e: BaseException) -> Failed:
     """An exception of the trial, as the message that tells the parent what kind of failure it was."""
+    from sweeper.data.images import BadImage
     from sweeper.train.fit import DivergedError
 
     kind: FailureKind = "error"
@@ -168,6 +169,8 @@ def failure(e: BaseException) -> Failed:
         kind = "oom"
     elif isinstance(e, DivergedError):
         kind = "diverged"
+    elif isinstance(e, BadImage):  # the data's problem, found by the cache build: its one line as it is
+        kind, reason = "data", str(e)
     elif isinstance(e, OSError) and e.errno == errno.ENOSPC:
         kind = "disk"
         reason = f"no space left on the device: {e}; free space, or set SWEEPER_CHECKPOINTS elsewhere"
