@@ -12,8 +12,14 @@ from typing import NoReturn
 
 import pytest
 
-from tests.helpers.builders import make_image_folder
-from tests.helpers.processes import REPO
+# One torch (OpenMP) thread per process, set before anything imports torch, and inherited by the CLI and
+# trial processes the slow tests start: the tiny models here gain nothing from more, and on 2 shared cores
+# pytest, its sweeps and their trial processes otherwise fight over them (about 2x slower under load). A
+# value set outside wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from tests.helpers.builders import make_image_folder  # noqa: E402
+from tests.helpers.processes import REPO  # noqa: E402
 
 
 @pytest.fixture
