@@ -15,11 +15,16 @@ from sweeper.study.config import TrialConfig
 
 
 def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to 0 or constant."""
+    """LR multiplier: linear warmup from 0 to 1, then cosine decay to 0 or constant.
+
+    Step ``k`` (0-based, the k-th optimizer step) gets what timm's reference trainer gives it with
+    ``--sched-on-updates --warmup-lr 0 --warmup-prefix --min-lr 0``: ``k / warmup_steps`` in the warmup
+    (step 0 at 0, the peak first reached at step ``warmup_steps``), then the cosine over the steps after it.
+    """
 
     def f(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return step / warmup_steps
         if schedule == "constant":
             return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
