@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from PIL import Image
 
 from sweeper.data import images as data_lib
 from sweeper.errors import SweeperError
@@ -100,9 +101,7 @@ def test_what_does_not_change_a_trial_is_free_and_moved_data_is_the_same_data(
     moved = shutil.copytree(image_folder, tmp_path / "elsewhere")
     other_sampler = STUDY.replace("seed: 0", "seed: 7").replace("{root}", str(moved))
     assert record_lib.ensure(st, make_record(study_file(tmp_path, image_folder, other_sampler))) is not None
-    (moved / "train" / "bird" / "extra.png").write_bytes(
-        (moved / "train" / "bird").iterdir().__next__().read_bytes()
-    )
+    Image.new("RGB", (24, 24), "orange").save(moved / "train" / "bird" / "extra.png")  # a new image
     with pytest.raises(SweeperError, match=r"data.images .*data.digest"):
         record_lib.ensure(st, make_record(study_file(tmp_path, image_folder, other_sampler)))
 

@@ -172,7 +172,14 @@ def test_rotation_is_torchvisions_random_rotation_with_its_interpolation(mode: s
 
 
 def _fp16_step_matches_torchs_amp_recipe(device: torch.device) -> None:
-    c = cfg(precision="fp16", optimizer="sgd", lr_schedule="constant", grad_clip=1.0, lr_backbone=0.1)
+    c = cfg(
+        precision="fp16",
+        optimizer="sgd",
+        lr_schedule="constant",
+        grad_clip=1.0,
+        lr_backbone=0.1,
+        warmup_epochs=0,
+    )
     torch.manual_seed(0)
     ours = model_lib.create(c, 3).to(device)
     ref = copy.deepcopy(ours)

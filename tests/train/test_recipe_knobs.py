@@ -175,7 +175,7 @@ def _unchanged_after_a_step(c: spec.TrialConfig) -> set[str]:
 
 
 def test_named_tensor_freeze_leaves_exactly_those_unchanged_after_a_step() -> None:
-    base = {"optimizer": "sgd", "lr_schedule": "constant", "lr_backbone": 0.1}
+    base = {"optimizer": "sgd", "lr_schedule": "constant", "lr_backbone": 0.1, "warmup_epochs": 0}
     free = _unchanged_after_a_step(cfg(**base))  # zero-initialised residual norms give zero gradients
     frozen = _unchanged_after_a_step(cfg(**base, freeze=("layer4.0.conv1.*", "fc.bias")))
     assert {"layer4.0.conv1.weight", "fc.bias"}.isdisjoint(free)
