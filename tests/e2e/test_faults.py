@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,19 +28,16 @@ from sweeper.store import stores, tracking
 from sweeper.sweep import doctor
 from sweeper.sweep import loop as sweep
 from tests.helpers.builders import TINY, write_tiny_study
-from tests.helpers.processes import FAULT_MODELS, REPO, interruptible, sqlite_stores, wait_for
+from tests.helpers.processes import FAULT_MODELS, REPO, interruptible, private_tmp, sqlite_stores, wait_for
 
 FAULTY = [*TINY, "--set", "backbone=fault_resnet"]  # passes the mid-epoch point on every step
 
 
 @pytest.fixture(autouse=True)
-def own_tmp(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> Path:
+def own_tmp(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> Iterator[Path]:
     """A private temp folder, so that staging folders checked are this test's own."""
-    tmp = isolated / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    return tmp
+    with private_tmp(monkeypatch) as tmp:
+        yield tmp
 
 
 @pytest.fixture(autouse=True)

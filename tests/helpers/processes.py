@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 """The repository root: what a spawned ``python -m sweeper`` needs on PYTHONPATH."""
@@ -38,3 +43,17 @@ def sqlite_stores() -> tuple[str, str]:
     Absolute: MLflow caches stores by URI, and every test has its own working directory.
     """
     return f"sqlite:///{Path.cwd()}/sweeper.db", f"sqlite:///{Path.cwd()}/mlruns/mlflow.db"
+
+
+@contextlib.contextmanager
+def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private TMPDIR (staging folders checked are the test's own) with a short path: a fork server's
+    socket lives there, and a Unix socket's path is limited to about 100 characters, which pytest's
+    nested temp folders (under xdist, deeper still) exceed."""
+    tmp = Path(tempfile.mkdtemp(prefix="sw-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

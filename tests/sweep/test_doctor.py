@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -15,16 +15,14 @@ from optuna.trial import TrialState, create_trial
 
 from sweeper.store import record as rec
 from sweeper.store import stores, tracking
+from tests.helpers.processes import private_tmp
 
 
 @pytest.fixture
-def own_tmp(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> Path:
+def own_tmp(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> Iterator[Path]:
     """A private temp folder: the doctor looks at staging folders there, never at other processes'."""
-    tmp = isolated / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    return tmp
+    with private_tmp(monkeypatch) as tmp:
+        yield tmp
 
 
 DEAD_PID = "4194300"  # above the default pid_max: never a live process
