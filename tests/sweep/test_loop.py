@@ -181,7 +181,9 @@ def test_out_of_memory_is_retried_once_at_half_the_micro_batch(
 
 @pytest.mark.slow
 def test_a_diverged_trial_is_recorded_infeasible(tmp_path: Path, image_folder: Path) -> None:
-    spec = tiny_study(tmp_path, image_folder, "nan", optimizer="sgd", lr_backbone=1e6, lr_head=1e6)
+    spec = tiny_study(
+        tmp_path, image_folder, "nan", optimizer="sgd", lr_backbone=1e6, lr_head=1e6, warmup_epochs=0
+    )
     st, tracker = run_one(spec)
     (t,) = st.get_trials()
     assert t.state == TrialState.COMPLETE and t.value == 0.0
