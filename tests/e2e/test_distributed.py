@@ -65,7 +65,7 @@ def test_three_workers_on_postgres_run_exactly_n_trials(
 
     client = MlflowClient(mlflow_url)
     runs = client.search_runs(
-        [client.get_experiment_by_name("dist-three").experiment_id], "tags.`sweeper.kind` != 'study'"
+        [client.get_experiment_by_name("dist-three").experiment_id], "tags.`sweeper.kind` = 'trial'"
     )
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5  # every run closed, with its state
     assert {r.data.tags["trial_number"] for r in runs} == {str(t.number) for t in done}

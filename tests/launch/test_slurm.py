@@ -234,7 +234,7 @@ def check_study(name: str, storage: str, tracking: str, n: int) -> list[optuna.t
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     client = MlflowClient(tracking)
     runs = client.search_runs(
-        [client.get_experiment_by_name(name).experiment_id], "tags.`sweeper.kind` != 'study'"
+        [client.get_experiment_by_name(name).experiment_id], "tags.`sweeper.kind` = 'trial'"
     )
     assert "RUNNING" not in {r.info.status for r in runs}
     started = [t for t in trials if "mlflow_run_id" in t.user_attrs]
