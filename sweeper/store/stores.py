@@ -201,8 +201,6 @@ def storage(
         engine_kwargs = {"connect_args": {"timeout": 60}}  # seconds a transaction waits for the lock
     else:
         engine_kwargs = {"pool_pre_ping": True, "max_overflow": 20}
-    from sqlalchemy.exc import IntegrityError
-
     for attempt in range(5):
         try:
             store = _rdb_class(url)(
@@ -214,17 +212,28 @@ def storage(
             )
             store.mark_stale = mark_stale
             break
-        except IntegrityError:  # workers starting together on a new database: one created the schema
-            if attempt == 4:
-                raise
-            time.sleep(0.5 + attempt)
         except Exception as e:  # bad URL, server down, missing driver
+            if _schema_race(e) and attempt < 4:
+                time.sleep(0.5 + attempt)
+                continue
             raise SweeperError(
                 f"cannot open study storage {display_url(url)!r}: {str(e).splitlines()[0][:300]}"
             ) from None
     if url.startswith("sqlite"):
         _begin_immediate(store.engine)
     return store
+
+
+def _schema_race(e: Exception) -> bool:
+    """Two processes made Optuna's tables in one new database together: the loser's retry finds them.
+
+    PostgreSQL answers with a duplicate key (IntegrityError); SQLite with "table ... already exists".
+    """
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    if isinstance(e, IntegrityError):
+        return True
+    return isinstance(e, OperationalError) and "already exists" in str(e)
 
 
 class NoStudies(SweeperError):

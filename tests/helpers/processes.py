@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import shutil
 import signal
 import tempfile
@@ -56,4 +57,10 @@ def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     try:
         yield tmp
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # multiprocessing removes its own folder here at exit (this process's fork server, if any)
+        own = multiprocessing.current_process()._config.get("tempdir")
+        for part in tmp.iterdir():
+            if str(part) != own:
+                shutil.rmtree(part, ignore_errors=True) if part.is_dir() else part.unlink(missing_ok=True)
+        if own is None or not own.startswith(str(tmp)):
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -78,3 +78,31 @@ def test_read_only_commands_leave_the_stores_bytes_and_refuse_the_mlflow_db(cli,
     assert (digest(optuna_db), digest(mlflow_db)) == before
     r = cli("studies", "--storage", f"sqlite:///{Path('nowhere.db').resolve()}")
     assert r.returncode == 0 and not Path("nowhere.db").exists()
+
+
+def test_workers_making_a_new_sqlite_storage_together_all_open_it(tmp_path: Path, monkeypatch) -> None:
+    """The loser of the race to make Optuna's tables ("table ... already exists") retries and opens."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    first = stores.storage(url)  # the winner: its tables exist now
+    optuna.create_study(study_name="s", storage=first)
+    from optuna.storages._rdb import models
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(url)
+    with pytest.raises(OperationalError) as lost:  # what a loser's create_all meets mid-race
+        models.BaseModel.metadata.create_all(engine, checkfirst=False)
+    assert stores._schema_race(lost.value)
+    assert not stores._schema_race(OperationalError("SELECT 1", {}, Exception("disk I/O error")))
+    real, tries = stores._rdb_class(url), []
+
+    def losing_once(*args, **kwargs):  # the first attempt loses the race, as a second worker would
+        tries.append(1)
+        if len(tries) == 1:
+            raise lost.value
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stores, "_rdb_class", lambda _url: losing_once)
+    monkeypatch.setattr(stores.time, "sleep", lambda _s: None)
+    again = stores.storage(url)
+    assert len(tries) == 2 and optuna.get_all_study_names(again) == ["s"]
