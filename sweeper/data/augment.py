@@ -8,6 +8,7 @@ config, never typed twice; the eval geometry is timm's own (``transforms_imagene
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,13 +96,46 @@ def eval_transform(
     data_cfg: dict[str, Any], ev: EvalConfig | None = None, normalize: bool = True
 ) -> T.Compose:
     """timm's eval geometry (its own ops, so sizes floor and crop modes match timm), then to float."""
-    from timm.data.transforms import CenterCropOrPad
-    from timm.data.transforms_factory import transforms_imagenet_eval
 
-    geo = eval_geometry(data_cfg, ev)
-    timm_ops = transforms_imagenet_eval(**geo, mean=data_cfg["mean"], use_prefetcher=True).transforms[:-1]
-    ops = [_CenterCropOrPad(op.size, op.fill) if isinstance(op, CenterCropOrPad) else op for op in timm_ops]
-    return T.Compose([*ops, *_to_float(data_cfg, normalize)])
+    return T.Compose([*EvalCrop(data_cfg, ev).ops, *_to_float(data_cfg, normalize)])
+
+
+def after_eval_crop(data_cfg: dict[str, Any], normalize: bool = True) -> T.Compose:
+    """What :func:`eval_transform` does after its :class:`EvalCrop`: for images cached as it ends."""
+    return T.Compose(_to_float(data_cfg, normalize))
+
+
+class EvalCrop:
+    """The uint8 geometry of :func:`eval_transform` (timm's resize, then crop or pad) as one op.
+
+    Deterministic, so the decoded-image cache can store its output for the images a run evaluates:
+    their pixels are then exactly those ``predict`` computes from the files. Also a cache resizer
+    (``size``, ``interpolation``, ``antialias``, ``max_size``; ``key`` names the whole geometry).
+    """
+
+    antialias, max_size = True, None
+
+    def __init__(self, data_cfg: dict[str, Any], ev: EvalConfig | None = None) -> None:
+        from timm.data.transforms import CenterCropOrPad
+        from timm.data.transforms_factory import transforms_imagenet_eval
+
+        geo = eval_geometry(data_cfg, ev)
+        pipeline = transforms_imagenet_eval(**geo, mean=data_cfg["mean"], use_prefetcher=True)
+        timm_ops = pipeline.transforms[:-1]  # all but its to-tensor step
+        self.ops = [
+            _CenterCropOrPad(op.size, op.fill) if isinstance(op, CenterCropOrPad) else op for op in timm_ops
+        ]
+        self.size = [geo["img_size"], geo["img_size"]]  # every crop mode ends at img_size x img_size
+        self.interpolation = _interp(geo["interpolation"])
+        self.key = json.dumps({"eval_crop": geo, "ops": repr(self.ops)})
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        for op in self.ops:
+            img = op(img)
+        return img
+
+    def __repr__(self) -> str:
+        return f"EvalCrop({self.key})"
 
 
 class _CenterCropOrPad:
@@ -109,6 +143,9 @@ class _CenterCropOrPad:
 
     def __init__(self, size: tuple[int, int], fill: int | Sequence[int]) -> None:
         self.size, self.fill = tuple(size), fill
+
+    def __repr__(self) -> str:
+        return f"CenterCropOrPad(size={self.size}, fill={self.fill})"
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F

@@ -10,8 +10,9 @@ What the shrink does to augmentation: the cached short side is at least ``cache_
 size (and at least the eval resize), so a RandomResizedCrop covering ``1 / cache_scale**2`` of the
 image or more (a quarter at the default 2) is cut from as many pixels as a full decode would give it;
 smaller crops are upsampled a little more than from the original. Images smaller than that are cached
-as decoded. Eval tensors are identical to decoding the file when the cached short side is the eval
-resize (``cache_scale`` <= crop_pct x eval/train size), else the eval resize starts from the cached copy.
+as decoded. Evaluation never reads the shrunk copy: a second cache, built in the same decoding pass,
+holds each image as the eval transform's deterministic geometry leaves it (``augment.EvalCrop``), so
+every validation and test pixel is the one ``predict`` computes from the file.
 
 The cache is keyed by every file's path, size, mtime and inode, the resize and the library
 versions; a changed file makes a new key (the old cache is deleted). Builds take a file lock, so a
@@ -27,6 +28,7 @@ reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -72,6 +74,8 @@ class Resizer(Protocol):
 
 def resize_key(resize: Resizer) -> str:
     """What about a torchvision ``Resize`` changes the cached pixels."""
+    if isinstance(getattr(resize, "key", None), str):  # a resizer that names itself (augment.EvalCrop)
+        return str(resize.key)  # type: ignore[attr-defined]
     size = resize.size if isinstance(resize.size, int) else list(resize.size)
     interpolation = str(getattr(resize.interpolation, "value", resize.interpolation))
     shrink = ["shrink"] if getattr(resize, "shrink_only", False) else []
@@ -175,56 +179,64 @@ class ImageCache(Mapping):
 
 
 class _Decode(torch.utils.data.Dataset):
-    def __init__(self, files: Sequence[Path], resize: Resizer) -> None:
-        self.files, self.resize = files, resize
+    """Each file decoded once and put through every resizer being built."""
+
+    def __init__(self, files: Sequence[Path], resizers: Sequence[Resizer]) -> None:
+        self.files, self.resizers = files, resizers
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> torch.Tensor | str:
+    def __getitem__(self, i: int) -> list[torch.Tensor] | str:
         try:
             img = load_image(self.files[i])
         except SweeperError as e:  # raised by the builder: a worker's exception comes back with its traceback
             return str(e)
         # stored height x width x 3, the layout decoders produce and torchvision's uint8 resize is fastest on
-        return self.resize(img).permute(1, 2, 0).contiguous()
+        return [r(img).permute(1, 2, 0).contiguous() for r in self.resizers]
 
 
-def _build(files: Sequence[Path], resize: Resizer, target: Path, workers: int) -> None:
-    """Decode (in ``workers`` processes), write to a temporary folder, then rename it to ``target``."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+def _build(files: Sequence[Path], resizers: Sequence[Resizer], targets: Sequence[Path], workers: int) -> None:
+    """Decode each file once (in ``workers`` processes) into every resizer's temporary folder, then
+    rename each to its target."""
+    tmps = [Path(tempfile.mkdtemp(prefix=f".{t.name}-", dir=t.parent)) for t in targets]
     try:
-        index = np.zeros((len(files), 3), dtype=np.int64)
-        offset = 0
+        index = np.zeros((len(targets), len(files), 3), dtype=np.int64)
+        offsets = [0] * len(targets)
         decoded = torch.utils.data.DataLoader(  # own generator: building leaves the trial's RNG untouched
-            _Decode(files, resize),
+            _Decode(files, resizers),
             batch_size=None,
             num_workers=workers,
             multiprocessing_context=worker_context(workers),
             generator=torch.Generator(),
         )
-        with open(tmp / "pixels.u8", "wb") as out:
-            for i, img in enumerate(decoded):
-                if isinstance(img, str):  # a worker's BadImage, as its one line
-                    raise BadImage(img)
-                index[i] = (offset, img.shape[0], img.shape[1])
-                out.write(memoryview(img.numpy()).cast("B"))
-                offset += img.numel()
-            out.flush()
-            os.fsync(out.fileno())
-        np.save(tmp / "index.npy", index)
-        meta = {
-            "version": VERSION,
-            "resize": resize_key(resize),
-            "images": len(files),
-            "bytes": offset,
-            "family": _family(files, resize),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        os.rename(tmp, target)
+        with contextlib.ExitStack() as stack:
+            outs = [stack.enter_context(open(tmp / "pixels.u8", "wb")) for tmp in tmps]
+            for i, imgs in enumerate(decoded):
+                if isinstance(imgs, str):  # a worker's BadImage, as its one line
+                    raise BadImage(imgs)
+                for k, (img, out) in enumerate(zip(imgs, outs, strict=True)):
+                    index[k, i] = (offsets[k], img.shape[0], img.shape[1])
+                    out.write(memoryview(img.numpy()).cast("B"))
+                    offsets[k] += img.numel()
+            for out in outs:
+                out.flush()
+                os.fsync(out.fileno())
+        for k, (tmp, resize, target) in enumerate(zip(tmps, resizers, targets, strict=True)):
+            np.save(tmp / "index.npy", index[k])
+            meta = {
+                "version": VERSION,
+                "resize": resize_key(resize),
+                "images": len(files),
+                "bytes": offsets[k],
+                "family": _family(files, resize),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            os.rename(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -249,60 +261,104 @@ def _remove_stale(root: Path, keep: Path, family: str) -> None:
 def open_cache(
     files: Sequence[Path], resize: Resizer, workers: int = 0, root: Path | None = None
 ) -> ImageCache | None:
-    """The cache of ``files`` through ``resize``, built on first use; None when it is over the disk budget.
+    """The cache of ``files`` through ``resize``: :func:`open_caches` with one resizer."""
+    return open_caches(files, [resize], workers, root)[0]
+
+
+def open_caches(
+    files: Sequence[Path], resizers: Sequence[Resizer], workers: int = 0, root: Path | None = None
+) -> list[ImageCache | None]:
+    """The caches of ``files`` through each resizer, the missing ones built in one decoding pass; None
+    for a cache over the disk budget (resizers earlier in the list get the budget first).
 
     Args:
         files: every file the trials will read (train, val and test), in a fixed order.
-        resize: the eval pipeline's torchvision ``Resize``; it is applied to each image once.
+        resizers: what each cache applies to every image once (e.g. a :class:`ShrinkShortSide`).
         workers: decoding processes for the first build.
         root: where caches live; default ``<data dir>/cache``.
     """
-    from filelock import FileLock
-
     if not files:
-        return None
+        return [None] * len(resizers)
     if os.environ.get("SWEEPER_CACHE_GB") is not None and budget_bytes(Path(".")) == 0:
         check_decodes(files)  # turned off on purpose, whatever caches exist: no build to find a bad file
-        return None
+        return [None] * len(resizers)
     root = root or data_dir() / "cache"
-    key = fingerprint(files, resize)
-    target = root / key
-    if key in _over_budget:
+    keys = [fingerprint(files, r) for r in resizers]
+    found = {k: _ready(root, k, files) for k in keys}
+    missing = [
+        (k, r) for k, r in zip(keys, resizers, strict=True) if found[k] is None and k not in _over_budget
+    ]
+    if missing:
+        found |= _build_missing(files, missing, workers, root)
+    return [found.get(k) for k in keys]
+
+
+def _ready(root: Path, key: str, files: Sequence[Path]) -> ImageCache | None:
+    if key in _over_budget or not (root / key / "meta.json").is_file():
         return None
-    if (target / "meta.json").is_file():
-        return ImageCache(target, files)  # built before: read as it is, even where nothing can be written
+    return ImageCache(root / key, files)  # built before: read as it is, even where nothing can be written
+
+
+def _build_missing(
+    files: Sequence[Path], missing: list[tuple[str, Resizer]], workers: int, root: Path
+) -> dict[str, ImageCache | None]:
+    """Build the caches not there yet under their locks (a second worker waits, then maps them)."""
+    from filelock import FileLock
+
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(root / f".{key}.lock"))
-        with lock:  # can this process write here at all? (the build below takes it again)
-            pass
+        locks = [FileLock(str(root / f".{k}.lock")) for k, _ in sorted(missing, key=lambda m: m[0])]
+        for lock in locks:  # can this process write here at all? (taken again below)
+            with lock:
+                pass
     except OSError as e:  # a read-only data dir (a shared cache mounted read-only) without this cache
         log.warning(
             f"sweeper: cannot build the decoded-image cache in {root} ({e.strerror or e}): decoding every "
             "image in every epoch instead; build it where it is writable, or point SWEEPER_DATA_DIR there"
         )
         check_decodes(files)
-        _over_budget.add(key)
-        return None
-    with lock:
-        if not (target / "meta.json").is_file():  # nobody built it while we waited for the lock
-            for leftover in root.glob(f".{key}-*"):  # a build killed half-way
-                shutil.rmtree(leftover, ignore_errors=True)
-            budget = budget_bytes(root)
-            need = estimate_bytes(files, resize) if budget else 0
-            if need > budget or budget == 0:  # budget 0: turned off on purpose, no message
-                if budget:
-                    log.warning(
-                        f"sweeper: caching {len(files)} decoded images at {resize_key(resize)} needs "
-                        f"{need / 1e9:.1f} GB, over the budget of {budget / 1e9:.1f} GB ($SWEEPER_CACHE_GB); "
-                        "decoding every image in every epoch instead"
-                    )
+        _over_budget.update(k for k, _ in missing)
+        return {}
+    with contextlib.ExitStack() as held:
+        for lock in locks:  # in key order: two builders never hold one lock each and wait on the other
+            held.enter_context(lock)
+        found = {k: _ready(root, k, files) for k, _ in missing}  # built while we waited?
+        todo = _within_budget(files, [(k, r) for k, r in missing if found[k] is None], root)
+        if not todo:
+            if any(v is None for v in found.values()):
                 check_decodes(files)  # no build to find a bad file before training: decode each once now
-                _over_budget.add(key)
-                return None
-            t0 = time.perf_counter()
-            _build(files, resize, target, workers)
-            secs = time.perf_counter() - t0
-            log.info(f"sweeper: cached {len(files)} decoded images in {secs:.1f}s at {target}")
-            _remove_stale(root, target, _family(files, resize))
-    return ImageCache(target, files)
+            return found
+        for leftover in (p for k, _ in todo for p in root.glob(f".{k}-*")):  # a build killed half-way
+            shutil.rmtree(leftover, ignore_errors=True)
+        t0 = time.perf_counter()
+        targets = [root / k for k, _ in todo]
+        _build(files, [r for _, r in todo], targets, workers)
+        log.info(f"sweeper: cached {len(files)} decoded images in {time.perf_counter() - t0:.1f}s at {root}")
+        for (k, r), target in zip(todo, targets, strict=True):
+            _remove_stale(root, target, _family(files, r))
+            found[k] = ImageCache(target, files)
+    return found
+
+
+def _within_budget(
+    files: Sequence[Path], wanted: list[tuple[str, Resizer]], root: Path
+) -> list[tuple[str, Resizer]]:
+    """The caches that fit the disk budget, in the order asked; the others are said once and skipped."""
+    budget = budget_bytes(root)
+    if budget == 0:  # turned off on purpose, no message
+        _over_budget.update(k for k, _ in wanted)
+        return []
+    fits, used = [], 0
+    for key, resize in wanted:
+        need = estimate_bytes(files, resize)
+        if used + need <= budget:
+            fits.append((key, resize))
+            used += need
+            continue
+        log.warning(
+            f"sweeper: caching {len(files)} decoded images at {resize_key(resize)} needs "
+            f"{need / 1e9:.1f} GB, over the budget ($SWEEPER_CACHE_GB: {(budget - used) / 1e9:.1f} GB "
+            "left); decoding every image in every epoch instead"
+        )
+        _over_budget.add(key)
+    return fits

@@ -414,7 +414,9 @@ class ImageDataset(torch.utils.data.Dataset):
     """Files (and labels) -> transformed tensors. Labels are -1 for unlabelled test images.
 
     With ``images`` (a decoded-image cache, see :mod:`sweeper.data.cache`) a file's pixels come from the
-    cache instead of its decoder; files the cache does not hold are decoded as usual.
+    cache instead of its decoder, then go through ``cached_transform`` (default ``transform``: the cache
+    holds pixels from earlier in the pipeline, e.g. the eval crop); files the cache does not hold are
+    decoded and go through ``transform``.
     """
 
     def __init__(
@@ -423,8 +425,10 @@ class ImageDataset(torch.utils.data.Dataset):
         labels: tuple[int, ...] | None,
         transform,
         images: Mapping[Path, torch.Tensor] | None = None,
+        cached_transform=None,
     ) -> None:
         self.files, self.transform, self.images = files, transform, images
+        self.cached_transform = transform if cached_transform is None else cached_transform
         self.labels = labels if labels is not None else (-1,) * len(files)
 
     def __len__(self) -> int:
@@ -432,8 +436,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         f = self.files[i]
-        img = self.images[f] if self.images is not None and f in self.images else load_image(f)
-        return self.transform(img), self.labels[i]
+        if self.images is not None and f in self.images:
+            return self.cached_transform(self.images[f]), self.labels[i]
+        return self.transform(load_image(f)), self.labels[i]
 
 
 # ---- the built-in dataset ---------------------------------------------------------------------

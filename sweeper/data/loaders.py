@@ -121,11 +121,13 @@ def loader(
 
 
 class Pipelines:
-    """The per-image transforms of a run, their device tails, and the decoded-image cache they read.
+    """The per-image transforms of a run, their device tails, and the decoded-image caches they read.
 
-    The cache holds every file the run reads (sorted, so the folds of a k-fold trial and a refit on
-    train+val share the trials' cache), shrunk to a short side that keeps training crops at full
-    fidelity (see :mod:`sweeper.data.cache`); the first run at this size builds it.
+    Two caches hold every file the run reads (sorted, so the folds of a k-fold trial and a refit on
+    train+val share the trials' caches), built in one decoding pass: for training, each image shrunk to
+    a short side that keeps training crops at full fidelity (see :mod:`sweeper.data.cache`); for
+    evaluation, each image as the eval transform's geometry leaves it (:class:`augment.EvalCrop`), so
+    validation, hold-out and test pixels are exactly those ``predict`` computes from the files.
     """
 
     def __init__(
@@ -135,23 +137,29 @@ class Pipelines:
 
         self.train_tf: Any = augment.train_transform(cfg.aug, dcfg, cfg.normalize)
         self.eval_tf: Any = augment.eval_transform(dcfg, cfg.eval, cfg.normalize)
+        self.eval_cached_tf: Any = augment.after_eval_crop(dcfg, cfg.normalize)
         files = sorted({f for s in splits if s is not None for f in s.files})
         geo = augment.eval_geometry(dcfg, cfg.eval)
         short = cache.cached_short_side(
             math.floor(geo["img_size"] / geo["crop_pct"]), dcfg["input_size"][-1], cfg.cache_scale
         )
         shrink = cache.ShrinkShortSide(short, augment.interpolation(dcfg))
-        self.images = cache.open_cache(files, shrink, workers=workers(cfg))
+        crop = augment.EvalCrop(dcfg, cfg.eval)  # first: the budget goes to the exact eval pixels first
+        self.eval_images, self.images = cache.open_caches(files, [crop, shrink], workers=workers(cfg))
         self.train_tail = self.eval_tail = None
         if cfg.device_aug is True or (cfg.device_aug == "auto" and device.type == "cuda"):
             self.train_tf, self.train_tail = augment.split_for_device(self.train_tf)
             self.eval_tf, self.eval_tail = augment.split_for_device(self.eval_tf)
+            self.eval_cached_tf, _ = augment.split_for_device(self.eval_cached_tf)
 
     def train(self, split: data_lib.Split) -> data_lib.ImageDataset:
         return data_lib.ImageDataset(split.files, split.labels, self.train_tf, self.images)
 
     def eval(self, split: data_lib.Split) -> data_lib.ImageDataset:
-        return data_lib.ImageDataset(split.files, split.labels, self.eval_tf, self.images)
+        """``split`` as ``predict`` sees it: the eval crop from its cache, else decoded and cropped."""
+        return data_lib.ImageDataset(
+            split.files, split.labels, self.eval_tf, self.eval_images, self.eval_cached_tf
+        )
 
     def eval_loader(self, split: data_lib.Split, cfg: TrialConfig, device: torch.device) -> DeviceLoader:
         return loader(self.eval(split), cfg, train=False, device=device, tail=self.eval_tail)

@@ -234,3 +234,28 @@ def test_a_read_only_data_dir_serves_its_built_cache_and_decodes_the_rest(
         other = cache.open_cache(files, augment.eval_transform(data_config(48)).transforms[0])
     assert other is None and "cannot build the decoded-image cache" in caplog.text
     data.check_decodes(files)  # decodes, and cannot remember it: no error
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+@pytest.mark.parametrize("size", [32, 40])
+def test_a_run_evaluates_exactly_the_pixels_predict_computes_from_the_files(
+    image_folder: Path, crop_mode: str, size: int
+) -> None:
+    """Val/test pixels through a run's pipelines (cached) equal the eval transform of the decoded file,
+    although the training cache keeps a larger copy (cache_scale 3 > the eval resize)."""
+    from sweeper.data import loaders
+    from sweeper.study.config import EvalConfig
+    from tests.helpers.builders import fit_config
+
+    ds = data.scan(_with_odd_shapes(image_folder))
+    cfg = fit_config(img_size=size, cache_scale=3.0, eval=EvalConfig(crop_mode=crop_mode))
+    dcfg = data_config(size, interpolation="bicubic")
+    pipes = loaders.Pipelines(cfg, dcfg, torch.device("cpu"), ds.train, ds.val)
+    assert pipes.eval_images is not None and pipes.images is not None  # both cached, in one build
+    big = next(f for f in ds.train.files if f.name == "odd_2.jpg")  # 200 x 150
+    assert min(pipes.images[big].shape[1:]) == 3 * size  # the training copy is larger than the eval's
+    deployed = augment.eval_transform(dcfg, cfg.eval)
+    for split in (ds.val, ds.train):  # a refit or another fold evaluates the training files
+        got = pipes.eval(split)
+        for i, f in enumerate(split.files):
+            assert torch.equal(got[i][0], deployed(data.load_image(f))), f

@@ -79,6 +79,27 @@ def test_refit_soup_and_ensemble_are_mlflow_models_that_predict_as_their_csv(
     assert s.returncode == 0 and s.stdout.startswith("accuracy ") and "bird" in s.stdout
 
     _mlflow_models_predict(uri, test_files[:2], tracking)
+    _the_trials_metric_is_what_predict_scores(cli, study, image_folder, server)
+
+
+def _the_trials_metric_is_what_predict_scores(cli, study: Path, image_folder: Path, server: dict) -> None:
+    """The best trial's val_acc (its kept epoch) is what `predict` + `score` give on the val images
+    with that trial's kept weights (`--combine top --top 1`: no retraining), to the image."""
+    import optuna
+
+    r = cli("refit-best", str(study), "--out", "best", "--combine", "top", "--top", "1", env=server)
+    assert r.returncode == 0, r.stderr
+    p = cli("predict", "best", str(image_folder / "val"), "--out", "val.csv", env=server)
+    assert p.returncode == 0, p.stderr
+    val = sorted((image_folder / "val").rglob("*.*"))
+    Path("val-labels.csv").write_text(
+        "image_name,label\n" + "".join(f"{f.stem},{f.parent.name}\n" for f in val)
+    )
+    s = cli("score", "val.csv", "val-labels.csv")
+    assert s.returncode == 0, s.stderr
+    right, n = (int(x) for x in s.stdout.split("(")[1].split()[0].split("/"))
+    best = optuna.load_study(study_name="models", storage="sqlite:///sweeper.db").best_trial
+    assert n == len(val) and right == round(best.value * n) and abs(best.value - right / n) < 1e-6
 
 
 def _mlflow_models_predict(uri: str, files: list[Path], tracking: str) -> None:
