@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import SweeperError
+from sweeper.results import confirm
 from sweeper.store import record as record_lib
 from sweeper.study import objectives
 from sweeper.study import spec as spec_lib
@@ -39,10 +40,7 @@ def study_view(src: record_lib.Recorded, top: int) -> dict[str, Any]:
     trials = st.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE and record_lib.primary(t) is not None]
     done.sort(key=lambda t: record_lib.primary(t) or 0.0, reverse=spec.direction == "maximize")
-    try:
-        best: FrozenTrial | None = None if spec.multi else record_lib.best_trial(st)
-    except SweeperError:
-        best = None
+    best = None if spec.multi else confirm.sweep_best(st, spec.direction)
     rec = src.record
     names = [m for m, _ in spec.objectives] if spec.multi else None
     return {
@@ -55,6 +53,9 @@ def study_view(src: record_lib.Recorded, top: int) -> dict[str, Any]:
         if rec is None
         else {"path": rec.path, "overrides": rec.overrides, "data": rec.data, "versions": rec.versions},
         "best": None if best is None else trial_view(best),
+        "confirmation": None
+        if spec.multi
+        else confirm.view(confirm.confirmation(st, spec.direction), spec.metric),
         "top": [trial_view(t, names) for t in done[:top]],
     }
 
@@ -66,16 +67,21 @@ def show_lines(view: dict[str, Any]) -> list[str]:
         f"{c['running']} running"
     ]
     lines += _record_lines(view["record"])
-    best, metric = view["best"], view["metric"]
+    best, metric, conf = view["best"], view["metric"], view.get("confirmation")
+    if conf is not None:
+        lines.append(conf["headline"])
     if view.get("pareto_front") is not None:
         lines += front_lines(view)
     elif best is None:
         lines.append("no complete trial yet")
     else:
+        which = "best single trial (one seed)" if conf and conf["winner"] else "best trial"
         lines.append(
-            f"best trial {best['number']}: {metric}={best['value']:.4f} at epoch {best['best_epoch'] or '?'}"
+            f"{which} {best['number']}: {metric}={best['value']:.4f} at epoch {best['best_epoch'] or '?'}"
         )
         lines += [f"  {k} = {v}" for k, v in sorted(best["params"].items())]
+    if conf is not None:
+        lines += ["", *conf["table"]]
     if "top" not in view:
         return lines
     keys = view["searched"]

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeper.errors import SweeperError
 from sweeper.results import ablation, report
 from sweeper.study import spec as spec_lib
+from sweeper.study.design import CONFIRM
 from tests.helpers.builders import TINY, make_image_folder
 from tests.helpers.chromium import Chromium, chromium_path
 from tests.helpers.processes import REPO
@@ -513,3 +514,28 @@ def test_report_without_complete_trials_or_mlflow_says_so_and_escapes_reasons() 
     assert 'id="plot-intermediate"' in text  # the pruned trial reported an epoch
     assert "no complete trial yet" in text
     assert text.count('<tr class="state-') == 2
+
+
+def test_the_report_headlines_the_confirmed_winner_over_the_best_single_trial() -> None:
+    study = optuna.create_study(direction="maximize")
+    lr = FloatDistribution(1e-3, 1e-1, log=True)
+    seed = IntDistribution(0, 2**32 - 1)
+    for value, rate in ((0.95, 0.01), (0.90, 0.02)):
+        study.add_trial(create_trial(value=value, params={"lr_head": rate}, distributions={"lr_head": lr}))
+    for origin, rate, values in ((0, 0.01, (0.80, 0.82)), (1, 0.02, (0.88, 0.90))):
+        for s, v in zip((1000, 1001), values, strict=True):
+            study.add_trial(
+                create_trial(
+                    value=v,
+                    params={"lr_head": rate, "seed": s},
+                    distributions={"lr_head": lr, "seed": seed},
+                    user_attrs={CONFIRM: origin},
+                )
+            )
+    text = report.render(_spec(), study, client=None)
+    assert (
+        '<p id="confirmed"><b>confirmed winner: trial 1 (val_acc 0.8900, mean of 2 re-runs), ahead of the '
+        "runner-up (trial 0) by 8.00 points; 90% lower bound +8.00 points" in text
+    )
+    assert '<p id="best-params">Best single trial (one seed) <b>0</b>' in text  # not a lucky re-run
+    assert 'data-key="confirmed winner: trial 1"><b>0.8900</b>' in text
