@@ -83,6 +83,7 @@ def run_study(
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
     from sweeper.data import images as data_lib
+    from sweeper.results import provenance
     from sweeper.store import record as record_lib
     from sweeper.store import stores, tracking
     from sweeper.study import spec as spec_lib
@@ -126,7 +127,8 @@ def run_study(
             progress.update(
                 record_lib.counts(existing.get_trials(deepcopy=False)), session.best_value(existing)
             )
-        tracker.log_study(rec.summary(), spec.description)
+        ran = provenance.of(spec, rec, existing.get_trials(deepcopy=False) if existing is not None else [])
+        tracker.log_study(rec.summary(), provenance.description(ran), provenance.tags(ran))
         prepare = _warm_start(warm_start, spec, storage) if warm_start else None
         threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
         s = session.Session(spec, ds, storage, tracker, progress, slots, threads)

@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.results import ablation as ablation_lib
-from sweeper.results import confirm
+from sweeper.results import confirm, provenance
 from sweeper.results import effects as effects_lib
 from sweeper.results.figures import best_artifacts, figures, learning_curves, run_id_of
 from sweeper.store import record as record_lib
@@ -227,9 +227,7 @@ def _header(
     trials = study.get_trials(deepcopy=False)
     c = record_lib.counts(trials)
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    parts = [f"<h1>Study {_e(spec.name)}</h1>"]
-    if spec.description:
-        parts.append(f'<p class="meta">{_e(spec.description.strip())}</p>')
+    parts = [f"<h1>Study {_e(spec.name)}</h1>", *_as_run(spec, study)]
     ran = max((max(record_lib.curve(t)) for t in trials if record_lib.curve(t)), default=0)
     budget = f"{spec.epochs} epochs per trial" + (
         f" in the study file, at most {ran} in these trials" if 0 < ran < spec.epochs else ""
@@ -273,6 +271,16 @@ def _winner(conf: dict[str, Any] | None, best: FrozenTrial | None) -> list[str]:
             f"(epoch {_e(best.user_attrs.get(record_lib.BEST_EPOCH, '?'))}): {_e(params)}</p>"
         )
     return parts
+
+
+def _as_run(spec: Study, study: optuna.Study) -> list[str]:
+    """What ran (backbones, data, overrides), then the study file's description, marked as the file's."""
+    a = provenance.of(spec, record_lib.load(study), study.get_trials(deepcopy=False))
+    note = provenance.file_note(a)
+    return [
+        f'<p class="meta" id="as-run">{_e(provenance.summary(a))}</p>',
+        *([f'<p class="meta" id="file-description">{_e(note)}</p>'] if note else []),
+    ]
 
 
 def _v(t: FrozenTrial) -> float:
@@ -351,10 +359,18 @@ def log_report(tracker: MlflowTracker, spec: Study, path: Path) -> str:
     return run_id
 
 
+def describe_run(tracker: MlflowTracker, spec: Study, study: optuna.Study) -> None:
+    """Bring the study run's description and tags up to what its trials trained (a searched backbone is
+    known only once trials ran)."""
+    a = provenance.of(spec, record_lib.load(study), study.get_trials(deepcopy=False))
+    tracker.describe_study(provenance.description(a), provenance.tags(a))
+
+
 def write(spec: Study, study: optuna.Study, tracker: MlflowTracker, out: Path, top: int = 5) -> str:
     """Render the report to ``out`` and log it to MLflow; returns the MLflow run id holding it."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" warnings: the report says so
     text = render(spec, study, tracker.client, top)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
+    describe_run(tracker, spec, study)
     return log_report(tracker, spec, out)
