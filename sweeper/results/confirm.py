@@ -265,8 +265,9 @@ def headline(conf: Confirmation, metric: str) -> str | None:
     w = conf.winner
     if w is None:
         return "no confirmed winner: no candidate has all its re-runs complete (the reasons are listed)"
+    n = len(conf.seeds)
     head = (
-        f"confirmed winner: {w.label} ({metric} {w.mean(conf.seeds):.4f}, mean of {len(conf.seeds)} re-runs)"
+        f"confirmed winner: {w.label} ({metric} {w.mean(conf.seeds):.4f}, mean of {n} re-run{'s' * (n != 1)})"
     )
     r = conf.runner_up
     if r is None:

@@ -91,7 +91,10 @@ def summary(a: AsRun) -> str:
     if a.from_trials:
         models = "; ".join(f"{m} ({n} trial{'s' if n != 1 else ''})" for m, n in a.models)
     else:
-        models = " or ".join(m for m, _ in a.models) + " (no trial yet)"
+        models = (
+            " or ".join(m for m, _ in a.models)
+            + " (as the study defines it: no trial recorded its config yet)"
+        )
     images = " / ".join(f"{n} {split}" for split, n in a.images.items())
     sizes = ", ".join(
         x for x in (f"{a.classes} classes" if a.classes else "", images and f"{images} images") if x

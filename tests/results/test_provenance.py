@@ -72,7 +72,8 @@ def test_before_any_trial_it_names_every_backbone_the_study_can_sample() -> None
     spec = spec_lib.parse(doc, Path("asrun.yaml"))
     a = provenance.of(spec, None, [])
     assert provenance.summary(a) == (
-        "As run: resnet10t, not pretrained or resnet18, not pretrained (no trial yet); data reference/; "
+        "As run: resnet10t, not pretrained or resnet18, not pretrained (as the study defines it: no trial "
+        "recorded its config yet); data reference/; "
         "no command-line overrides."
     )
     assert provenance.tags(a)["sweeper.backbones"] == "resnet10t, resnet18"
