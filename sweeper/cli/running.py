@@ -83,6 +83,7 @@ def run_study(
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
     from sweeper.data import images as data_lib
+    from sweeper.results import provenance
     from sweeper.store import record as record_lib
     from sweeper.store import stores, tracking
     from sweeper.study import spec as spec_lib
@@ -126,7 +127,8 @@ def run_study(
             progress.update(
                 record_lib.counts(existing.get_trials(deepcopy=False)), session.best_value(existing)
             )
-        tracker.log_study(rec.summary(), spec.description)
+        ran = provenance.of(spec, rec, existing.get_trials(deepcopy=False) if existing is not None else [])
+        tracker.log_study(rec.summary(), provenance.description(ran), provenance.tags(ran))
         prepare = _warm_start(warm_start, spec, storage) if warm_start else None
         threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
         s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
@@ -359,7 +361,8 @@ def confirm(
     workers: WorkersOpt = None,
     gpus: GpusOpt = None,
 ) -> None:
-    """Re-run the top K configurations with S paired seeds and rank them by a lower confidence bound."""
+    """Re-run the top K configurations (and a design's predicted best) with S paired seeds, never pruned,
+    and say how far the winner is ahead of the runner-up."""
     from sweeper.data import images as data_lib
     from sweeper.results import confirm as confirm_lib
     from sweeper.store import record as record_lib
@@ -376,18 +379,22 @@ def confirm(
     )
     ds = data_lib.hold_out(ds, spec.val_from_train)
     record_lib.check_classes(src.record, ds.classes, ds.root)
-    queued = confirm_lib.enqueue(src.study, spec.direction, top, seeds)
+    planned = confirm_lib.plan(src.study, src.spec, top)
+    queued = confirm_lib.enqueue(src.study, planned, seeds)
     c = record_lib.counts(src.study.get_trials(deepcopy=False))
     total = c["counted"] + c["running"] + c["waiting"]
-    typer.echo(f"confirm {spec.name}: {queued} re-runs queued now, {c['waiting']} to run ({top} x {seeds})")
+    typer.echo(
+        f"confirm {spec.name}: {queued} re-runs queued now, {c['waiting']} to run ({len(planned)} x {seeds}; "
+        "never pruned)"
+    )
+    for p in planned:
+        typer.echo(f"  {p.why}")
     tracker = tracking.MlflowTracker(tracking_uri, spec.name)
     progress = progress_lib.create(total, spec.epochs, spec.metric)
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
     s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
     st = _sweep(progress, lambda: session.run(s, total))
-    n_val = None if src.record is None else src.record.data.get("images", {}).get("val")
-    for line in confirm_lib.format_ranking(
-        confirm_lib.ranking(st, spec.direction, n_val), spec.metric, spec.direction
-    ):
+    conf = confirm_lib.confirmation(st, spec.direction)
+    for line in [*confirm_lib.format_table(conf, spec.metric), confirm_lib.headline(conf, spec.metric)]:
         typer.echo(line)

@@ -17,12 +17,13 @@ import datetime as dt
 import html
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.results import ablation as ablation_lib
+from sweeper.results import confirm, provenance
 from sweeper.results import effects as effects_lib
 from sweeper.results.figures import best_artifacts, figures, learning_curves, run_id_of
 from sweeper.store import record as record_lib
@@ -189,7 +190,7 @@ def render(spec: Study, study: optuna.Study, client: MlflowClient | None, top: i
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     complete.sort(key=lambda t: record_lib.primary(t) or 0.0, reverse=spec.direction == "maximize")
-    best = complete[0] if complete else None
+    best = complete[0] if complete and spec.multi else confirm.sweep_best(study, spec.direction)
     bools = [k for k, d in spec.space.items() if d.kind == "bool"]
     n_val = _n_val(study)
     ab, section = None, None
@@ -198,7 +199,7 @@ def render(spec: Study, study: optuna.Study, client: MlflowClient | None, top: i
         section = _effects_section(fit)
     elif bools:
         ab = ablation_lib.compute(trials, bools, spec.metric, spec.direction)
-    parts = _header(spec, trials, best, n_val) + (section or _ablation_section(ab))
+    parts = _header(spec, study, best, n_val) + (section or _ablation_section(ab))
     for div, title, fig in figures(study, spec, learning_curves(client, complete[:top], spec.metric), ab):
         if div != "plot-ablation":
             parts.append(f"<h2>{_e(title)}</h2>")
@@ -221,13 +222,12 @@ def render(spec: Study, study: optuna.Study, client: MlflowClient | None, top: i
 
 
 def _header(
-    spec: Study, trials: list[FrozenTrial], best: FrozenTrial | None, n_val: int | None = None
+    spec: Study, study: optuna.Study, best: FrozenTrial | None, n_val: int | None = None
 ) -> list[str]:
+    trials = study.get_trials(deepcopy=False)
     c = record_lib.counts(trials)
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    parts = [f"<h1>Study {_e(spec.name)}</h1>"]
-    if spec.description:
-        parts.append(f'<p class="meta">{_e(spec.description.strip())}</p>')
+    parts = [f"<h1>Study {_e(spec.name)}</h1>", *_as_run(spec, study)]
     ran = max((max(record_lib.curve(t)) for t in trials if record_lib.curve(t)), default=0)
     budget = f"{spec.epochs} epochs per trial" + (
         f" in the study file, at most {ran} in these trials" if 0 < ran < spec.epochs else ""
@@ -247,18 +247,40 @@ def _header(
     ]
     if spec.multi:
         cards.append(("on the Pareto front", len({t.number for t in _front(trials, spec)})))
+    conf = None if spec.multi else confirm.view(confirm.confirmation(study, spec.direction), spec.metric)
+    if conf is not None and conf["winner"] is not None:
+        w = conf["winner"]
+        cards.append((f"confirmed winner: {w['label']}", f"{w['mean']:.4f}"))
     parts.append(
         '<div class="cards" id="counts">'
         + "".join(f'<div class="card" data-key="{_e(k)}"><b>{_e(v)}</b>{_e(k)}</div>' for k, v in cards)
         + "</div>"
     )
+    return parts + _winner(conf, best)
+
+
+def _winner(conf: dict[str, Any] | None, best: FrozenTrial | None) -> list[str]:
+    """The confirmed winner's headline (with how sure it is) when a confirmation ran, then the best
+    single trial's params."""
+    parts = [] if conf is None else [f'<p id="confirmed"><b>{_e(conf["headline"])}</b></p>']
     if best is not None:
+        which = "Best single trial (one seed)" if conf and conf["winner"] else "Best trial"
         params = ", ".join(f"{k} = {_fmt(v)}" for k, v in sorted(best.params.items()))
         parts.append(
-            f'<p id="best-params">Best trial <b>{best.number}</b> '
+            f'<p id="best-params">{which} <b>{best.number}</b> '
             f"(epoch {_e(best.user_attrs.get(record_lib.BEST_EPOCH, '?'))}): {_e(params)}</p>"
         )
     return parts
+
+
+def _as_run(spec: Study, study: optuna.Study) -> list[str]:
+    """What ran (backbones, data, overrides), then the study file's description, marked as the file's."""
+    a = provenance.of(spec, record_lib.load(study), study.get_trials(deepcopy=False))
+    note = provenance.file_note(a)
+    return [
+        f'<p class="meta" id="as-run">{_e(provenance.summary(a))}</p>',
+        *([f'<p class="meta" id="file-description">{_e(note)}</p>'] if note else []),
+    ]
 
 
 def _v(t: FrozenTrial) -> float:
@@ -337,10 +359,18 @@ def log_report(tracker: MlflowTracker, spec: Study, path: Path) -> str:
     return run_id
 
 
+def describe_run(tracker: MlflowTracker, spec: Study, study: optuna.Study) -> None:
+    """Bring the study run's description and tags up to what its trials trained (a searched backbone is
+    known only once trials ran)."""
+    a = provenance.of(spec, record_lib.load(study), study.get_trials(deepcopy=False))
+    tracker.describe_study(provenance.description(a), provenance.tags(a))
+
+
 def write(spec: Study, study: optuna.Study, tracker: MlflowTracker, out: Path, top: int = 5) -> str:
     """Render the report to ``out`` and log it to MLflow; returns the MLflow run id holding it."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" warnings: the report says so
     text = render(spec, study, tracker.client, top)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
+    describe_run(tracker, spec, study)
     return log_report(tracker, spec, out)

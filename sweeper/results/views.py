@@ -5,6 +5,7 @@ Both forms come from the same dictionaries, so a script reading the JSON sees ex
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import SweeperError
+from sweeper.results import confirm, provenance
 from sweeper.store import record as record_lib
 from sweeper.study import objectives
 from sweeper.study import spec as spec_lib
@@ -39,10 +41,7 @@ def study_view(src: record_lib.Recorded, top: int) -> dict[str, Any]:
     trials = st.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE and record_lib.primary(t) is not None]
     done.sort(key=lambda t: record_lib.primary(t) or 0.0, reverse=spec.direction == "maximize")
-    try:
-        best: FrozenTrial | None = None if spec.multi else record_lib.best_trial(st)
-    except SweeperError:
-        best = None
+    best = None if spec.multi else confirm.sweep_best(st, spec.direction)
     rec = src.record
     names = [m for m, _ in spec.objectives] if spec.multi else None
     return {
@@ -54,7 +53,11 @@ def study_view(src: record_lib.Recorded, top: int) -> dict[str, Any]:
         "record": None
         if rec is None
         else {"path": rec.path, "overrides": rec.overrides, "data": rec.data, "versions": rec.versions},
+        "as_run": _as_run_view(provenance.of(spec, rec, trials)),
         "best": None if best is None else trial_view(best),
+        "confirmation": None
+        if spec.multi
+        else confirm.view(confirm.confirmation(st, spec.direction), spec.metric),
         "top": [trial_view(t, names) for t in done[:top]],
     }
 
@@ -66,16 +69,22 @@ def show_lines(view: dict[str, Any]) -> list[str]:
         f"{c['running']} running"
     ]
     lines += _record_lines(view["record"])
-    best, metric = view["best"], view["metric"]
+    lines += [f"  {x}" for x in (view["as_run"]["summary"], view["as_run"]["file_note"]) if x]
+    best, metric, conf = view["best"], view["metric"], view.get("confirmation")
+    if conf is not None:
+        lines.append(conf["headline"])
     if view.get("pareto_front") is not None:
         lines += front_lines(view)
     elif best is None:
         lines.append("no complete trial yet")
     else:
+        which = "best single trial (one seed)" if conf and conf["winner"] else "best trial"
         lines.append(
-            f"best trial {best['number']}: {metric}={best['value']:.4f} at epoch {best['best_epoch'] or '?'}"
+            f"{which} {best['number']}: {metric}={best['value']:.4f} at epoch {best['best_epoch'] or '?'}"
         )
         lines += [f"  {k} = {v}" for k, v in sorted(best["params"].items())]
+    if conf is not None:
+        lines += ["", *conf["table"]]
     if "top" not in view:
         return lines
     keys = view["searched"]
@@ -126,10 +135,7 @@ def _record_lines(rec: dict[str, Any] | None) -> list[str]:
     """What the study ran with: file, overrides, data and versions (from the study record)."""
     if rec is None:
         return []
-    o = rec["overrides"]
-    sets = " ".join(f"--set {k}={v}" for k, v in (o.get("set") or {}).items())
-    flags = [sets] + [f"--{k} {o[k]}" for k in ("epochs", "data", "name") if o.get(k)]
-    given = " ".join(x for x in flags if x)
+    given = " ".join(provenance.flags(rec["overrides"]))
     d = rec["data"]
     images = ", ".join(f"{n} {k}" for k, n in d.get("images", {}).items())
     return [
@@ -137,6 +143,11 @@ def _record_lines(rec: dict[str, Any] | None) -> list[str]:
         f"  data: {d.get('root')} ({len(d.get('classes', []))} classes, {images}; digest {d.get('digest')})",
         "  versions: " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items()),
     ]
+
+
+def _as_run_view(a: provenance.AsRun) -> dict[str, Any]:
+    """What ran (backbones, data, overrides) and the study file's own description, marked as the file's."""
+    return {**dataclasses.asdict(a), "summary": provenance.summary(a), "file_note": provenance.file_note(a)}
 
 
 def _fmt(v: object) -> str:

@@ -265,7 +265,9 @@ class Tracker(Protocol):
     def log_model(
         self, run_id: str, folder: Path, loader: ModelLoader, register: str | None = None
     ) -> str: ...
-    def log_study(self, record_doc: dict[str, Any], description: str) -> None: ...
+    def log_study(
+        self, record_doc: dict[str, Any], description: str, tags: dict[str, str] | None = None
+    ) -> None: ...
     def system_metrics(self, run_id: str) -> contextlib.AbstractContextManager[None]: ...
     def log_study_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
     def log_dataset(
@@ -442,18 +444,30 @@ class MlflowTracker:
             self._study_run = runs[0].info.run_id
         return self._study_run
 
-    def log_study(self, record_doc: dict[str, Any], description: str) -> None:
+    def log_study(
+        self, record_doc: dict[str, Any], description: str, tags: dict[str, str] | None = None
+    ) -> None:
         """What defines the study, on its run: the study as it ran (overrides applied), its record
-        (overrides, data fingerprint, versions), and the experiment's description."""
+        (overrides, data fingerprint, versions), and what ran in words (:meth:`describe_study`)."""
         import json
 
         run_id = self.study_run_id()
         with staging(self.experiment) as d:
             (d / "study.json").write_text(json.dumps(record_doc, indent=2, default=str))
             self._call(lambda: self.client.log_artifacts(run_id, str(d), "study"))
+        self.describe_study(description, tags or {})
+
+    def describe_study(self, description: str, tags: dict[str, str]) -> None:
+        """The description of the study's experiment and of its run (what ran, then the study file's own
+        words), and searchable tags on its run (backbones, data, overrides)."""
+        run_id, exp = self.study_run_id(), self.experiment_id
         if description:
-            exp = self.experiment_id
             self._call(lambda: self.client.set_experiment_tag(exp, "mlflow.note.content", description))
+        from mlflow.entities import RunTag
+
+        note = {"mlflow.note.content": description} if description else {}
+        batch = [RunTag(k, v[:5000]) for k, v in {**tags, **note}.items()]
+        self._call(lambda: self.client.log_batch(run_id, tags=batch))
 
     def log_study_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Study-level numbers on the study's run (the best value so far, trials by state), one step per
@@ -651,7 +665,9 @@ class NullTracker:
 
         raise SweeperError("an MLflow model needs a tracking store (--tracking-uri)")
 
-    def log_study(self, record_doc: dict[str, Any], description: str) -> None: ...
+    def log_study(
+        self, record_doc: dict[str, Any], description: str, tags: dict[str, str] | None = None
+    ) -> None: ...
 
     @contextlib.contextmanager
     def system_metrics(self, run_id: str) -> Iterator[None]:

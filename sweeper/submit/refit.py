@@ -83,16 +83,15 @@ def chosen(src: record.Recorded, pick: str | None = None) -> tuple[optuna.trial.
         return _picked(src, pick)
     if src.spec.multi:
         return record.best_trial(src.study), ""  # raises: a Pareto front has no one best trial
-    n_val = src.record.data.get("images", {}).get("val") if src.record is not None else None
-    ranked = [r for r in confirm.ranking(src.study, src.spec.direction, n_val) if r.bound is not None]
-    if not ranked:
+    conf = confirm.confirmation(src.study, src.spec.direction)
+    said = confirm.headline(conf, src.spec.metric)
+    if said is None:  # no confirmation queued
         return record.best_trial(src.study), f"the best trial of {src.spec.name!r}"
-    won = ranked[0]
-    trial = next(t for t in src.study.get_trials(deepcopy=False) if t.number == won.trial)
-    return trial, (
-        f"the confirmed winner of {src.spec.name!r}: the best confidence bound ({won.bound:.4f}, mean "
-        f"{won.mean:.4f} over {won.runs} paired-seed re-runs) of the {len(ranked)} configurations re-run"
-    )
+    if conf.winner is None or conf.winner.refit_trial is None:
+        best = confirm.sweep_best(src.study, src.spec.direction) or record.best_trial(src.study)
+        return best, f"the best trial of {src.spec.name!r}, not a confirmed winner: {said}"
+    trial = next(t for t in src.study.get_trials(deepcopy=False) if t.number == conf.winner.refit_trial)
+    return trial, f"the confirmed winner of {src.spec.name!r}: {said.removeprefix('confirmed winner: ')}"
 
 
 def _picked(src: record.Recorded, text: str) -> tuple[optuna.trial.FrozenTrial, str]:

@@ -30,6 +30,7 @@ from sweeper.store.tracking import RunLog, Tracker
 from sweeper.study import objectives
 from sweeper.study import space as space_lib
 from sweeper.study.config import TrialConfig
+from sweeper.study.design import CONFIRM, DESIGN_ROW
 from sweeper.study.spec import Study
 from sweeper.sweep import workers
 from sweeper.sweep.progress import Progress
@@ -254,7 +255,9 @@ def _before_training(ctx: Context, cfg: TrialConfig, num_classes: int) -> Outcom
 
 def _listener(ctx: Context, progress: Progress) -> Listener:
     """What the trial's messages do: restored epochs are recorded once and never pruned on; new epochs
-    are recorded, shown and may prune; a discarded checkpoint and measured costs are noted."""
+    are recorded, shown and may prune (never a ``sweeper confirm`` re-run, whichever command runs it:
+    its seeds are compared in pairs, all or none); a discarded checkpoint and measured costs are noted."""
+    prunable = not ctx.spec.multi and CONFIRM not in ctx.trial.user_attrs  # Optuna prunes single objectives
 
     def restored(step: int, history: list[tuple[int, dict[str, float]]]) -> None:
         for e, metrics in history:
@@ -266,7 +269,7 @@ def _listener(ctx: Context, progress: Progress) -> Listener:
         _record(ctx, epoch, metrics)
         progress.epoch(ctx.trial.number, epoch, metrics)
         value = metrics[ctx.spec.metric]
-        if not ctx.spec.multi and ctx.trial.should_prune():  # Optuna prunes single objectives only
+        if prunable and ctx.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: {ctx.spec.metric}={value:.4f}")
 
     def discarded(reason: str) -> None:
@@ -481,9 +484,10 @@ def _frozen(trial: optuna.Trial) -> FrozenTrial:
 
 
 def _requeue(study: optuna.Study, frozen: FrozenTrial) -> None:
-    """Queue a trial's params again, the way Optuna retries a stale trial; the notes stay on the trial."""
+    """Queue a trial's params again, the way Optuna retries a stale trial; the notes stay on the trial,
+    what the trial is (a confirmation re-run, a design row) goes with its params."""
     frozen = copy.copy(frozen)
-    frozen.user_attrs = {}
+    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k in (CONFIRM, DESIGN_ROW)}
     stores.RETRY(study, frozen)
 
 

@@ -21,16 +21,18 @@ import termios
 import time
 import urllib.request
 from dataclasses import dataclass
+from html import escape as html_escape
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeper.errors import SweeperError
 from sweeper.results import ablation, report
 from sweeper.study import spec as spec_lib
+from sweeper.study.design import CONFIRM
 from tests.helpers.builders import TINY, make_image_folder
 from tests.helpers.chromium import Chromium, chromium_path
 from tests.helpers.processes import REPO
@@ -38,11 +40,12 @@ from tests.helpers.processes import REPO
 ARTIFACTS = REPO / "test-artifacts"
 STUDY = """\
 name: results-e2e
-data: {root: data}
+description: Pretrained resnext50_32x4d on the reference 100-class dataset
+data: {root: reference-data}
 epochs: 3
 sampler: {name: random, seed: 4}
 pruner: {name: median, n_startup_trials: 2, n_warmup_steps: 0}
-fixed: {batch_size: 10, optimizer: adamw, lr_backbone: 3.0e-3}
+fixed: {batch_size: 10, optimizer: adamw, lr_backbone: 3.0e-3, backbone: resnext50_32x4d, pretrained: true}
 space:
   lr_head: {float: [1.0e-3, 1.0e-1], log: true}
   freeze_depth: {choice: [0, 1, 9]}   # test_resnet has 4 stages: 9 fails, with a one-line reason
@@ -50,6 +53,7 @@ space:
   aug.erasing: {bool: true}
 """
 FIRST, TOTAL = 6, 12  # trials after the terminal run, then after the resumed CI run
+RAN = [*TINY, "--set", "pretrained=false", "--data", "data"]  # not what the study file describes
 
 
 @dataclass
@@ -119,9 +123,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     make_image_folder(d / "data", n_train=10, n_val=5)
     study_file = d / "results-e2e.yaml"
     study_file.write_text(STUDY)
-    rc, tty = sweeper_on_a_terminal(d, "run-study", str(study_file), "--trials", str(FIRST), *TINY)
+    rc, tty = sweeper_on_a_terminal(d, "run-study", str(study_file), "--trials", str(FIRST), *RAN)
     assert rc == 0, tty[-3000:]
-    ci = sweeper(d, "run-study", str(study_file), "--trials", str(TOTAL), *TINY, CI="true")
+    ci = sweeper(d, "run-study", str(study_file), "--trials", str(TOTAL), *RAN, CI="true")
     assert ci.returncode == 0, ci.stderr[-3000:]
     rep = sweeper(d, "report", str(study_file), "--out", "out/report.html")
     assert rep.returncode == 0, rep.stderr[-3000:]
@@ -346,6 +350,39 @@ def test_report_is_logged_to_the_studys_mlflow_experiment(built: Built) -> None:
     assert {r.data.tags["sweeper.kind"] for r in children} == {"trial"} and len(children) == len(linked)
 
 
+@pytest.mark.slow
+def test_show_the_report_and_the_mlflow_study_run_say_what_ran_not_what_the_file_says(built: Built) -> None:
+    from mlflow import MlflowClient
+
+    flags = (
+        "--set backbone=test_resnet --set img_size=32 --set num_workers=0 --set pretrained=false --data data"
+    )
+    trained = sum("config" in t.user_attrs for t in built.study().trials)  # surplus trials never start
+    ran = f"As run: test_resnet, not pretrained ({trained} trials); data data (3 classes, 30 train / 15 val"
+    file_note = (
+        "The study file's description (the file's words; the overrides above change what ran): "
+        '"Pretrained resnext50_32x4d on the reference 100-class dataset"'
+    )
+    shown = sweeper(built.dir, "show", str(built.study_file))
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.strip() for line in shown.stdout.splitlines()]
+    said = next(line for line in lines if line.startswith("As run:"))
+    assert said.startswith(ran) and said.endswith(f"the command line changed the study file: {flags}.")
+    assert lines[lines.index(said) + 1] == file_note
+    page = built.report.read_text()
+    assert f'<p class="meta" id="as-run">{ran}' in page and "resnext50_32x4d" not in page.replace(
+        html_escape(file_note), ""
+    )
+    client = MlflowClient(built.tracking_uri)
+    exp = client.get_experiment_by_name("results-e2e")
+    run = client.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'study'")[0]
+    tags = run.data.tags
+    assert tags["sweeper.backbones"] == "test_resnet" and tags["sweeper.pretrained"] == "false"
+    assert tags["sweeper.overrides"] == flags and tags["sweeper.data"] == "data"  # as recorded
+    for note in (tags["mlflow.note.content"], exp.tags["mlflow.note.content"]):
+        assert note.startswith(ran) and note.endswith(file_note)
+
+
 # ---- show --ablation ---------------------------------------------------------------------------
 
 
@@ -513,3 +550,28 @@ def test_report_without_complete_trials_or_mlflow_says_so_and_escapes_reasons() 
     assert 'id="plot-intermediate"' in text  # the pruned trial reported an epoch
     assert "no complete trial yet" in text
     assert text.count('<tr class="state-') == 2
+
+
+def test_the_report_headlines_the_confirmed_winner_over_the_best_single_trial() -> None:
+    study = optuna.create_study(direction="maximize")
+    lr = FloatDistribution(1e-3, 1e-1, log=True)
+    seed = IntDistribution(0, 2**32 - 1)
+    for value, rate in ((0.95, 0.01), (0.90, 0.02)):
+        study.add_trial(create_trial(value=value, params={"lr_head": rate}, distributions={"lr_head": lr}))
+    for origin, rate, values in ((0, 0.01, (0.80, 0.82)), (1, 0.02, (0.88, 0.90))):
+        for s, v in zip((1000, 1001), values, strict=True):
+            study.add_trial(
+                create_trial(
+                    value=v,
+                    params={"lr_head": rate, "seed": s},
+                    distributions={"lr_head": lr, "seed": seed},
+                    user_attrs={CONFIRM: origin},
+                )
+            )
+    text = report.render(_spec(), study, client=None)
+    assert (
+        '<p id="confirmed"><b>confirmed winner: trial 1 (val_acc 0.8900, mean of 2 re-runs), ahead of the '
+        "runner-up (trial 0) by 8.00 points; 90% lower bound +8.00 points" in text
+    )
+    assert '<p id="best-params">Best single trial (one seed) <b>0</b>' in text  # not a lucky re-run
+    assert 'data-key="confirmed winner: trial 1"><b>0.8900</b>' in text
