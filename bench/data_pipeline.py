@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sweeper.data import tensors
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -99,7 +101,6 @@ def main() -> None:
     from torchvision.transforms import v2 as T
 
     from sweeper.data import augment, cache, loaders
-    from sweeper.data import images as data
     from sweeper.study import spec
 
     torch.set_num_threads(1)  # the main process only collates; decoding work is in the workers
@@ -122,10 +123,10 @@ def main() -> None:
         cache_mb = sum(f.stat().st_size for f in images.folder.iterdir()) / 1e6
         jpeg_mb = sum(f.stat().st_size for f in files) / 1e6
         cpu = torch.device("cpu")
-        sweeper_dl = loaders.loader(data.ImageDataset(files, labels, train_tf, images), cfg, True, cpu)
+        sweeper_dl = loaders.loader(tensors.ImageDataset(files, labels, train_tf, images), cfg, True, cpu)
         host_tf, tail = augment.split_for_device(train_tf)  # device_aug: float math after the transfer
         uint8_dl = loaders.loader(
-            data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu, tail=tail
+            tensors.ImageDataset(files, labels, host_tf, images), cfg, True, cpu, tail=tail
         )
         size = dcfg["input_size"][-1]
         interp = augment._interp(dcfg.get("interpolation", "bilinear"))
@@ -148,7 +149,7 @@ def main() -> None:
                 persistent_workers=workers > 0,
             )
 
-        host_only = loaders.loader(data.ImageDataset(files, labels, host_tf, images), cfg, True, cpu)
+        host_only = loaders.loader(tensors.ImageDataset(files, labels, host_tf, images), cfg, True, cpu)
         plain_host = torchvision.datasets.ImageFolder(
             str(root), transform=T.Compose([T.ToImage(), *host_tf.transforms])
         )
@@ -199,7 +200,6 @@ def cache_scales(args: argparse.Namespace, scales: list[float]) -> None:
     import torch
 
     from sweeper.data import augment, cache, loaders
-    from sweeper.data import images as data
     from sweeper.study import spec
 
     torch.set_num_threads(1)
@@ -224,7 +224,7 @@ def cache_scales(args: argparse.Namespace, scales: list[float]) -> None:
             mb = sum(f.stat().st_size for f in images.folder.iterdir()) / 1e6
             info[s] = (min(short, args.width, args.height), time.perf_counter() - t0, mb)
             dls[s] = loaders.loader(
-                data.ImageDataset(files, labels, train_tf, images), cfg, True, torch.device("cpu")
+                tensors.ImageDataset(files, labels, train_tf, images), cfg, True, torch.device("cpu")
             )
         for dl in dls.values():
             epoch(dl)

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sweeper.data import tensors
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -124,7 +126,6 @@ def main() -> None:
     from data_pipeline import make_jpegs
 
     from sweeper.data import augment, cache, loaders
-    from sweeper.data import images as data
     from sweeper.study import spec
     from sweeper.train import model as model_lib
 
@@ -146,7 +147,7 @@ def main() -> None:
             resize = augment.eval_transform(dcfg).transforms[0]
             images = cache.open_cache(files, resize, workers=loaders.workers(cfg))
             real = loaders.loader(
-                data.ImageDataset(files, labels, host, images), cfg, True, device, tail=tail
+                tensors.ImageDataset(files, labels, host, images), cfg, True, device, tail=tail
             )
             x, y = next(iter(real))
             synthetic = [(x, y)] * (args.steps + 10)

@@ -238,3 +238,33 @@ def test_every_imported_package_is_declared() -> None:
         if not owners & _declared():
             missing.append(f"{name} (from {sorted(owners)})")
     assert not missing, "imported but not declared in pyproject.toml: " + ", ".join(missing)
+
+
+READ_ONLY = (
+    "sweeper.results.views",
+    "sweeper.results.report",
+    "sweeper.store.record",
+    "sweeper.sweep.doctor",
+)
+"""What ``show``, ``report``, ``studies`` and ``doctor`` load: a study's record, never a tensor."""
+
+
+def test_commands_that_read_a_study_load_no_torch() -> None:
+    known = modules()
+    graph: dict[str, set[str]] = {}
+    for e in edges(known):
+        if e.top_level:
+            graph.setdefault(e.src, set()).add(e.dst.rpartition(".")[0] if e.dst not in known else e.dst)
+    seen, todo = set(), list(READ_ONLY)
+    while todo:
+        mod = todo.pop()
+        if mod in seen or mod not in known:
+            continue
+        seen.add(mod)
+        todo += graph.get(mod, ())
+    bad = [
+        f"{mod} imports {sorted(hit)} at module level, so {', '.join(READ_ONLY)} load it"
+        for mod in sorted(seen)
+        if (hit := _third_party(known[mod], True) & {"torch", "torchvision", "timm"})
+    ]
+    assert not bad, "\n".join(bad)

@@ -181,11 +181,12 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False, data: Da
 
     With --data, every data check a sweep runs too: the folder layout, every image's header, every image
     fully decoded, the same image in two splits, the class count."""
+    spec = load_spec(study, data=data, sets=set_)  # a bad file or flag is one line before torch loads
+
     from sweeper.sweep import loop
     from sweeper.train import model as model_lib
     from sweeper.train import weights
 
-    spec = load_spec(study, data=data, sets=set_)
     checked = _check_data(spec) if data is not None else None
     loop.build_sampler(spec)
     loop.build_pruner(spec)

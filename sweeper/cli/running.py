@@ -82,21 +82,23 @@ def run_study(
     ] = None,
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
-    from sweeper.data import images as data_lib
-    from sweeper.results import provenance
-    from sweeper.store import record as record_lib
-    from sweeper.store import stores, tracking
     from sweeper.study import spec as spec_lib
-    from sweeper.sweep import progress as progress_lib
-    from sweeper.sweep import session
-    from sweeper.sweep import workers as workers_lib
 
-    spec = load_spec(study, data, set_, epochs)
+    spec = load_spec(study, data, set_, epochs)  # a bad file or flag is one line before torch loads
     if name is not None:
         why = spec_lib.name_problem(name.strip())
         if why:
             raise SweeperError(f"--name {why}")
         spec = dataclasses.replace(spec, name=name.strip())
+
+    from sweeper.data import images as data_lib
+    from sweeper.results import provenance
+    from sweeper.store import record as record_lib
+    from sweeper.store import stores, tracking
+    from sweeper.sweep import progress as progress_lib
+    from sweeper.sweep import session
+    from sweeper.sweep import workers as workers_lib
+
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     _check_writable(storage, tracking_uri)
     ds = data_lib.hold_out(

@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sweeper.data.images import BadImage, check_decodes, data_dir, load_image
+from sweeper.data.images import BadImage, check_decodes, data_dir
+from sweeper.data.tensors import load_image
 from sweeper.data.workers import worker_context
 from sweeper.errors import SweeperError
 
@@ -171,7 +172,7 @@ class ImageCache(Mapping):
             self._pixels = np.memmap(self.folder / "pixels.u8", dtype=np.uint8, mode="r")
         off, h, w = (int(v) for v in self.index[self.rows[os.fspath(file)]])
         # a copy: transforms get a writable tensor and the map stays read-only. [3, H, W] over
-        # channels-last memory, exactly like a decoded file (data.load_image)
+        # channels-last memory, exactly like a decoded file (tensors.load_image)
         return torch.from_numpy(np.array(self._pixels[off : off + 3 * h * w])).view(h, w, 3).permute(2, 0, 1)
 
     def __getstate__(self) -> dict[str, Any]:

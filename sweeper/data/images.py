@@ -33,14 +33,13 @@ import shutil
 import sys
 import tempfile
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import PIL
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sweeper.errors import SweeperError
@@ -224,7 +223,7 @@ def check_decodes(files: Sequence[Path]) -> None:
     if stamp.exists():
         return
     for f in files:
-        load_image(f)
+        decode_rgb(f)
     with contextlib.suppress(OSError):  # a read-only data dir: decoded, just not remembered
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()
@@ -380,15 +379,18 @@ def kfold(split: Split, k: int, seed: int) -> list[tuple[Split, Split]]:
     return out
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """Decode one file to a uint8 ``[3, H, W]`` RGB tensor, upright (EXIF orientation applied)."""
+def decode_rgb(path: Path) -> np.ndarray:
+    """Decode one file to ``H x W x 3`` uint8 RGB pixels, upright (EXIF orientation applied).
+
+    Raises:
+        BadImage: the file is not an image this machine can decode, or its data is cut short.
+    """
     try:
         with Image.open(path) as im:
             ImageOps.exif_transpose(im, in_place=True)  # phone photos: pixels as the camera held them
-            rgb = to_rgb8(im)
+            return to_rgb8(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise _unreadable(path, e) from None
-    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def to_rgb8(im: Image.Image) -> np.ndarray:
@@ -408,37 +410,6 @@ def to_rgb8(im: Image.Image) -> np.ndarray:
         top = next((t for t in tops if peak <= t), peak)
     gray = np.rint(a * (255.0 / top)).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Files (and labels) -> transformed tensors. Labels are -1 for unlabelled test images.
-
-    With ``images`` (a decoded-image cache, see :mod:`sweeper.data.cache`) a file's pixels come from the
-    cache instead of its decoder, then go through ``cached_transform`` (default ``transform``: the cache
-    holds pixels from earlier in the pipeline, e.g. the eval crop); files the cache does not hold are
-    decoded and go through ``transform``.
-    """
-
-    def __init__(
-        self,
-        files: tuple[Path, ...],
-        labels: tuple[int, ...] | None,
-        transform,
-        images: Mapping[Path, torch.Tensor] | None = None,
-        cached_transform=None,
-    ) -> None:
-        self.files, self.transform, self.images = files, transform, images
-        self.cached_transform = transform if cached_transform is None else cached_transform
-        self.labels = labels if labels is not None else (-1,) * len(files)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        f = self.files[i]
-        if self.images is not None and f in self.images:
-            return self.cached_transform(self.images[f]), self.labels[i]
-        return self.transform(load_image(f)), self.labels[i]
 
 
 # ---- the built-in dataset ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sweeper.data import augment
+from sweeper.data import augment, tensors
 from sweeper.data import images as data_lib
 from sweeper.data.workers import worker_context
 from sweeper.study.config import TrialConfig
@@ -152,12 +152,12 @@ class Pipelines:
             self.eval_tf, self.eval_tail = augment.split_for_device(self.eval_tf)
             self.eval_cached_tf, _ = augment.split_for_device(self.eval_cached_tf)
 
-    def train(self, split: data_lib.Split) -> data_lib.ImageDataset:
-        return data_lib.ImageDataset(split.files, split.labels, self.train_tf, self.images)
+    def train(self, split: data_lib.Split) -> tensors.ImageDataset:
+        return tensors.ImageDataset(split.files, split.labels, self.train_tf, self.images)
 
-    def eval(self, split: data_lib.Split) -> data_lib.ImageDataset:
+    def eval(self, split: data_lib.Split) -> tensors.ImageDataset:
         """``split`` as ``predict`` sees it: the eval crop from its cache, else decoded and cropped."""
-        return data_lib.ImageDataset(
+        return tensors.ImageDataset(
             split.files, split.labels, self.eval_tf, self.eval_images, self.eval_cached_tf
         )
 

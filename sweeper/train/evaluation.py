@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper.data import augment, loaders
-from sweeper.data import images as data_lib
+from sweeper.data import augment, loaders, tensors
 from sweeper.study.config import TrialConfig
 from sweeper.train import model as model_lib
 
@@ -56,6 +55,6 @@ def predict_files(
     """Class probabilities ``[N, C]`` for image files, with the eval transform (and TTA when on)."""
     device = device or loaders.pick_device()
     model.to(device)
-    ds = data_lib.ImageDataset(tuple(files), None, augment.eval_transform(dcfg, cfg.eval, cfg.normalize))
+    ds = tensors.ImageDataset(tuple(files), None, augment.eval_transform(dcfg, cfg.eval, cfg.normalize))
     dl = loaders.loader(ds, cfg, train=False, device=device)
     return torch.cat([p.cpu() for p, _ in predict_logits(model, dl, device, cfg.eval.tta)])

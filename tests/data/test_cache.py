@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from sweeper.data import augment, cache
+from sweeper.data import augment, cache, tensors
 from sweeper.data import images as data
 from tests.helpers.builders import data_config
 from tests.helpers.processes import REPO
@@ -48,7 +48,7 @@ def test_eval_tensors_identical_to_plain_decoding(image_folder: Path, interpolat
     c = cache.open_cache(files, tf.transforms[0])
     assert c is not None and len(c) == len(files)
     for f in files:
-        assert torch.equal(tf(c[f]), tf(data.load_image(f))), f
+        assert torch.equal(tf(c[f]), tf(tensors.load_image(f))), f
 
 
 def test_cache_holds_the_resized_image_with_its_aspect(image_folder: Path) -> None:
@@ -59,15 +59,15 @@ def test_cache_holds_the_resized_image_with_its_aspect(image_folder: Path) -> No
     for f in files:
         img = c[f]
         assert img.dtype == torch.uint8 and min(img.shape[1:]) == 32 * 8 // 7  # floor(32 / 0.875), as timm
-        assert torch.equal(img, resize(data.load_image(f)))
+        assert torch.equal(img, resize(tensors.load_image(f)))
 
 
 def test_datasets_read_the_cache_and_decode_what_it_lacks(image_folder: Path) -> None:
     ds = data.scan(image_folder)
     tf = augment.eval_transform(data_config())
     c = cache.open_cache(ds.train.files, tf.transforms[0])
-    both = data.ImageDataset(ds.train.files + ds.val.files, None, tf, c)
-    plain = data.ImageDataset(ds.train.files + ds.val.files, None, tf)
+    both = tensors.ImageDataset(ds.train.files + ds.val.files, None, tf, c)
+    plain = tensors.ImageDataset(ds.train.files + ds.val.files, None, tf)
     for i in range(len(both)):
         assert torch.equal(both[i][0], plain[i][0])
 
@@ -83,7 +83,7 @@ def test_a_changed_file_rebuilds_the_cache_and_drops_the_old_one(image_folder: P
     Image.fromarray(arr).save(changed, format=Image.open(changed).format)
     second = cache.open_cache(files, resize)
     assert second is not None and second.folder != first.folder
-    assert torch.equal(second[changed], resize(data.load_image(changed)))
+    assert torch.equal(second[changed], resize(tensors.load_image(changed)))
     assert not torch.equal(second[changed], before)
     assert not first.folder.exists()  # stale cache of the same dataset and size removed
     assert torch.equal(first[changed], before)  # ...while its open map stays readable
@@ -140,7 +140,7 @@ def test_a_killed_build_leaves_nothing_half_written(
     def broken(path: Path) -> torch.Tensor:
         if path == files[5]:
             raise KeyboardInterrupt
-        return data.load_image(path)
+        return tensors.load_image(path)
 
     monkeypatch.setattr(cache, "load_image", broken)
     with pytest.raises(KeyboardInterrupt):
@@ -148,7 +148,7 @@ def test_a_killed_build_leaves_nothing_half_written(
     assert [p for p in (data.data_dir() / "cache").iterdir() if p.is_dir()] == []
     monkeypatch.undo()
     c = cache.open_cache(files, resize)
-    assert c is not None and torch.equal(c[files[5]], resize(data.load_image(files[5])))
+    assert c is not None and torch.equal(c[files[5]], resize(tensors.load_image(files[5])))
 
 
 _BUILD = """
@@ -189,7 +189,7 @@ def test_two_processes_building_at_once_get_one_correct_cache(image_folder: Path
     assert sum(e.count("cached ") for _, e in outs) == 1  # one built it, the other waited and mapped it
     root = data.data_dir() / "cache"
     assert [p.name for p in root.iterdir() if p.is_dir()] == [Path(results.pop().split()[0]).name]
-    expected = sum(int(T.Resize(64)(data.load_image(f)).sum()) for f in files)
+    expected = sum(int(T.Resize(64)(tensors.load_image(f)).sum()) for f in files)
     assert outs[0][0].split()[1] == str(expected)
 
 
@@ -258,4 +258,4 @@ def test_a_run_evaluates_exactly_the_pixels_predict_computes_from_the_files(
     for split in (ds.val, ds.train):  # a refit or another fold evaluates the training files
         got = pipes.eval(split)
         for i, f in enumerate(split.files):
-            assert torch.equal(got[i][0], deployed(data.load_image(f))), f
+            assert torch.equal(got[i][0], deployed(tensors.load_image(f))), f

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sweeper.data import images as data
+from sweeper.data import tensors
 from sweeper.errors import SweeperError
 from tests.helpers.builders import make_image_folder
 
@@ -23,7 +24,7 @@ def test_any_pil_image_becomes_rgb_uint8(image_folder: Path) -> None:
     suffixes = {f.suffix for f in d.train.files}
     assert suffixes == {".png", ".jpg"}
     for f in d.train.files[:4]:  # RGB png, jpg, grayscale png, RGBA png
-        x = data.load_image(f)
+        x = tensors.load_image(f)
         assert x.dtype == torch.uint8 and x.shape == (3, 24, 24)
 
 

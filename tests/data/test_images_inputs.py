@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from sweeper.data import cache
+from sweeper.data import cache, tensors
 from sweeper.data import images as data
 from sweeper.errors import SweeperError
 from tests.helpers.builders import make_image_folder
@@ -61,14 +61,14 @@ def test_exif_orientation_is_applied_when_decoding_and_caching(root: Path) -> No
     f = root / "train" / "bird" / "phone.jpg"
     _save_rotated_jpeg(f)
     assert Image.open(f).size == (40, 20)  # stored sideways
-    _assert_upright(data.load_image(f))
+    _assert_upright(tensors.load_image(f))
     d = data.scan(root)
     c = cache.open_cache(d.files, T.Resize(40))
     assert c is not None
     assert c[f].shape[1:] == (80, 40)  # short side 40: the upright aspect
     tf = T.Resize((40, 20))
-    _assert_upright(data.ImageDataset((f,), None, tf, c)[0][0])  # through the cache (trials)
-    _assert_upright(data.ImageDataset((f,), None, tf)[0][0])  # without it (test-time prediction)
+    _assert_upright(tensors.ImageDataset((f,), None, tf, c)[0][0])  # through the cache (trials)
+    _assert_upright(tensors.ImageDataset((f,), None, tf)[0][0])  # without it (test-time prediction)
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I", "F"])
@@ -79,7 +79,7 @@ def test_high_bit_depth_is_scaled_not_clipped(tmp_path: Path, mode: str) -> None
         Image.fromarray(values.astype(np.float32) / 65535.0, mode="F").save(f)  # float in [0, 1]
     else:
         Image.fromarray(values if mode == "I;16" else values.astype(np.int32)).save(f)
-    x = data.load_image(f)
+    x = tensors.load_image(f)
     assert x.dtype == torch.uint8 and x.shape == (3, 16, 16)
     expected = torch.from_numpy(np.rint(values / 257.0).astype(np.uint8))
     assert (x[0].int() - expected.int()).abs().max() <= 1  # 32768 -> 128, not clipped to 255

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper.data import augment, loaders
+from sweeper.data import augment, loaders, tensors
 from sweeper.data import images as data
 from sweeper.study import spec
 from sweeper.train import fit as train
@@ -36,9 +36,9 @@ def test_device_tail_gives_the_tensors_of_the_per_image_pipeline(image_folder: P
     ds = data.scan(image_folder)
     tf = augment.eval_transform(data_config(interpolation="bicubic", crop_pct=0.9))
     host, tail = augment.split_for_device(tf)
-    plain = loaders.loader(data.ImageDataset(ds.val.files, ds.val.labels, tf), fit_config(), False, CPU)
+    plain = loaders.loader(tensors.ImageDataset(ds.val.files, ds.val.labels, tf), fit_config(), False, CPU)
     split = loaders.loader(
-        data.ImageDataset(ds.val.files, ds.val.labels, host), fit_config(), False, CPU, tail=tail
+        tensors.ImageDataset(ds.val.files, ds.val.labels, host), fit_config(), False, CPU, tail=tail
     )
     for (a, ya), (b, yb) in zip(plain, split, strict=True):
         assert b.dtype == torch.float32 and torch.equal(a, b) and torch.equal(ya, yb)
@@ -55,7 +55,7 @@ def test_device_tail_erases_each_image_on_its_own() -> None:
 def test_loader_sends_batches_in_the_chosen_memory_format(image_folder: Path) -> None:
     ds = data.scan(image_folder)
     tf = augment.eval_transform(data_config(interpolation="bicubic", crop_pct=0.9))
-    ds_ = data.ImageDataset(ds.val.files, ds.val.labels, tf)
+    ds_ = tensors.ImageDataset(ds.val.files, ds.val.labels, tf)
     dl = loaders.loader(ds_, fit_config(channels_last=True), False, CPU)
     x, _ = next(iter(dl))
     assert x.is_contiguous(memory_format=torch.channels_last) and len(dl) == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sweeper.data import images as data_lib
-from sweeper.data import loaders
+from sweeper.data import loaders, tensors
 from sweeper.study import spec
 from sweeper.train import fit as train
 from sweeper.train import model as model_lib
@@ -105,5 +105,5 @@ def _probe(data: data_lib.ImageFolderData, c: spec.TrialConfig):
 
     model = model_lib.create(c, 3)
     dcfg = model_lib.data_config(model, c.img_size)
-    ds = data_lib.ImageDataset(data.val.files, data.val.labels, augment.eval_transform(dcfg, c.eval.crop_pct))
+    ds = tensors.ImageDataset(data.val.files, data.val.labels, augment.eval_transform(dcfg, c.eval.crop_pct))
     return loaders.loader(ds, c, train=False, device=torch.device("cpu"))
