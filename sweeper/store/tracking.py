@@ -360,7 +360,11 @@ class MlflowTracker:
         _check_reachable(self.uri)
         _check_not_optuna(self.uri)
         if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            from sweeper.store import fresh
+
+            db = Path(self.uri[len("sqlite:///") :])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            fresh.seed(db)  # a new store: a copy of an empty one
         self.client = _client(self.uri)
         self.experiment = experiment
         self._experiment_id: str | None = None
