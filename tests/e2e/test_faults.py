@@ -277,38 +277,41 @@ def test_postgres_stopped_for_10_s_pauses_the_sweep_and_keeps_the_heartbeat(
 
 @pytest.mark.slow
 def test_an_mlflow_outage_pauses_the_sweep_and_one_beyond_the_patience_stops_it(
-    image_folder: Path, tmp_path: Path
+    image_folder: Path, mlflow_url: str
 ) -> None:
-    from tests.helpers.servers import free_port, mlflow_server
+    """The session's MLflow server, reached through a relay the test cuts: to the sweep, the server is
+    down (connections reset, then refused) and comes back on the same address."""
+    from urllib.parse import urlsplit
 
-    port, backend = free_port(), f"sqlite:///{tmp_path / 'mlflow-server.db'}"
-    artifacts = tmp_path / "artifacts"
-    artifacts.mkdir()
+    from tests.helpers.servers import Relay
+
+    relay = Relay(urlsplit(mlflow_url).port or 80)
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    study = write_tiny_study("ml", image_folder, epochs=1)
-    url = f"http://127.0.0.1:{port}"
+    study = write_tiny_study("ml-outage", image_folder, epochs=1)
+    url = relay.url
     args = [study, *TINY, "--tracking-uri", url]
-    with mlflow_server(backend, artifacts, port):
-        s = Sweep([*args, "--trials", "1"], "epoch:pause", **quick)
-        s.at("epoch")
+    s = Sweep([*args, "--trials", "1"], "epoch:pause", **quick)
+    s.at("epoch")
+    relay.cut()
     s.go("epoch")  # the server went away mid-trial...
     wait_for(lambda: "unreachable" in s.stderr(), 60, "the outage's message")
-    with mlflow_server(backend, artifacts, port):  # ...and comes back
-        code, err = s.end()
-        assert code == 0 and "is back" in err and "Traceback" not in err, err
-        assert_exact("ml", 1, tracking_uri=url)
+    relay.restore()  # ...and comes back
+    code, err = s.end()
+    assert code == 0 and "is back" in err and "Traceback" not in err, err
+    assert_exact("ml-outage", 1, tracking_uri=url)
 
-        # the same server, for the next sweep's start (one server start fewer than a fresh one)
-        s = Sweep([*args, "--trials", "2"], "epoch:pause", SWEEPER_STORE_PATIENCE="1", **quick)
-        s.at("epoch")
+    s = Sweep([*args, "--trials", "2"], "epoch:pause", SWEEPER_STORE_PATIENCE="1", **quick)
+    s.at("epoch")
+    relay.cut()
     s.go("epoch")  # the server stays away beyond the patience (1 s: each call that closes the halted
     code, err = s.end()  # trial and the study's run waits that long again before it gives up)
     assert code == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith(f"error: MLflow tracking store {url} unreachable for 1s")
-    assert rec.counts(trials("ml"))["counted"] == 1  # the halted trial does not count
-    with mlflow_server(backend, artifacts, port):
-        rerun(study, 2, "--tracking-uri", url)
-        assert_exact("ml", 2, tracking_uri=url)
+    assert rec.counts(trials("ml-outage"))["counted"] == 1  # the halted trial does not count
+    relay.restore()
+    rerun(study, 2, "--tracking-uri", url)
+    assert_exact("ml-outage", 2, tracking_uri=url)
+    relay.cut()
 
 
 # ---- sampler seeds ----------------------------------------------------------------------------------
