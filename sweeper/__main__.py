@@ -2,4 +2,5 @@
 
 from sweeper.cli import main
 
-main()
+if __name__ == "__main__":  # not when a process multiprocessing starts imports it as __mp_main__
+    main()

@@ -175,21 +175,13 @@ def load_spec(
 
 
 def preflight(spec: spec_lib.Study, num_classes: int) -> list[str]:
-    """Fail before any trial on what every trial would fail on: unknown models, missing pretrained weights
-    (for every backbone the study can sample, all listed in one line), a budget no backbone meets.
-    Returns the notes worth printing (backbones over the budget)."""
-    from sweeper.train import model as model_lib
-    from sweeper.train import weights
+    """:func:`sweeper.train.weights.ready`, run by a child of the trials' fork server (which imports
+    torch and timm while this process opens the stores): this process never imports them."""
+    from sweeper.sweep import workers as workers_lib
 
-    found = weights.preflight(spec, num_classes)
-    if found.problems:
-        n = len(found.problems)
-        raise SweeperError(f"{n} problem{'s' if n > 1 else ''} before any trial: {'; '.join(found.problems)}")
-    if "backbone" not in spec.space:
-        cfg = spec.resolve({})
-        if cfg.pretrained or cfg.weights_file:
-            model_lib.create(cfg, num_classes=2)  # loads the weights once: a damaged file fails here
-    return found.notes
+    notes = workers_lib.in_fork_server("sweeper.train.weights:ready", spec, num_classes)
+    assert isinstance(notes, list)
+    return notes
 
 
 def _warn(notes: list[str]) -> None:

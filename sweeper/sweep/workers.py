@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -261,6 +262,46 @@ def start_fork_server() -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+def in_fork_server(fn: str, *args: object) -> object:
+    """``fn(*args)`` in a child of the trials' fork server (started now if need be), its value or its
+    SweeperError returned here: work that needs torch and timm without this process importing them.
+    ``fn`` names a module-level function, ``"package.module:function"``: the child imports it, this
+    process never does."""
+    start_fork_server()
+    ctx = _context()
+    ours, theirs = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_call, args=(theirs, fn, args), daemon=True)
+    proc.start()
+    theirs.close()
+    try:
+        kind, value = ours.recv()
+    except EOFError:
+        proc.join()
+        raise SweeperError(f"checking the study before its trials failed: {_death(proc)}") from None
+    finally:
+        ours.close()
+    proc.join()
+    if kind == "error":
+        raise SweeperError(value)
+    if kind == "bug":
+        raise RuntimeError(f"{fn} failed in a fork-server child:\n{value}")
+    return value
+
+
+def _call(conn: Connection, fn: str, args: tuple[object, ...]) -> None:
+    import importlib
+
+    module, _, name = fn.partition(":")
+    try:
+        conn.send(("value", getattr(importlib.import_module(module), name)(*args)))
+    except SweeperError as e:
+        conn.send(("error", str(e)))
+    except BaseException:
+        conn.send(("bug", traceback.format_exc()))
+    finally:
+        conn.close()
 
 
 def halve_micro_batch(cfg: TrialConfig) -> TrialConfig | None:

@@ -96,6 +96,25 @@ def preflight(spec: Study, num_classes: int) -> Preflight:
     return Preflight(problems, notes)
 
 
+def ready(spec: Study, num_classes: int) -> list[str]:
+    """Fail before any trial on what every trial would fail on: unknown models, missing pretrained
+    weights (for every backbone the study can sample, all listed in one line), a budget no backbone
+    meets, a damaged weights file. Returns the notes worth printing (backbones over the budget).
+
+    Raises:
+        SweeperError: the problems, in one line.
+    """
+    found = preflight(spec, num_classes)
+    if found.problems:
+        n = len(found.problems)
+        raise SweeperError(f"{n} problem{'s' if n > 1 else ''} before any trial: {'; '.join(found.problems)}")
+    if "backbone" not in spec.space:
+        cfg = spec.resolve({})
+        if cfg.pretrained or cfg.weights_file:
+            model_lib.create(cfg, num_classes=2)  # loads the weights once: a damaged file fails here
+    return found.notes
+
+
 def _missing_weights(cfg: TrialConfig) -> str | None:
     if cfg.weights_file is not None:
         return None if Path(cfg.weights_file).is_file() else f"weights_file {cfg.weights_file} does not exist"
