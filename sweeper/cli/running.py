@@ -90,7 +90,7 @@ def run_study(
     from sweeper.sweep import session
     from sweeper.sweep import workers as workers_lib
 
-    spec = load_spec(study, data, set_, epochs)
+    spec = load_spec(study, data, set_, epochs, trials)
     if name is not None:
         why = spec_lib.name_problem(name.strip())
         if why:
