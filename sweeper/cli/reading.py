@@ -66,7 +66,9 @@ def show(
     interactions: Annotated[
         bool,
         typer.Option(
-            "--interactions", help="With --ablation on a design study: fit two-way interactions too."
+            "--interactions",
+            help="With --ablation on a design study: also fit the two-way interactions the runs can "
+            "estimate; the aliased ones are named, not estimated.",
         ),
     ] = False,
     storage: StorageOpt = None,

@@ -95,6 +95,7 @@ class Noise:
 
     residual_df: int  # runs - rank of the model
     pure_df: int  # of which replicate error (same settings, another seed); the rest is lack of fit
+    chains: int  # of the lack of fit, the df in the two-way interactions' alias chains (interactions inflate)
     source: Source
     sigma: float | None  # of one run, as the intervals use it
     df: float  # its degrees of freedom (infinite for the binomial SE)
@@ -211,7 +212,10 @@ def fit(
     y = np.array([float(t.values[0]) for t in r.used])
     m = terms.build(params, space, design.dims, interactions)
     binom = _binomial_se(y, n_val) if metric == "val_acc" else None
-    noise = _noise(m, y, params, design.dims, binom)
+    chains = (
+        0 if interactions else terms.rank(terms.build(params, space, design.dims, True).x) - terms.rank(m.x)
+    )
+    noise = _noise(m, y, params, design.dims, binom, chains)
     found, aliased, unit = _effects(m, y, noise, design, direction)
     tests = max(len(found), 1)
     return Fit(
@@ -234,24 +238,31 @@ def fit(
 
 
 def _noise(
-    m: terms.Model, y: np.ndarray, params: list[dict[str, Any]], dims: Sequence[str], binom: float | None
+    m: terms.Model,
+    y: np.ndarray,
+    params: list[dict[str, Any]],
+    dims: Sequence[str],
+    binom: float | None,
+    chains: int,
 ) -> Noise:
     df = len(y) - terms.rank(m.x)
     if df < 1:
         if binom is not None and len(y):
-            return Noise(0, 0, "binomial", binom, math.inf, None)
-        return Noise(max(df, 0), 0, "none", None, math.inf, None)
+            return Noise(0, 0, 0, "binomial", binom, math.inf, None)
+        return Noise(max(df, 0), 0, 0, "none", None, math.inf, None)
     rss = _rss(m.x, y)
     reps = terms.replicates(params, dims)
     pure = len(y) - terms.rank(reps)
     ss_pure = _rss(reps, y) if pure else 0.0
     sigma_pure = math.sqrt(ss_pure / pure) if pure else None
     lack = df - pure
+    chains = min(chains, lack)
     if not pure:
-        return Noise(df, 0, "residual", math.sqrt(rss / df), df, None)
+        return Noise(df, 0, chains, "residual", math.sqrt(rss / df), df, None)
     if lack:
-        return Noise(df, pure, "lack of fit", math.sqrt(max(rss - ss_pure, 0.0) / lack), lack, sigma_pure)
-    return Noise(df, pure, "replicates", sigma_pure, pure, sigma_pure)
+        sigma = math.sqrt(max(rss - ss_pure, 0.0) / lack)
+        return Noise(df, pure, chains, "lack of fit", sigma, lack, sigma_pure)
+    return Noise(df, pure, 0, "replicates", sigma_pure, pure, sigma_pure)
 
 
 def _rss(x: np.ndarray, y: np.ndarray) -> float:
@@ -266,7 +277,7 @@ def _effects(
     """The estimable terms' effects with adjusted verdicts, the aliased terms' names, and the largest
     main-effect SE per unit of sigma (0 when none)."""
     if noise.sigma is None or not len(y):
-        return (), tuple(t.name for t in m.terms), 0.0
+        return (), (), 0.0
     ok = terms.estimable(m.x)
     beta, *_ = np.linalg.lstsq(m.x, y, rcond=None)
     cov = np.linalg.pinv(m.x.T @ m.x)

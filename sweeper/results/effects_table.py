@@ -8,7 +8,7 @@ the design runs that are missing and what losing them did, and the smallest effe
 
 from __future__ import annotations
 
-from sweeper.results.effects import LEVEL, POWER, Effect, Fit
+from sweeper.results.effects import LEVEL, POWER, Effect, Fit, Noise
 from sweeper.study import planning
 
 NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
@@ -38,21 +38,32 @@ def runs_line(f: Fit) -> str:
     )
 
 
+def _lack(n: Noise) -> str:
+    """The lack-of-fit df, split into the interactions' alias chains and the rest."""
+    lack = n.residual_df - n.pure_df
+    if not n.chains:
+        return f"{lack} in columns clear of every main effect and two-way interaction"
+    rest = lack - n.chains
+    return (
+        f"{n.chains} in the two-way interactions' alias chains (interactions inflate them, so the intervals "
+        f"err wide; --interactions takes them out of sigma)"
+        + (f", {rest} in columns clear of both" if rest else "")
+    )
+
+
 def noise_line(f: Fit) -> str:
     n = f.noise
-    lack = n.residual_df - n.pure_df
     if n.source == "residual":
         return (
             f"sigma {n.sigma:.4f} per run from {n.residual_df} residual df, all lack of fit (no run repeats "
-            "another's settings): the interactions and columns the model leaves out, which can only "
-            "inflate sigma, so the intervals err wide"
+            f"another's settings): {_lack(n)}"
         )
     if n.source == "lack of fit":
         return (
-            f"sigma {n.sigma:.4f} per run from the {lack} lack-of-fit df (the settings' scatter around the "
-            f"fit), not from the {n.pure_df} df of replicate scatter (sigma {n.sigma_pure:.4f}): the runs "
-            "of one setting share the validation set and how it happens to suit that setting, which the "
-            "replicate scatter leaves out"
+            f"sigma {n.sigma:.4f} per run from the {n.residual_df - n.pure_df} lack-of-fit df (the settings' "
+            f"scatter around the fit: {_lack(n)}), not from the {n.pure_df} df of replicate scatter (sigma "
+            f"{n.sigma_pure:.4f}): the runs of one setting share the validation set and how it happens to "
+            "suit that setting, which the replicate scatter leaves out"
         )
     if n.source == "replicates":
         return (
@@ -158,6 +169,8 @@ def power_lines(f: Fit) -> list[str]:
 
 def summary(f: Fit) -> list[str]:
     """What the fit compared, what its verdicts hold and what it can resolve, in sentences."""
+    if not f.effects:
+        return [runs_line(f), noise_line(f), *design_lines(f)]
     return [
         runs_line(f),
         noise_line(f),

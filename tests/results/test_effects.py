@@ -151,7 +151,9 @@ def test_verdicts_call_helps_or_hurts_only_below_the_adjusted_level() -> None:
     assert effects.verdict(-0.01, 0.004, 0.005, 0.3) == "cannot resolve"
 
 
-def recorded_design_study(work: Path, truth: Truth = TRUTH) -> tuple[spec.Study, optuna.Study]:
+def recorded_design_study(
+    work: Path, truth: Truth = TRUTH, trials: int = RUNS
+) -> tuple[spec.Study, optuna.Study]:
     """A design study in ./sweeper.db with simulated runs and a study record (900 validation images)."""
     import yaml
 
@@ -164,7 +166,9 @@ def recorded_design_study(work: Path, truth: Truth = TRUTH) -> tuple[spec.Study,
         spec.to_document(s), path.read_text(), str(path), {}, {"images": {"val": 900}}, record.versions()
     )
     objective = _simulated(s, truth)
-    st = sweep.run(s, RUNS, objective, f"sqlite:///{work / 'sweeper.db'}", record=rec)
+    st = sweep.run(
+        s, trials, objective, f"sqlite:///{work / 'sweeper.db'}", record=rec
+    )  # fewer: stopped early
     return s, st
 
 
@@ -190,6 +194,19 @@ def test_show_ablation_and_the_report_fit_a_design_study(isolated: Path, cli: An
     html = report.render(s, st, None)
     assert 'id="effects"' in html and "fitted jointly" in html and 'id="ablation"' not in html
     assert "± SE (binomial)" in html
+
+
+@pytest.mark.slow
+def test_show_and_the_report_mark_a_design_stopped_early_as_incomplete(isolated: Path, cli: Any) -> None:
+    from sweeper.results import report
+
+    s, st = recorded_design_study(isolated, trials=27)
+    res = cli("show", "truth.yaml", "--ablation")
+    assert res.returncode == 0, res.stderr
+    assert "27 of 32 design runs (incomplete: block 1 (seed 1) has 11 of 16)" in res.stdout
+    assert "design runs without a result (5)" in res.stdout and "(not run)" in res.stdout
+    html = report.render(s, st, None)
+    assert "27 of 32 design runs (incomplete: block 1 (seed 1) has 11 of 16)" in html
 
 
 DIGITS = """
