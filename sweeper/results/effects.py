@@ -35,7 +35,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.results import multiplicity
-from sweeper.store.record import feasible, why
+from sweeper.store.record import borrowed, feasible, why
 from sweeper.study import planning, terms
 from sweeper.study.design import CONFIRM, Design, runs
 from sweeper.study.dims import Dim
@@ -153,8 +153,8 @@ def design_runs(trials: Sequence[FrozenTrial], design: Design, space: dict[str, 
     tried: dict[tuple[str, ...], list[FrozenTrial]] = {}
     outside = 0
     for t in trials:
-        if CONFIRM in t.user_attrs or not all(d in t.params for d in design.dims):
-            continue
+        if CONFIRM in t.user_attrs or borrowed(t) or not all(d in t.params for d in design.dims):
+            continue  # confirm's re-runs and a warm start's borrowed trials are not the design's
         k = _key(t.params, design.dims)
         if k in plan:
             tried.setdefault(k, []).append(t)
