@@ -103,18 +103,8 @@ def parse(raw: object, space: dict[str, Dim], fixed: dict[str, Any], fail: Fail)
         raise fail("design", "the space has no bool or choice dimension to design")
     if "seed" in space:
         raise fail("space.seed", "a design varies the seed itself (one per block); remove it from space")
-    two = all(len(levels(space[k])) == 2 for k in dims)
-    kind = raw.get("kind", "fractional" if two else "balanced")
-    if kind not in KINDS:
-        raise fail(
-            "design.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}{did_you_mean(str(kind), KINDS)}"
-        )
     ints = _counts(raw, fail)
-    if ints["runs"] is not None and kind not in ("balanced", "foldover"):
-        raise fail(
-            "design.runs",
-            f"applies to kinds balanced and foldover only; a {kind} design has its own run count",
-        )
+    kind = _kind(raw, all(len(levels(space[k])) == 2 for k in dims), ints["runs"] is not None, fail)
     effect = raw.get("effect", 0.005)
     if isinstance(effect, bool) or not isinstance(effect, (int, float)) or float(effect) not in _NON_NEG:
         raise fail("design.effect", f"must be a number >= 0 (objective units), got {effect!r}")
@@ -134,6 +124,27 @@ def parse(raw: object, space: dict[str, Dim], fixed: dict[str, Any], fail: Fail)
     if n > MAX_ROWS:
         raise fail("design", f"{kind} needs {n} runs per repeat (more than {MAX_ROWS}); use fractional")
     return design
+
+
+def _kind(raw: dict[str, Any], two: bool, sized: bool, fail: Fail) -> Kind:
+    """The kind (default: fractional for on/off toggles, else balanced); ``runs`` only where it applies."""
+    kind = raw.get("kind", "fractional" if two else "balanced")
+    if kind not in KINDS:
+        raise fail(
+            "design.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}{did_you_mean(str(kind), KINDS)}"
+        )
+    if sized and "kind" not in raw and two:
+        raise fail(
+            "design.runs",
+            "name the kind it sizes: foldover (resolution IV) or balanced (resolution III); the default "
+            "for on/off toggles, fractional, has its own run count",
+        )
+    if sized and kind not in ("balanced", "foldover"):
+        raise fail(
+            "design.runs",
+            f"applies to kinds balanced and foldover only; a {kind} design has its own run count",
+        )
+    return kind  # checked against KINDS above
 
 
 SEED_DIM = Dim("int", low=0, high=2**32 - 1)

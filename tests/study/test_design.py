@@ -86,6 +86,9 @@ def test_design_errors_name_the_key() -> None:
     assert "design.kind: must be one of" in error_of(doc(kind="latin"))
     assert "design.repeat: unknown key (did you mean 'repeats'?)" in error_of(doc(repeat=2))
     assert "design.runs: applies to kinds balanced and foldover only" in error_of(doc(runs=12))
+    unnamed = doc(runs=12)
+    del unnamed["design"]["kind"]
+    assert "design.runs: name the kind it sizes: foldover (resolution IV) or balanced" in error_of(unnamed)
     assert "design.runs: a foldover of 5 toggles runs twice an orthogonal array: runs 16, 24" in error_of(
         doc(kind="foldover", runs=20)
     )
