@@ -3,8 +3,9 @@
 The objective has set effects per toggle (on - off), seed noise, and slow starters (rrc and vflip rise
 later but end where their effect says), no training (tests/helpers/simulated.py). Each repeat runs two ways:
 
-- design: the 16-run resolution IV fractional factorial x 2 paired-seed repeats (32 runs), no pruner,
-  queued in Optuna and analysed by ``sweeper.results.effects`` (the joint least-squares fit);
+- design: a 32-run resolution IV foldover (a 16-run array, then its mirror image, one seed each), no
+  pruner, queued in Optuna and analysed by ``sweeper.results.effects`` (the joint least-squares fit, Holm
+  across the 8 toggles);
 - adaptive: 32 trials of TPE (10 startup trials) + Hyperband (min_resource 2, reduction_factor 3), analysed
   by today's marginal-means table (``sweeper.results.ablation``, read at the common epoch).
 

@@ -169,9 +169,20 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
 
 
 def load_spec(
-    study: str, data: Path | None = None, sets: list[str] | None = None, epochs: int | None = None
+    study: str,
+    data: Path | None = None,
+    sets: list[str] | None = None,
+    epochs: int | None = None,
+    trials: int | None = None,
 ) -> spec_lib.Study:
-    return spec_lib.load(study).with_overrides(parse_sets(sets), epochs, str(data) if data else None)
+    """The study with the command line's overrides; ``trials`` (a run's total) is refused when it would
+    stop a design short."""
+    spec = spec_lib.load(study).with_overrides(parse_sets(sets), epochs, str(data) if data else None)
+    if trials is not None and spec.design is not None:
+        from sweeper.study import design
+
+        design.check_trials(spec.design, spec.space, trials)
+    return spec
 
 
 def preflight(spec: spec_lib.Study, num_classes: int) -> list[str]:

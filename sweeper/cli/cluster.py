@@ -64,7 +64,7 @@ def slurm(
         raise SweeperError("--submit and --dry-run contradict each other: choose one")
     if submit:
         slurm_lib.require_sbatch()
-    spec = load_spec(study, data, set_, epochs)
+    spec = load_spec(study, data, set_, epochs, trials)
     job = slurm_lib.Job(
         study=str(spec.path.resolve()),
         name=spec.name,
@@ -130,7 +130,7 @@ def k8s(
     """Render Kubernetes manifests: PostgreSQL, MLflow and an Indexed Job of GPU workers for one study."""
     from sweeper.launch import k8s as k8s_lib
 
-    spec = load_spec(study, None, set_, epochs)
+    spec = load_spec(study, None, set_, epochs, trials)
     passed = [*(["--epochs", str(epochs)] if epochs else []), *[a for s in set_ or [] for a in ("--set", s)]]
     plan = k8s_lib.Plan(
         study_name=spec.name,

@@ -66,7 +66,9 @@ def show(
     interactions: Annotated[
         bool,
         typer.Option(
-            "--interactions", help="With --ablation on a design study: fit two-way interactions too."
+            "--interactions",
+            help="With --ablation on a design study: also fit the two-way interactions the runs can "
+            "estimate; the aliased ones are named, not estimated.",
         ),
     ] = False,
     storage: StorageOpt = None,
@@ -103,13 +105,13 @@ def _ablation(
     import dataclasses
 
     from sweeper.results import ablation as ablation_lib
-    from sweeper.results import effects
+    from sweeper.results import effects, effects_table
     from sweeper.results import report as report_lib
 
     if spec.design is not None:
         trials = st.get_trials(deepcopy=False)
         fit = effects.fit(trials, spec.design, spec.space, spec.metric, spec.direction, n_val, interactions)
-        return [dataclasses.asdict(e) for e in fit.effects], ["", *effects.format_table(fit)]
+        return [dataclasses.asdict(e) for e in fit.effects], ["", *effects_table.format_table(fit)]
 
     bools = [k for k, d in spec.space.items() if d.kind == "bool"]
     if not bools:
@@ -193,6 +195,7 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False, data: Da
     for cfg in weights.candidates(spec):
         model_lib.check_backbone(cfg.backbone)
     found = weights.preflight(spec, num_classes=2)  # a head's size hardly moves a budget; data not read
+    said = _design_lines(spec, checked)
     if json_:
         _print_json(
             {
@@ -201,6 +204,7 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False, data: Da
                 "bases": list(spec.bases),
                 "study": spec_lib.to_document(spec),
                 **({"data": checked} if checked is not None else {}),
+                **({"design": said} if said else {}),
             }
         )
         return
@@ -223,16 +227,24 @@ def check(study: StudyArg, set_: SetOpt = None, json_: JsonOpt = False, data: Da
     front = " (a Pareto front; no pruning: Optuna prunes single objectives only)" if spec.multi else ""
     typer.echo(f"  objective{'s' if spec.multi else ''}: {goal}{front}; {spec.epochs} epochs per trial")
     typer.echo(f"  sampler: {spec.sampler}; pruner: {spec.pruner}")
-    if spec.design is not None:
-        from sweeper.study import design as design_lib
-
-        for line in design_lib.describe(spec.design, spec.space):
-            typer.echo(f"  {line}")
+    for line in said:
+        typer.echo(f"  {line}")
     if spec.max_params is not None:
         typer.echo(
             f"  constraints: at most {spec.max_params:,} parameters (over-budget configs are not trained)"
         )
     _echo_values(spec)
+
+
+def _design_lines(spec: spec_lib.Study, checked: dict[str, int] | None) -> list[str]:
+    """What ``check`` says about a design: its runs and blocks, resolution, aliases and power."""
+    if spec.design is None:
+        return []
+    from sweeper.study import design as design_lib
+    from sweeper.study import planning
+
+    n_val = checked["val"] if checked is not None and spec.metric == "val_acc" else None
+    return design_lib.describe(spec.design, spec.space) + planning.describe(spec.design, spec.space, n_val)
 
 
 def _check_data(spec: spec_lib.Study) -> dict[str, int]:

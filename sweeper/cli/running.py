@@ -84,7 +84,7 @@ def run_study(
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
     from sweeper.study import spec as spec_lib
 
-    spec = load_spec(study, data, set_, epochs)  # a bad file or flag is one line before torch loads
+    spec = load_spec(study, data, set_, epochs, trials)  # a bad file or flag: one line before torch loads
     if name is not None:
         why = spec_lib.name_problem(name.strip())
         if why:

@@ -1,19 +1,27 @@
-"""The effects of a designed study's toggles, fitted jointly, with intervals and what the study can resolve.
+"""The effects of a designed study's toggles, fitted jointly, with verdicts that hold a stated error rate.
 
-One least-squares fit of the objective on every designed dimension at once: a two-level dimension is
-coded -1/+1 (its effect is the difference on - off, twice its coefficient), a choice of k levels is
-k-1 indicator columns (each level against the first); two-way interactions of two-level dimensions are
-optional. The repeats (paired seeds) are the noise: the residual standard deviation gives t-based
-intervals. Because the design is balanced, each effect is estimated with the others held level, which a
-difference of marginal means over an adaptive sampler's trials is not.
+The model (:mod:`sweeper.study.terms`): an intercept, the blocks (the runs of one seed each), every
+designed dimension's main effect, and with ``--interactions`` the two-way interactions of the two-level
+dimensions. One least-squares fit; only the terms the runs can estimate are reported, the others are
+named as aliased. Because the design is balanced, each effect is estimated with the others held level,
+which a difference of marginal means over an adaptive sampler's trials is not.
 
-A verdict says what the interval allows: ``helps`` or ``hurts`` when it excludes zero; ``negligible`` when
-it lies within +-``effect`` (the effect the study asks about, ``design.effect``); ``cannot resolve``
-otherwise: the interval includes zero and is wider than the effect asked about.
+The noise is the residual standard deviation, its degrees of freedom split in two: pure replicate error
+(runs of the same settings with another seed) and lack of fit (what the model leaves out, such as the
+two-way interactions of a resolution IV design: they can only inflate sigma, so the intervals err wide).
+With no residual df, the validation set's binomial SE stands in; it leaves seed noise out, and the
+summary says the intervals are then too narrow.
 
-The smallest detectable effect (80% power, 5% two-sided) is reported twice: from the runs' own scatter,
-and from the validation set alone, whose accuracy has a binomial standard error sqrt(p(1-p)/n_val) per run
-that no number of epochs removes: only more validation images or more runs do.
+A verdict holds its error rate across the table, not per row: each term's two-sided t test p-value is
+adjusted across the family (every term in the table) by Holm (familywise error) or Benjamini-Hochberg
+(false discovery rate; ``design.multiplicity``). ``helps``/``hurts``: adjusted p < 1 - LEVEL;
+``negligible``: the LEVEL interval lies within +-``effect`` (the effect the study asks about); ``cannot
+resolve`` otherwise. The intervals are per term (LEVEL t intervals, not adjusted).
+
+Every run is scored on the same validation images, so the effects are those on this validation set,
+conditional on it: a toggle that happens to suit these particular images is a real effect here, and how
+another draw of images would move an effect is not in its interval. Only a larger validation set
+(``data.val_from_train``) shrinks that part.
 """
 
 from __future__ import annotations
@@ -26,13 +34,17 @@ from typing import Any, Literal
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.store.record import NOT_COUNTED
-from sweeper.study.design import CONFIRM, Design, levels
+from sweeper.results import multiplicity
+from sweeper.store.record import borrowed, feasible, why
+from sweeper.study import planning, terms
+from sweeper.study.design import CONFIRM, Design, runs
 from sweeper.study.dims import Dim
+from sweeper.study.planning import LEVEL, POWER, detectable, t_quantile
+
+__all__ = ["LEVEL", "POWER", "Effect", "Fit", "fit", "t_quantile", "verdict"]
 
 Verdict = Literal["helps", "hurts", "negligible", "cannot resolve"]
-LEVEL = 0.95  # interval coverage
-POWER = 0.80  # for the smallest detectable effect
+Source = Literal["lack of fit", "residual", "replicates", "binomial", "none"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +54,52 @@ class Effect:
     term: str
     estimate: float  # in objective units
     se: float
-    low: float
+    low: float  # LEVEL t interval, per term
     high: float
+    p: float  # two-sided t test, unadjusted
+    p_adjusted: float  # across the table's family (Holm or Benjamini-Hochberg)
     verdict: Verdict
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A design run the fit has no result for, and why."""
+
+    label: str  # "repeat 0, row 5"
+    state: str  # failed, pruned, diverged, running, queued, not run
+    why: str
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The design's runs as the study holds them: the usable ones and what became of the others."""
+
+    used: tuple[FrozenTrial, ...]
+    planned: int
+    blocks: tuple[tuple[int, int, int], ...]  # per block: (seed, runs used, runs planned)
+    missing: tuple[Missing, ...]
+    outside: int  # complete trials off the design (sampled, not queued by it; not confirm re-runs)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Where the intervals' sigma comes from.
+
+    ``lack of fit``: the scatter of the settings around the fitted model, beyond the scatter of runs of
+    one setting; the runs of a setting share the validation set (and how it happens to suit that
+    setting), so this is the error an effect's estimate has. ``residual``: all residual df are lack of fit
+    (no run repeats another's settings). ``replicates``: the model fits every setting, only the
+    replicate scatter is left (it leaves the validation set's share out). ``binomial``: no residual df;
+    the validation set's binomial SE stands in (seed noise left out). ``none``: no intervals.
+    """
+
+    residual_df: int  # runs - rank of the model
+    pure_df: int  # of which replicate error (same settings, another seed); the rest is lack of fit
+    chains: int  # of the lack of fit, the df in the two-way interactions' alias chains (interactions inflate)
+    source: Source
+    sigma: float | None  # of one run, as the intervals use it
+    df: float  # its degrees of freedom (infinite for the binomial SE)
+    sigma_pure: float | None  # the replicate scatter alone, when there is some
 
 
 @dataclass(frozen=True)
@@ -53,72 +108,87 @@ class Fit:
 
     metric: str
     direction: str
-    runs: int  # trials in the fit
-    left_out: int  # design trials that failed or did not finish
-    df: int  # residual degrees of freedom
-    sigma: float | None  # residual standard deviation of one run
+    design: Runs
+    noise: Noise
     effect: float  # the effect asked about (design.effect)
+    multiplicity: multiplicity.Method
     effects: tuple[Effect, ...]
-    detectable: float | None  # smallest detectable toggle effect from sigma
+    aliased: tuple[str, ...]  # terms asked for that the runs cannot estimate
+    aliasing: planning.Aliasing | None  # of the runs used
+    detectable: float | None  # smallest effect the verdicts find with POWER, from sigma
     n_val: int | None  # validation images
     binomial_se: float | None  # of one run's accuracy, sqrt(p(1-p)/n_val)
-    detectable_binomial: float | None  # the same from the binomial SE alone: the floor of this design
+    detectable_binomial: float | None  # the same from the binomial SE alone
+
+    @property
+    def runs(self) -> int:
+        return len(self.design.used)
+
+    @property
+    def df(self) -> int:
+        """Residual degrees of freedom of the fit."""
+        return self.noise.residual_df
+
+    @property
+    def sigma(self) -> float | None:
+        """One run's noise as the intervals use it (None when the binomial SE stands in)."""
+        return None if self.noise.source in ("binomial", "none") else self.noise.sigma
 
 
-def design_trials(trials: Sequence[FrozenTrial], dims: Sequence[str]) -> tuple[list[FrozenTrial], int]:
-    """Complete, feasible design runs (not confirm re-runs), and how many design runs were left out."""
-    ours = [t for t in trials if CONFIRM not in t.user_attrs and all(d in t.params for d in dims)]
-    done = [
-        t
-        for t in ours
-        if t.state == TrialState.COMPLETE
-        and t.values
-        and math.isfinite(t.values[0])
-        and all(c <= 0 for c in t.constraints.values())
-    ]
-    gone = sum(
-        t.state in (TrialState.FAIL, TrialState.PRUNED) and NOT_COUNTED not in t.user_attrs for t in ours
-    )
-    return done, gone
+# ---- which runs -----------------------------------------------------------------------------------
 
 
-def columns(
-    params: Sequence[dict[str, Any]], space: dict[str, Dim], dims: Sequence[str], interactions: bool
-) -> tuple[np.ndarray, list[str], list[float]]:
-    """The model matrix (intercept first), and each later column's name and effect scale: 2 for a -1/+1
-    column (on - off is twice the coefficient), 1 for a level's indicator column."""
-    cols: list[np.ndarray] = [np.ones(len(params))]
-    names: list[str] = []
-    scales: list[float] = []
-    two: list[tuple[str, np.ndarray]] = []
-    for d in dims:
-        lv = levels(space[d])
-        if len(lv) == 2:
-            x = np.array([1.0 if p[d] == lv[1] else -1.0 for p in params])
-            name = d if space[d].kind == "bool" else f"{d}={lv[1]} vs {lv[0]}"
-            cols.append(x)
-            names.append(name)
-            scales.append(2.0)
-            two.append((name, x))
-            continue
-        for level in lv[1:]:
-            cols.append(np.array([1.0 if p[d] == level else 0.0 for p in params]))
-            names.append(f"{d}={level} vs {lv[0]}")
-            scales.append(1.0)
-    if interactions:
-        for i, (a, x) in enumerate(two):
-            for b, z in two[i + 1 :]:
-                cols.append(x * z)
-                names.append(f"{a} x {b}")
-                scales.append(2.0)
-    return np.stack(cols, axis=1), names, scales
+def _key(params: dict[str, Any], dims: Sequence[str]) -> tuple[str, ...]:
+    return tuple(repr(params.get(d)) for d in (*dims, terms.BLOCK_KEY))
 
 
-def t_quantile(q: float, df: float) -> float:
-    """The q quantile of Student's t with ``df`` degrees of freedom (the normal's for infinite df)."""
-    from scipy import special  # a dependency of scikit-learn; lighter to import than scipy.stats
+def usable(t: FrozenTrial) -> bool:
+    return t.state == TrialState.COMPLETE and bool(t.values) and math.isfinite(t.values[0]) and feasible(t)
 
-    return float(special.ndtri(q) if math.isinf(df) else special.stdtrit(df, q))
+
+def design_runs(trials: Sequence[FrozenTrial], design: Design, space: dict[str, Dim]) -> Runs:
+    """Match the study's trials to the design's runs by their params (a retried run is the same run)."""
+    planned = runs(design, space)
+    plan = {_key(p, design.dims) for _, p in planned}
+    tried: dict[tuple[str, ...], list[FrozenTrial]] = {}
+    outside = 0
+    for t in trials:
+        if CONFIRM in t.user_attrs or borrowed(t) or not all(d in t.params for d in design.dims):
+            continue  # confirm's re-runs and a warm start's borrowed trials are not the design's
+        k = _key(t.params, design.dims)
+        if k in plan:
+            tried.setdefault(k, []).append(t)
+        elif t.state == TrialState.COMPLETE:
+            outside += 1
+    used: list[FrozenTrial] = []
+    missing: list[Missing] = []
+    per: dict[int, list[int]] = {seed: [0, 0] for seed in design.seeds()}
+    for label, p in planned:
+        ok = [t for t in tried.get(_key(p, design.dims), []) if usable(t)]
+        per[p[terms.BLOCK_KEY]][1] += 1
+        if ok:
+            used.append(ok[0])
+            per[p[terms.BLOCK_KEY]][0] += 1
+        else:
+            missing.append(_missing(label, tried.get(_key(p, design.dims), [])))
+    blocks = tuple((seed, n[0], n[1]) for seed, n in per.items())
+    return Runs(tuple(used), len(planned), blocks, tuple(missing), outside)
+
+
+def _missing(label: str, tried: list[FrozenTrial]) -> Missing:
+    if not tried:
+        return Missing(label, "not run", "")
+    t = tried[-1]
+    if t.state == TrialState.COMPLETE:
+        state = "diverged" if not feasible(t) else "no finite value"
+    else:
+        state = {"FAIL": "failed", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "queued"}[
+            t.state.name
+        ]
+    return Missing(label, state, why(t))
+
+
+# ---- the fit --------------------------------------------------------------------------------------
 
 
 def fit(
@@ -130,70 +200,125 @@ def fit(
     n_val: int | None = None,
     interactions: bool = False,
 ) -> Fit:
-    """Fit every designed dimension's effect jointly by least squares, with ``LEVEL`` t intervals.
+    """Fit every designed dimension's effect jointly, with the blocks, and judge them as one family.
 
     Args:
-        n_val: validation images; gives the binomial floor of the noise (val_acc only).
-        interactions: add the two-way interactions of the two-level dimensions (needs enough runs).
+        n_val: validation images; gives the binomial SE of one run (val_acc only).
+        interactions: add the two-way interactions of the two-level dimensions; only the estimable ones
+            are fitted as effects, the others are named in ``aliased``.
     """
-    used, gone = design_trials(trials, design.dims)
-    y = np.array([float(t.values[0]) for t in used])
-    x, names, scales = columns([t.params for t in used], space, design.dims, interactions)
-    rank = np.linalg.matrix_rank(x) if len(used) else 0
-    df = len(used) - rank
+    r = design_runs(trials, design, space)
+    params = [t.params for t in r.used]
+    y = np.array([float(t.values[0]) for t in r.used])
+    m = terms.build(params, space, design.dims, interactions)
     binom = _binomial_se(y, n_val) if metric == "val_acc" else None
-    if len(used) == 0 or df < 1 and binom is None:
-        empty = Fit(
-            metric, direction, len(used), gone, max(df, 0), None, design.effect, (), None, n_val, binom, None
-        )
-        return empty
-    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
-    resid = y - x @ beta
-    sigma = float(np.sqrt(resid @ resid / df)) if df >= 1 else None
-    noise, noise_df = (sigma, df) if sigma is not None else (binom, math.inf)
-    assert noise is not None
-    cov = noise**2 * np.linalg.pinv(x.T @ x)
-    tq = t_quantile(1 - (1 - LEVEL) / 2, noise_df)
-    sign = 1 if direction == "maximize" else -1
-    out = []
-    for i, (name, scale) in enumerate(zip(names, scales, strict=True), start=1):
-        est, se = scale * float(beta[i]), scale * math.sqrt(max(float(cov[i, i]), 0.0))
-        lo, hi = est - tq * se, est + tq * se
-        out.append(Effect(name, est, se, lo, hi, verdict(sign * lo, sign * hi, design.effect)))
-    out.sort(key=lambda e: -sign * e.estimate)
-    runs = len(used)
+    chains = (
+        0 if interactions else terms.rank(terms.build(params, space, design.dims, True).x) - terms.rank(m.x)
+    )
+    noise = _noise(m, y, params, design.dims, binom, chains)
+    found, aliased, unit = _effects(m, y, noise, design, direction)
+    tests = max(len(found), 1)
     return Fit(
         metric,
         direction,
-        runs,
-        gone,
-        df,
-        sigma,
+        r,
+        noise,
         design.effect,
-        tuple(out),
-        detectable(sigma, runs, df) if sigma is not None else None,
+        design.multiplicity,
+        found,
+        aliased,
+        planning.alias(params, space, design.dims) if params else None,
+        detectable(unit * noise.sigma, noise.df, tests)
+        if noise.source not in ("binomial", "none") and noise.sigma and unit
+        else None,
         n_val,
         binom,
-        detectable(binom, runs, math.inf) if binom is not None and runs else None,
+        detectable(unit * binom, math.inf, tests) if binom is not None and unit else None,
     )
 
 
-def verdict(low: float, high: float, asked: float) -> Verdict:
-    """``low``/``high``: the interval, signed so that positive is better."""
-    if low > 0:
+def _noise(
+    m: terms.Model,
+    y: np.ndarray,
+    params: list[dict[str, Any]],
+    dims: Sequence[str],
+    binom: float | None,
+    chains: int,
+) -> Noise:
+    df = len(y) - terms.rank(m.x)
+    if df < 1:
+        if binom is not None and len(y):
+            return Noise(0, 0, 0, "binomial", binom, math.inf, None)
+        return Noise(max(df, 0), 0, 0, "none", None, math.inf, None)
+    rss = _rss(m.x, y)
+    reps = terms.replicates(params, dims)
+    pure = len(y) - terms.rank(reps)
+    ss_pure = _rss(reps, y) if pure else 0.0
+    sigma_pure = math.sqrt(ss_pure / pure) if pure else None
+    lack = df - pure
+    chains = min(chains, lack)
+    if not pure:
+        return Noise(df, 0, chains, "residual", math.sqrt(rss / df), df, None)
+    if lack:
+        sigma = math.sqrt(max(rss - ss_pure, 0.0) / lack)
+        return Noise(df, pure, chains, "lack of fit", sigma, lack, sigma_pure)
+    return Noise(df, pure, 0, "replicates", sigma_pure, pure, sigma_pure)
+
+
+def _rss(x: np.ndarray, y: np.ndarray) -> float:
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    r = y - x @ beta
+    return float(r @ r)
+
+
+def _effects(
+    m: terms.Model, y: np.ndarray, noise: Noise, design: Design, direction: str
+) -> tuple[tuple[Effect, ...], tuple[str, ...], float]:
+    """The estimable terms' effects with adjusted verdicts, the aliased terms' names, and the largest
+    main-effect SE per unit of sigma (0 when none)."""
+    if noise.sigma is None or not len(y):
+        return (), (), 0.0
+    ok = terms.estimable(m.x)
+    beta, *_ = np.linalg.lstsq(m.x, y, rcond=None)
+    cov = np.linalg.pinv(m.x.T @ m.x)
+    rows = []
+    for i, term in enumerate(m.terms):
+        c = m.column(i)
+        if ok[c]:
+            unit = term.scale * math.sqrt(max(float(cov[c, c]), 0.0))
+            rows.append((term, term.scale * float(beta[c]), unit))
+    aliased = tuple(t.name for i, t in enumerate(m.terms) if not ok[m.column(i)])
+    tq = t_quantile(1 - (1 - LEVEL) / 2, noise.df)
+    p = [_p_value(est / (unit * noise.sigma), noise.df) for _, est, unit in rows]
+    adjusted = multiplicity.adjust(p, design.multiplicity)
+    sign = 1 if direction == "maximize" else -1
+    out = []
+    for (term, est, unit), pi, adj in zip(rows, p, adjusted, strict=True):
+        se = unit * noise.sigma
+        lo, hi = est - tq * se, est + tq * se
+        good = (lo, hi) if sign > 0 else (-hi, -lo)  # signed so that positive is better
+        out.append(Effect(term.name, est, se, lo, hi, pi, adj, verdict(*good, design.effect, adj)))
+    out.sort(key=lambda e: -sign * e.estimate)
+    mains = [unit for term, _, unit in rows if term.kind == "main"]
+    return tuple(out), aliased, max(mains, default=0.0)
+
+
+def _p_value(t: float, df: float) -> float:
+    from scipy import special
+
+    return float(2 * (special.ndtr(-abs(t)) if math.isinf(df) else special.stdtr(df, -abs(t))))
+
+
+def verdict(low: float, high: float, asked: float, p_adjusted: float) -> Verdict:
+    """``low``/``high``: the interval, signed so that positive is better; ``p_adjusted``: across the table."""
+    called = p_adjusted < 1 - LEVEL
+    if called and low > 0:
         return "helps"
-    if high < 0:
+    if called and high < 0:
         return "hurts"
     if -asked < low and high < asked:
         return "negligible"
     return "cannot resolve"
-
-
-def detectable(sigma: float, runs: int, df: float) -> float:
-    """The smallest on - off difference a balanced two-level design of ``runs`` runs detects with
-    ``POWER`` at ``LEVEL``: (t_{1-a/2} + t_{power}) * 2 sigma / sqrt(runs)."""
-    d = df if df >= 1 else math.inf
-    return (t_quantile(1 - (1 - LEVEL) / 2, d) + t_quantile(POWER, d)) * 2 * sigma / math.sqrt(runs)
 
 
 def _binomial_se(y: np.ndarray, n_val: int | None) -> float | None:
@@ -206,49 +331,3 @@ def _binomial_se(y: np.ndarray, n_val: int | None) -> float | None:
 def binomial_se(p: float, n_val: int) -> float:
     """The standard error of an accuracy ``p`` measured on ``n_val`` images."""
     return math.sqrt(max(p * (1 - p), 0.0) / n_val) if n_val else float("nan")
-
-
-def summary(f: Fit) -> list[str]:
-    """What the fit compared and what it can resolve, in sentences."""
-    lines = [
-        f"{f.metric} of {f.runs} design runs, all toggles fitted jointly (least squares, -1/+1 coding; "
-        f"effect = on - off); {LEVEL:.0%} t intervals from the repeats' scatter ({f.df} residual df"
-        + (f", sigma {f.sigma:.4f} per run)" if f.sigma is not None else ")")
-        + (f"; left out: {f.left_out} failed or pruned" if f.left_out else "")
-    ]
-    if f.binomial_se is not None and f.n_val:
-        lines.append(
-            f"validation: {f.n_val} images, binomial SE {f.binomial_se:.4f} per run "
-            f"({100 * f.binomial_se:.2f} points)"
-        )
-    found = [
-        f"{x:.4f} from the runs' scatter" if (x := f.detectable) is not None else None,
-        f"{x:.4f} from the validation size alone" if (x := f.detectable_binomial) is not None else None,
-    ]
-    if any(found):
-        lines.append(
-            f"smallest effect this study detects ({POWER:.0%} power): "
-            + ", ".join(s for s in found if s)
-            + f"; asked about: {f.effect:.4f}"
-            + (
-                " -- too small for this study: more runs or a larger validation set (data.val_from_train)"
-                if (f.detectable or 0) > f.effect
-                else ""
-            )
-        )
-    return lines
-
-
-def format_table(f: Fit) -> list[str]:
-    """The fit as aligned text lines, for ``sweeper show --ablation``."""
-    if not f.effects:
-        return [*summary(f), "", "not enough complete design runs for a fit yet"]
-    width = max(len("term"), *(len(e.term) for e in f.effects))
-    head = f"{'term':<{width}}  {'effect':>8}  {'SE':>7}  {f'{LEVEL:.0%} interval':<20}  verdict"
-    lines = [*summary(f), "", head]
-    for e in f.effects:
-        lines.append(
-            f"{e.term:<{width}}  {e.estimate:>+8.4f}  {e.se:>7.4f}  "
-            f"{f'[{e.low:+.4f}, {e.high:+.4f}]':<20}  {e.verdict}"
-        )
-    return lines

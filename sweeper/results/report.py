@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.results import ablation as ablation_lib
-from sweeper.results import confirm, provenance
+from sweeper.results import confirm, effects_table, provenance
 from sweeper.results import effects as effects_lib
 from sweeper.results.figures import best_artifacts, figures, learning_curves, run_id_of
 from sweeper.store import record as record_lib
@@ -121,15 +121,12 @@ def _se(value: float | None, n_val: int | None) -> str:
 
 def _effects_section(fit: effects_lib.Fit) -> list[str]:
     parts = ["<h2>Effects of the designed options (fitted jointly)</h2>"]
-    parts.append(f'<p class="meta" id="effects-summary">{_e(" ".join(effects_lib.summary(fit)))}</p>')
+    said = "".join(f"<li>{_e(line)}</li>" for line in effects_table.summary(fit))
+    parts.append(f'<ul class="meta" id="effects-summary">{said}</ul>')
     if not fit.effects:
         return [*parts, '<p class="note">not enough complete design runs for a fit yet</p>']
-    head = ["term", "effect", "SE", f"{effects_lib.LEVEL:.0%} interval", "verdict"]
-    rows = [
-        [e.term, f"{e.estimate:+.4f}", f"{e.se:.4f}", f"[{e.low:+.4f}, {e.high:+.4f}]", e.verdict]
-        for e in fit.effects
-    ]
-    table = _table("effects", head, rows)
+    rows = [effects_table.row(e) for e in fit.effects]
+    table = _table("effects", effects_table.head(fit), rows)
     for verdict in ("helps", "hurts"):
         table = table.replace(f"<td>{verdict}</td>", f'<td class="verdict-{verdict}">{verdict}</td>')
     return [*parts, table]

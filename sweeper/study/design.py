@@ -9,16 +9,29 @@ loop, on any number of workers, each exactly once:
   with another or with a two-way interaction): 8 runs for up to 4 toggles, 16 for up to 8, 32 for up
   to 16, built from the standard generators (each added factor the product of an odd number of base
   factors; one more factor than base factors takes the product of all of them, resolution V or more);
+- ``foldover``: a two-level orthogonal array (Plackett-Burman for 12, 20 or 24 rows, else 2^m) followed
+  by its mirror image, every toggle swapped: ``runs`` = twice the array's rows (40 = the 20-run array and
+  its mirror, for up to 19 toggles). The mirror makes every main effect clear of every two-way
+  interaction (resolution IV) at run counts between the powers of two;
 - ``balanced``: ``runs`` rows in which each level of each dimension appears equally often: an
   orthogonal array when one is known for that run count (two-level designs of 2^m runs as above,
   Plackett-Burman for 12, 20 and 24 runs), else the least correlated of many balanced random draws.
+  Resolution III at best: two-way interactions leak into the main effects (``sweeper check`` says which).
 
-``repeats: R`` runs the whole design R times with paired seeds: repeat r trains every row with
-``seed = fixed seed + r``, the same for every arm, so seed-to-seed noise cancels in the comparison.
-Rows run repeat by repeat (a study stopped early holds whole repeats), in an order shuffled by the
-design's ``seed``. Dimensions of the space that are not bool/choice (learning rates, ...) are not part
-of the design: fix them (recommended), or the study's sampler samples them for every run as it would
-without a design, and their variation adds noise to the comparison.
+The default kind is ``fractional`` when every designed dimension has two levels, else ``balanced``.
+
+``repeats: R`` runs the whole design R times. Each block of runs trains with its own seed, the same for
+every arm in it: repeat r of a design with seed s + r; a foldover has two blocks per repeat, the array
+with s + 2r and its mirror with s + 2r + 1. The fit takes the block (seed) as a term of its model, so a
+seed that helps every run of its block is not mistaken for noise or for an effect. Runs go block by
+block (a study stopped early holds whole blocks), in an order shuffled by the design's ``seed``.
+Dimensions of the space that are not bool/choice (learning rates, ...) are not part of the design: fix
+them (recommended), or the study's sampler samples them for every run as it would without a design, and
+their variation adds noise to the comparison.
+
+``multiplicity`` names the error rate the verdicts hold across the toggles: ``holm`` (the default) keeps
+the chance of any false "helps"/"hurts" in the table at 5%; ``bh`` (Benjamini-Hochberg) keeps the
+expected share of false ones among those called at 5%, which calls more real effects when many are real.
 
 This module's schema half imports nothing heavy; numpy and optuna are imported where rows are built.
 """
@@ -37,9 +50,11 @@ if TYPE_CHECKING:
     import numpy as np
     import optuna
 
-Kind = Literal["factorial", "fractional", "balanced"]
-KINDS = ("factorial", "fractional", "balanced")
-KEYS = ("kind", "repeats", "seed", "runs", "effect")
+Kind = Literal["factorial", "fractional", "foldover", "balanced"]
+KINDS = ("factorial", "fractional", "foldover", "balanced")
+Multiplicity = Literal["holm", "bh"]
+MULTIPLICITY = ("holm", "bh")
+KEYS = ("kind", "repeats", "seed", "runs", "effect", "multiplicity")
 MAX_ROWS = 1024  # a design larger than this per repeat is a mistake, not a plan
 DESIGN_ROW = "sweeper:design_row"  # trial user attribute: "repeat r, row i" of the design
 CONFIRM = "sweeper:confirm"  # trial user attribute of `sweeper confirm`'s re-runs: the trial re-run
@@ -49,16 +64,22 @@ CONFIRM = "sweeper:confirm"  # trial user attribute of `sweeper confirm`'s re-ru
 class Design:
     """A study's ``design:`` section, validated."""
 
-    kind: Kind = "balanced"
-    repeats: int = 1  # the design runs this many times, repeat r with seed = base seed + r
+    kind: Kind = "fractional"
+    repeats: int = 1  # the design runs this many times, each block of runs with its own seed
     seed: int = 0  # shuffles the run order and draws a balanced random design
-    runs: int | None = None  # balanced only: rows per repeat; None = the smallest that fits
+    runs: int | None = None  # balanced and foldover: runs per repeat; None = the smallest that fits
     effect: float = 0.005  # the effect the study must resolve, in objective units (0.005 = 0.5 points)
     dims: tuple[str, ...] = ()  # the space's bool/choice dimensions, in space order
-    base_seed: int = 0  # the fixed `seed` (or 0) that repeat 0 trains with
+    base_seed: int = 0  # the fixed `seed` (or 0) that the first block trains with
+    multiplicity: Multiplicity = "holm"  # the error rate the verdicts hold across the toggles
+
+    @property
+    def blocks_per_repeat(self) -> int:
+        return 2 if self.kind == "foldover" else 1
 
     def seeds(self) -> list[int]:
-        return [self.base_seed + r for r in range(self.repeats)]
+        """One seed per block, in run order (a block: a repeat, or half of a foldover's repeat)."""
+        return [self.base_seed + b for b in range(self.repeats * self.blocks_per_repeat)]
 
     def document(self) -> dict[str, Any]:
         """The section in study-file syntax (``dims`` and ``base_seed`` come from the space and fixed)."""
@@ -66,39 +87,64 @@ class Design:
         if self.runs is not None:
             doc["runs"] = self.runs
         doc["effect"] = self.effect
+        doc["multiplicity"] = self.multiplicity
         return doc
 
 
 def parse(raw: object, space: dict[str, Dim], fixed: dict[str, Any], fail: Fail) -> Design:
-    """Validate ``design: {kind, repeats, seed, runs, effect}`` against the space it designs."""
+    """Validate ``design: {kind, repeats, seed, runs, effect, multiplicity}`` against the space it designs."""
     if not isinstance(raw, dict):
         raise fail("design", f"must be a mapping such as {{kind: fractional, repeats: 2}}, got {raw!r}")
     for k in raw:
         if k not in KEYS:
             raise fail(f"design.{k}", f"unknown key{did_you_mean(str(k), KEYS)}; allowed: {', '.join(KEYS)}")
-    kind = raw.get("kind", "balanced")
-    if kind not in KINDS:
-        raise fail("design.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    ints = _counts(raw, fail)
-    if ints["runs"] is not None and kind != "balanced":
-        raise fail("design.runs", f"applies to kind balanced only; a {kind} design has its own run count")
-    effect = raw.get("effect", 0.005)
-    if isinstance(effect, bool) or not isinstance(effect, (int, float)) or float(effect) not in _NON_NEG:
-        raise fail("design.effect", f"must be a number >= 0 (objective units), got {effect!r}")
     dims = tuple(k for k, d in space.items() if d.kind in ("bool", "choice") and k != "seed")
     if not dims:
         raise fail("design", "the space has no bool or choice dimension to design")
     if "seed" in space:
-        raise fail("space.seed", "a design varies the seed itself (one per repeat); remove it from space")
+        raise fail("space.seed", "a design varies the seed itself (one per block); remove it from space")
+    ints = _counts(raw, fail)
+    kind = _kind(raw, all(len(levels(space[k])) == 2 for k in dims), ints["runs"] is not None, fail)
+    effect = raw.get("effect", 0.005)
+    if isinstance(effect, bool) or not isinstance(effect, (int, float)) or float(effect) not in _NON_NEG:
+        raise fail("design.effect", f"must be a number >= 0 (objective units), got {effect!r}")
+    multiplicity = raw.get("multiplicity", "holm")
+    if multiplicity not in MULTIPLICITY:
+        raise fail(
+            "design.multiplicity",
+            f"must be holm (familywise error) or bh (false discovery rate), got {multiplicity!r}"
+            f"{did_you_mean(str(multiplicity), MULTIPLICITY)}",
+        )
     repeats, seed, n = int(ints["repeats"] or 1), int(ints["seed"] or 0), ints["runs"]
-    design = Design(kind, repeats, seed, n, float(effect), dims, int(fixed.get("seed", 0)))
+    design = Design(kind, repeats, seed, n, float(effect), dims, int(fixed.get("seed", 0)), multiplicity)
     try:
         n = len(table(design, space))
     except ValueError as e:
-        raise fail("design", str(e)) from None
+        raise fail("design.runs" if "runs" in raw else "design", str(e)) from None
     if n > MAX_ROWS:
         raise fail("design", f"{kind} needs {n} runs per repeat (more than {MAX_ROWS}); use fractional")
     return design
+
+
+def _kind(raw: dict[str, Any], two: bool, sized: bool, fail: Fail) -> Kind:
+    """The kind (default: fractional for on/off toggles, else balanced); ``runs`` only where it applies."""
+    kind = raw.get("kind", "fractional" if two else "balanced")
+    if kind not in KINDS:
+        raise fail(
+            "design.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}{did_you_mean(str(kind), KINDS)}"
+        )
+    if sized and "kind" not in raw and two:
+        raise fail(
+            "design.runs",
+            "name the kind it sizes: foldover (resolution IV) or balanced (resolution III); the default "
+            "for on/off toggles, fractional, has its own run count",
+        )
+    if sized and kind not in ("balanced", "foldover"):
+        raise fail(
+            "design.runs",
+            f"applies to kinds balanced and foldover only; a {kind} design has its own run count",
+        )
+    return kind  # checked against KINDS above
 
 
 SEED_DIM = Dim("int", low=0, high=2**32 - 1)
@@ -139,12 +185,17 @@ def table(design: Design, space: dict[str, Dim]) -> list[dict[str, Any]]:
         if n > MAX_ROWS:
             raise ValueError(f"a full factorial needs {n} runs per repeat; use fractional or balanced")
         return [dict(zip(design.dims, combo, strict=True)) for combo in itertools.product(*lv)]
-    if design.kind == "fractional":
+    if design.kind in ("fractional", "foldover"):
         many = [(k, len(x)) for k, x in zip(design.dims, lv, strict=True) if len(x) != 2]
         if many:
-            k, n = many[0]
-            raise ValueError(f"fractional needs two-level dimensions; {k} has {n}: use factorial or balanced")
-        return _rows(design.dims, lv, fractional(len(design.dims)))
+            name, count = many[0]
+            raise ValueError(
+                f"{design.kind} needs two-level dimensions; {name} has {count}: use factorial or balanced"
+            )
+        k = len(design.dims)
+        return _rows(
+            design.dims, lv, fractional(k) if design.kind == "fractional" else foldover(k, design.runs)
+        )
     return _rows(design.dims, lv, balanced(lv, design.runs, design.seed))
 
 
@@ -177,6 +228,33 @@ def _odd_words(m: int) -> list[tuple[int, ...]]:
     word of the defining relation is shorter than four letters (resolution IV)."""
     out = [w for r in range(m, 2, -1) if r % 2 for w in itertools.combinations(range(m), r)]
     return out
+
+
+def foldover(k: int, runs: int | None = None) -> np.ndarray:
+    """An orthogonal two-level array for ``k`` factors (``runs`` / 2 rows) and then its mirror image.
+
+    Every product of two columns takes the same value in a row and in its mirror while every column
+    changes sign, so each main effect is orthogonal to each two-way interaction: resolution IV.
+    """
+    import numpy as np
+
+    sizes = sorted({*PLACKETT_BURMAN, *(2**m for m in range(2, 10))})
+    half = [n for n in sizes if n - 1 >= k]
+    if runs is None:
+        n = half[0]
+    elif runs % 2 or runs // 2 not in half:
+        fits = ", ".join(str(2 * n) for n in half[:5])
+        raise ValueError(
+            f"a foldover of {k} toggles runs twice an orthogonal array: runs {fits}, ...; got {runs}"
+        )
+    else:
+        n = runs // 2
+    array = (
+        _plackett_burman(n)[:, :k]
+        if n in PLACKETT_BURMAN
+        else _saturated(n.bit_length() - 1, k, even_first=True)
+    )
+    return np.concatenate([array, -array])
 
 
 PLACKETT_BURMAN = {  # first rows of the cyclic Plackett-Burman designs (1946); the last run is all -1
@@ -227,12 +305,18 @@ def _two_level(n: int, k: int) -> np.ndarray:
     return _saturated(m, k)
 
 
-def _saturated(m: int, k: int) -> np.ndarray:
+def _saturated(m: int, k: int, even_first: bool = False) -> np.ndarray:
+    """``k`` orthogonal columns of 2^m runs: the base factors, then products of them. Odd products first
+    (resolution IV while they last); ``even_first`` for a foldover: an even product is not reversed by
+    the mirror, so the mirror's runs are new ones, not the array's own again."""
     import numpy as np
 
     base = np.array(list(itertools.product([-1, 1], repeat=m)))[:, ::-1]
     words = [w for r in range(1, m + 1) for w in itertools.combinations(range(m), r)]
-    words.sort(key=lambda w: (len(w) % 2 == 0, len(w) != 1, -len(w)))  # base, odd words, then even
+    if even_first:
+        words.sort(key=lambda w: (len(w) != 1, len(w) % 2, len(w)))  # base, even words, then odd
+    else:
+        words.sort(key=lambda w: (len(w) % 2 == 0, len(w) != 1, -len(w)))  # base, odd words, then even
     return np.stack([np.prod(base[:, list(w)], axis=1) for w in words[:k]], axis=1)
 
 
@@ -255,16 +339,48 @@ def _max_correlation(x: np.ndarray) -> float:
 
 
 def runs(design: Design, space: dict[str, Dim]) -> list[tuple[str, dict[str, Any]]]:
-    """Every run of the design, in run order: (its label, its params with the repeat's seed)."""
+    """Every run of the design, in run order: (its label, its params with its block's seed)."""
     import numpy as np
 
     rows = table(design, space)
-    order = np.random.default_rng(design.seed).permutation(len(rows))
+    per_block = len(rows) // design.blocks_per_repeat
     out = []
-    for r, seed in enumerate(design.seeds()):
+    for b, seed in enumerate(design.seeds()):
+        first = (b % design.blocks_per_repeat) * per_block
+        order = first + np.random.default_rng(design.seed + b % design.blocks_per_repeat).permutation(
+            per_block
+        )
+        r = b // design.blocks_per_repeat
         for i in order:
             out.append((f"repeat {r}, row {int(i)}", {**rows[int(i)], "seed": seed}))
     return out
+
+
+def blocks(design: Design, space: dict[str, Dim]) -> list[tuple[int, int]]:
+    """Each block's seed and how many runs it holds, in run order."""
+    n = len(table(design, space)) // design.blocks_per_repeat
+    return [(seed, n) for seed in design.seeds()]
+
+
+def check_trials(design: Design, space: dict[str, Dim], trials: int) -> None:
+    """Refuse a ``--trials`` that stops the design short: the runs left out would unbalance every effect.
+
+    Raises:
+        SweeperError: ``trials`` is fewer than the design's runs.
+    """
+    planned = sum(n for _, n in blocks(design, space))
+    if trials >= planned:
+        return
+    done, cut = 0, ""
+    for b, (seed, n) in enumerate(blocks(design, space)):
+        if done + n > trials:
+            cut = f"block {b} (seed {seed}) would hold {trials - done} of its {n} runs"
+            break
+        done += n
+    raise SweeperError(
+        f"--trials {trials} stops the study's {design.kind} design at {trials} of its {planned} runs "
+        f"({cut}), which unbalances every effect it fits: use --trials {planned}"
+    )
 
 
 def enqueue(study: optuna.Study, design: Design, space: dict[str, Dim], total: int) -> int:
@@ -277,14 +393,15 @@ def enqueue(study: optuna.Study, design: Design, space: dict[str, Dim], total: i
         How many runs were queued now.
 
     Raises:
-        SweeperError: ``total`` asks for more trials than the design (and ``extra``) has.
+        SweeperError: ``total`` asks for more trials than the design (and ``sweeper confirm``'s re-runs) has.
     """
     planned = runs(design, space)
     extra = sum(CONFIRM in t.user_attrs for t in study.get_trials(deepcopy=False))
     if total > len(planned) + extra:
         raise SweeperError(
             f"the study's {design.kind} design has {len(planned)} runs ({len(planned) // design.repeats} "
-            f"x {design.repeats} repeats); --trials {total} would add runs outside it, which the analysis "
+            f"x {design.repeats} repeat{'s' if design.repeats > 1 else ''}); --trials {total} would add runs "
+            "outside it, which the analysis "
             f"cannot balance: use --trials {len(planned)} (or `sweeper confirm` to re-run the best)"
         )
     before = len(study.get_trials(deepcopy=False))
@@ -294,13 +411,16 @@ def enqueue(study: optuna.Study, design: Design, space: dict[str, Dim], total: i
 
 
 def describe(design: Design, space: dict[str, Dim]) -> list[str]:
-    """What ``sweeper check`` says about a design: its size, its seeds, and why there is no pruner."""
+    """What ``sweeper check`` says about a design: its size, its blocks and seeds, and why no pruner."""
     n = len(table(design, space))
     rest = [k for k, d in space.items() if k not in design.dims and k != "seed"]
+    how = f"a {n // 2}-run orthogonal array, then its mirror image" if design.kind == "foldover" else ""
+    seeds = ", ".join(map(str, design.seeds()))
     return [
-        f"design: {design.kind}, {n} runs x {design.repeats} repeats = {n * design.repeats} trials "
-        f"(--trials {n * design.repeats}); paired seeds {', '.join(map(str, design.seeds()))}; "
-        f"{len(design.dims)} designed dimensions",
+        f"design: {design.kind}, {n} runs{f' ({how})' if how else ''} x {design.repeats} repeat"
+        f"{'s' if design.repeats > 1 else ''} = {n * design.repeats} trials (--trials {n * design.repeats}, "
+        f"no fewer); {len(design.dims)} designed dimensions; blocks of {n // design.blocks_per_repeat} runs "
+        f"with seeds {seeds} (the seed is a term of the fit)",
         "pruner none: every run of the design trains all its epochs (a pruner stops slow starters such as "
         "CutMix and MixUp early, which would bias the comparison of their arms)",
         *(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -94,7 +95,7 @@ def shared_stores(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("name", [n for n in STUDIES if spec.load(n).design is None])  # a design runs whole
 def test_one_trial_of_every_shipped_study_on_the_builtin_dataset(
     name: str, digits: Path, shared_stores: list[str]
 ) -> None:
@@ -121,6 +122,37 @@ def test_one_trial_of_every_shipped_study_on_the_builtin_dataset(
         t.params.keys()
         == spec.load(name).with_overrides(cli.parse_sets(SMALL[1::2] + extra[1::2])).space.keys()
     )
+
+
+@pytest.fixture
+def run_cli(cli: Any) -> Any:
+    """The CLI in a subprocess (conftest's ``cli``; this module's ``cli`` is the package)."""
+    return cli
+
+
+@pytest.mark.slow
+def test_the_mission_command_runs_the_whole_ablation_design_and_a_shorter_one_is_refused(
+    digits: Path, shared_stores: list[str], run_cli: Any
+) -> None:
+    """`sweeper run-study ablation-aug --trials 40` on tiny data: 40 real 1-epoch runs of test_resnet at 16
+    px (about 2 minutes on 2 CPU cores), a complete resolution IV design that `show --ablation` fits;
+    `--trials 31` would stop it short and is refused before anything runs."""
+    args = ["--epochs", "1", "--data", str(digits), *SMALL, *shared_stores]
+    short = run_cli("run-study", "ablation-aug", "--trials", "31", *args)
+    assert short.returncode == 2 and short.stderr.count("\n") == 1, short.stderr
+    assert short.stderr.startswith(
+        "error: --trials 31 stops the study's foldover design at 31 of its 40 runs (block 1 (seed 1) would "
+        "hold 11 of its 20 runs), which unbalances every effect it fits: use --trials 40"
+    )
+    out = sweeper("run-study", "ablation-aug", "--trials", "40", *args)
+    assert "40/40 trials (40 complete" in out, out
+    table = sweeper("show", "ablation-aug", "--ablation", "--storage", shared_stores[1])
+    assert "val_acc of 40 of 40 design runs (complete design)" in table, table
+    assert "with the seed as a block term (2 blocks)" in table and "resolution IV" in table
+    assert "Holm-adjusted p < 0.05 across the family of all 14 terms" in table
+    assert "24 residual df, all lack of fit" in table
+    rows = [line for line in table.splitlines() if line.startswith("aug.")]
+    assert len(rows) == 14 and all(r.split()[-1] in ("helps", "hurts", "negligible", "resolve") for r in rows)
 
 
 TWO_BACKBONES = """

@@ -85,7 +85,18 @@ def test_a_design_study_parses_round_trips_and_adds_the_paired_seeds() -> None:
 def test_design_errors_name_the_key() -> None:
     assert "design.kind: must be one of" in error_of(doc(kind="latin"))
     assert "design.repeat: unknown key (did you mean 'repeats'?)" in error_of(doc(repeat=2))
-    assert "design.runs: applies to kind balanced only" in error_of(doc(runs=12))
+    assert "design.runs: applies to kinds balanced and foldover only" in error_of(doc(runs=12))
+    unnamed = doc(runs=12)
+    del unnamed["design"]["kind"]
+    assert "design.runs: name the kind it sizes: foldover (resolution IV) or balanced" in error_of(unnamed)
+    assert "design.runs: a foldover of 5 toggles runs twice an orthogonal array: runs 16, 24" in error_of(
+        doc(kind="foldover", runs=20)
+    )
+    assert (
+        "design.multiplicity: must be holm (familywise error) or bh (false discovery rate), got 'fdr'"
+        in error_of(doc(multiplicity="fdr"))
+    )
+    assert "did you mean 'holm'" in error_of(doc(multiplicity="hol"))
     assert "pruner: a design needs pruner none, got hyperband" in error_of({**doc(), "pruner": "hyperband"})
     raw = doc()
     raw["space"] = {**raw["space"], "batch_size": {"choice": [16, 32, 64]}}
@@ -94,6 +105,49 @@ def test_design_errors_name_the_key() -> None:
     assert "design: a full factorial needs 4096 runs" in error_of(big)
     with pytest.raises(SweeperError, match="--set aug.rrc: the study's design varies aug.rrc"):
         parse(doc()).with_overrides({"aug.rrc": True})
+
+
+def test_the_default_design_of_toggles_is_resolution_iv_and_of_choices_balanced() -> None:
+    raw = doc()
+    del raw["design"]["kind"]
+    s = parse(raw)
+    assert s.design is not None and s.design.kind == "fractional" and s.design.multiplicity == "holm"
+    raw["space"] = {**raw["space"], "head": {"choice": ["linear", "se", "attention"]}}
+    s = parse(raw)
+    assert s.design is not None and s.design.kind == "balanced"
+
+
+@pytest.mark.parametrize("k, runs", [(14, 40), (14, None), (19, 40), (5, None), (8, 24)])
+def test_a_foldover_is_balanced_and_of_resolution_iv(k: int, runs: int | None) -> None:
+    """Every main-effect column is orthogonal to every other and to every product of two columns."""
+    x = design.foldover(k, runs)
+    assert len(x) == runs or runs is None
+    assert (x.sum(0) == 0).all() and resolution_iv(x) and len({tuple(r) for r in x}) == len(x)
+    half = len(x) // 2
+    assert (x[half:] == -x[:half]).all()  # the mirror image of the array
+
+
+def test_the_shipped_ablation_is_a_complete_40_run_resolution_iv_design_in_two_seed_blocks() -> None:
+    s = spec.load("ablation-aug")
+    assert s.design is not None and len(s.design.dims) == 14
+    planned = design.runs(s.design, s.space)
+    assert len(planned) == 40 and s.design.seeds() == [0, 1]
+    assert [p["seed"] for _, p in planned] == [0] * 20 + [1] * 20  # the array, then its mirror
+    x = np.array([[1 if p[k] else -1 for k in s.design.dims] for _, p in planned])
+    assert resolution_iv(x) and (x.sum(0) == 0).all()
+    assert (x[:20].sum(0) == 0).all()  # each block balanced on its own: the seed is clear of every toggle
+    design.check_trials(s.design, s.space, 40)
+
+
+def test_a_trials_count_that_stops_a_design_short_is_refused_in_one_line() -> None:
+    s = spec.load("ablation-aug")
+    assert s.design is not None
+    with pytest.raises(SweeperError) as e:
+        design.check_trials(s.design, s.space, 31)
+    assert str(e.value) == (
+        "--trials 31 stops the study's foldover design at 31 of its 40 runs (block 1 (seed 1) would hold 11 "
+        "of its 20 runs), which unbalances every effect it fits: use --trials 40"
+    )
 
 
 def _many(k: int) -> dict[str, Any]:
