@@ -18,6 +18,7 @@ import numpy as np
 from optuna.trial import FrozenTrial
 
 from sweeper.results import effects
+from sweeper.study import terms
 from sweeper.study.design import Design, levels
 from sweeper.study.dims import Dim
 
@@ -35,22 +36,23 @@ def best(
 ) -> Prediction | None:
     """The combination of designed levels the main-effects fit predicts best; None while the complete
     design runs cannot estimate every main effect (too few runs, or a level never run)."""
-    used, _ = effects.design_trials(trials, design.dims)
+    used = effects.design_runs(trials, design, space).used
     if not used:
         return None
-    x, _, _ = effects.columns([t.params for t in used], space, design.dims, False)
-    if np.linalg.matrix_rank(x) < x.shape[1]:
+
+    def columns(rows: list[dict[str, Any]]) -> np.ndarray:  # no block columns: a prediction has no seed
+        plain = [{k: v for k, v in r.items() if k != terms.BLOCK_KEY} for r in rows]
+        return terms.build(plain, space, design.dims, False).x
+
+    x = columns([dict(t.params) for t in used])
+    if terms.rank(x) < x.shape[1]:
         return None
     y = np.array([float(t.values[0]) for t in used])
     beta, *_ = np.linalg.lstsq(x, y, rcond=None)
     sign = 1.0 if direction == "maximize" else -1.0
-
-    def predict(rows: list[dict[str, Any]]) -> np.ndarray:
-        return effects.columns(rows, space, design.dims, False)[0] @ beta
-
     top = max(used, key=lambda t: sign * float(t.values[0]))
     params = {k: v for k, v in top.params.items() if k != "seed"}
     for d in design.dims:
         options = [{**params, d: level} for level in levels(space[d])]
-        params = options[int(np.argmax(sign * predict(options)))]
-    return Prediction(params, float(predict([params])[0]))
+        params = options[int(np.argmax(sign * (columns(options) @ beta)))]
+    return Prediction(params, float((columns([params]) @ beta)[0]))
