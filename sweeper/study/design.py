@@ -410,6 +410,28 @@ def enqueue(study: optuna.Study, design: Design, space: dict[str, Dim], total: i
     return len(study.get_trials(deepcopy=False)) - before
 
 
+def requeue_failed(study: optuna.Study) -> int:
+    """Queue again each design run that failed (an error, not a divergence: that one completes and the
+    fit lists it) and has no other run to come or done: a sampler must never fill a design's place with
+    a trial outside it. The sweep's failure limits stop a run that fails every time. Returns how many."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+
+    def params(t: optuna.trial.FrozenTrial) -> dict[str, object]:
+        return dict(t.system_attrs.get("fixed_params") or t.params)  # a queued trial keeps them apart
+
+    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    taken = [params(t) for t in trials if t.state in alive]
+    queued = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and DESIGN_ROW in t.user_attrs and params(t) not in taken:
+            study.enqueue_trial(params(t), user_attrs={DESIGN_ROW: t.user_attrs[DESIGN_ROW]})
+            taken.append(params(t))
+            queued += 1
+    return queued
+
+
 def describe(design: Design, space: dict[str, Dim]) -> list[str]:
     """What ``sweeper check`` says about a design: its size, its blocks and seeds, and why no pruner."""
     n = len(table(design, space))

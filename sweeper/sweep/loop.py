@@ -17,6 +17,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
@@ -174,7 +175,7 @@ def run(
         if spec.design is not None:  # queued once: a resumed run and the other workers find them queued
             design_lib.enqueue(study, spec.design, spec.space, trials)
         deadline = None if timeout is None else time.monotonic() + timeout
-        crew = _Crew(trials, deadline, on_trial_end)
+        crew = _Crew(trials, deadline, on_trial_end, design=spec.design is not None)
         try:
             crew.run(studies, objectives)
         finally:
@@ -190,8 +191,11 @@ class _Crew:
         trials: int,
         deadline: float | None,
         on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None,
+        design: bool = False,
     ) -> None:
         self.trials, self.deadline = trials, deadline
+        self.design = design  # a failed design run is queued again, never replaced by a sampled trial
+        self.queue_lock = threading.Lock()
         self.streak = _Streak(SAME_ERROR_LIMIT, total=trials)
         self.ended = threading.Event()  # a trial ended here: a waiting worker looks again at once
         self.halt = threading.Event()
@@ -316,13 +320,11 @@ def _work(study: optuna.Study, objective: Objective, crew: _Crew) -> None:
             with warnings.catch_warnings():  # experimental in Optuna, and exactly what is needed here
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, params re-queued
-            c = counts(study.get_trials(deepcopy=False))
-            if c["counted"] >= crew.trials:
+            step = _next_step(study, crew)
+            if step == "done":
                 return
-            if not c["waiting"] and c["counted"] + c["running"] >= crew.trials:
-                crew.ended.wait(
-                    poll
-                )  # the last trials run elsewhere; if their worker dies they come back here
+            if step == "wait":  # the last trials run elsewhere; if their worker dies they come back here
+                crew.ended.wait(poll)
                 crew.ended.clear()
                 continue
             try:
@@ -335,6 +337,20 @@ def _work(study: optuna.Study, objective: Objective, crew: _Crew) -> None:
         return
     except BaseException as e:
         crew.stop(e)
+
+
+def _next_step(study: optuna.Study, crew: _Crew) -> Literal["done", "wait", "run"]:
+    """Has the study its trials (done), are the last ones running elsewhere (wait), or is there one to
+    run here? A design study first queues its failed runs again, so that none is sampled off the design."""
+    c = counts(study.get_trials(deepcopy=False))
+    if c["counted"] >= crew.trials:
+        return "done"
+    if crew.design and not c["waiting"]:
+        with crew.queue_lock:
+            c["waiting"] += design_lib.requeue_failed(study)
+    if not c["waiting"] and c["counted"] + c["running"] >= crew.trials:
+        return "wait"
+    return "run"
 
 
 def _process_seed_offset() -> int:

@@ -183,3 +183,18 @@ def test_design_runs_go_through_the_sweep_loop_once_resumed_and_with_two_workers
     assert design.enqueue(st, s.design, s.space, 16) == 0  # nothing left to queue
     with pytest.raises(SweeperError, match="design has 16 runs .* --trials 20 would add runs outside it"):
         sweep.run(s, 20, objectives, url)
+
+
+def test_a_failed_design_run_is_queued_again_once_never_replaced_by_a_sampled_trial() -> None:
+    st = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    space = {f"aug.t{i}": space_lib.Dim("bool") for i in range(4)}
+    d = design.Design(kind="fractional", dims=tuple(space))
+    design.enqueue(st, d, space, len(design.runs(d, space)))
+    first = st.ask()
+    row = first.user_attrs[design.DESIGN_ROW]
+    st.tell(first, state=optuna.trial.TrialState.FAIL)
+    assert design.requeue_failed(st) == 1
+    assert design.requeue_failed(st) == 0  # queued already: not twice
+    again = [t for t in st.get_trials() if t.state == optuna.trial.TrialState.WAITING][-1]
+    failed = st.get_trials()[first.number].system_attrs["fixed_params"]
+    assert again.user_attrs[design.DESIGN_ROW] == row and again.system_attrs["fixed_params"] == failed
