@@ -15,6 +15,10 @@ class SweeperError(Exception):
     """A user-facing error: the message names the file, key or value and what to do."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a command, which says what it left and how to go on (exit code 130)."""
+
+
 def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
     """Return ' (did you mean a, b?)' for the closest options, or '' when none is close."""
     close = difflib.get_close_matches(word, list(options), n=n, cutoff=0.6)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 import yaml
 
-from sweeper.errors import SweeperError, disk_full_line, no_space
+from sweeper.errors import Interrupted, SweeperError, disk_full_line, no_space
 from sweeper.study import spec as spec_lib
 
 ENVIRONMENT = {  # every variable sweeper reads; the top-level --help and the README list them
@@ -228,11 +229,30 @@ def out_file(path: Path, option: str = "--out") -> Path:
     return path
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (docker stop, Slurm's scancel, a preemption) acts as Ctrl-C in every command, from its
+    first line: a run-study stopped while it checks the study exits 130 with one line, as it would
+    mid-sweep."""
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
+
+
 def main() -> None:
     """Console entry point: one-line errors for user mistakes, a traceback only for bugs."""
+    _terminate_as_interrupt()
     try:
         rc = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
+        if rc == 130:  # Typer turns a KeyboardInterrupt into a silent exit code 130
+            typer.echo("interrupted", err=True)
         sys.exit(rc if isinstance(rc, int) else 0)
+    except Interrupted as e:
+        typer.echo(f"\n{e}", err=True)
+        sys.exit(130)
     except SweeperError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

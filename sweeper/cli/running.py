@@ -28,7 +28,7 @@ from sweeper.cli.app import (
     parse_sets,
     preflight,
 )
-from sweeper.errors import SweeperError
+from sweeper.errors import Interrupted, SweeperError
 
 if TYPE_CHECKING:
     import optuna
@@ -184,24 +184,17 @@ def _warm_start(other_name: str, spec: Study, storage: str | None) -> Callable[[
 
 
 def _sweep(progress: Progress, run: Callable[[], optuna.Study]) -> optuna.Study:
-    """Run the sweep under the live progress; SIGTERM (docker stop, preemption) acts as Ctrl-C."""
-    import signal
-
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
+    """Run the sweep under the live progress; Ctrl-C and SIGTERM (docker stop, preemption: see
+    ``app.main``) close the running trials and say how to go on."""
     try:
         with progress:
             return run()
     except KeyboardInterrupt:
-        typer.echo(
-            "\ninterrupted: the running trials were closed as failed, not counted, and their params "
+        raise Interrupted(
+            "interrupted: the running trials were closed as failed, not counted, and their params "
             "re-queued (unless a trial's reason says its retries were used up); re-run the same command "
-            "to finish the study (they resume from their last epoch)",
-            err=True,
-        )
-        raise typer.Exit(130) from None
+            "to finish the study (they resume from their last epoch)"
+        ) from None
 
 
 def _check_writable(storage: str | None, tracking_uri: str | None) -> None:

@@ -191,8 +191,8 @@ class BatchTail:
         return x
 
 
-def split_for_device(pipeline: T.Compose) -> tuple[T.Compose, BatchTail]:
+def split_for_device(pipeline: T.Compose) -> tuple[T.Compose | T.Identity, BatchTail]:
     """Split a pipeline into the per-image uint8 part (workers) and the batch tail (device)."""
     ops = list(pipeline.transforms)
     cut = next(i for i, op in enumerate(ops) if isinstance(op, T.ToDtype))
-    return T.Compose(ops[:cut]), BatchTail(ops[cut:])
+    return T.Compose(ops[:cut]) if cut else T.Identity(), BatchTail(ops[cut:])

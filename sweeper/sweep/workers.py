@@ -10,6 +10,7 @@ module serves those messages to a :class:`Listener` and turns a failed child int
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -291,17 +292,22 @@ def in_fork_server(fn: str, *args: object) -> object:
 
 
 def _call(conn: Connection, fn: str, args: tuple[object, ...]) -> None:
+    """The child's side: Ctrl-C is the parent's to handle (the group's signal reaches this process too),
+    SIGTERM ends it (the parent's exit terminates it); an answer nobody waits for any more is dropped."""
     import importlib
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     module, _, name = fn.partition(":")
     try:
-        conn.send(("value", getattr(importlib.import_module(module), name)(*args)))
+        answer: tuple[str, object] = ("value", getattr(importlib.import_module(module), name)(*args))
     except SweeperError as e:
-        conn.send(("error", str(e)))
+        answer = ("error", str(e))
     except BaseException:
-        conn.send(("bug", traceback.format_exc()))
-    finally:
-        conn.close()
+        answer = ("bug", traceback.format_exc())
+    with contextlib.suppress(OSError):  # BrokenPipeError: the parent was interrupted meanwhile
+        conn.send(answer)
+    conn.close()
 
 
 def halve_micro_batch(cfg: TrialConfig) -> TrialConfig | None:

@@ -179,16 +179,17 @@ def test_sigkill_of_the_trial_process_alone_is_retried_at_once(image_folder: Pat
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_the_fork_server_starts_is_an_interruption(sig: int, image_folder: Path) -> None:
+    """The fork server starts first thing: it checks the study (timm names, weights) in a child while
+    the sweep opens its stores, then forks the trials. A signal then stops the run in one line, before
+    any trial, and the same command starts it again."""
     study = write_tiny_study("early", image_folder, epochs=1)
     s = Sweep([study, "--trials", "1", *TINY], "forkserver:pause")
-    s.at("forkserver")  # the fork server is importing torch; trial 0 waits for it
+    s.at("forkserver")  # the fork server is importing torch; the study's check waits for it
     s.group(sig)  # a terminal's Ctrl-C, or a container stop, reaches every process of the group
-    s.go("forkserver")  # the server ignores Ctrl-C and goes on (SIGTERM ended it)
+    s.go("forkserver")  # the server ignores both and goes on; its child's answer finds no one
     code, err = s.end()
-    assert code == 130 and "Traceback" not in err, err
-    (first, retry) = trials("early")
-    assert first.state == TrialState.FAIL and first.user_attrs[rec.NOT_COUNTED] == "interrupted"
-    assert retry.state == TrialState.WAITING and retry.params == first.params
+    assert code == 130 and "Traceback" not in err and err.strip().endswith("interrupted"), err
+    assert not Path("sweeper.db").exists() or not trials("early")  # nothing ran, nothing recorded
     rerun(study, 1)
     assert_exact("early", 1)
 

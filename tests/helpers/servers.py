@@ -188,7 +188,9 @@ class Relay:
         with self._lock:
             listener, self._listener = self._listener, None
             conns, self._open = self._open, []
-        if listener is not None:
+        if listener is not None:  # shutdown first: it wakes the thread blocked in accept, which
+            with contextlib.suppress(OSError):  # else holds the port until its next connection
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         for c in conns:
             with contextlib.suppress(OSError):
