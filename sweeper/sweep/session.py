@@ -8,6 +8,7 @@ that trains a study's trials keeps the same promises about what it records.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,9 +57,16 @@ def run(
 
 
 def _on_trial_end(s: Session) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """What each finished trial updates: progress, kept weights, the study run's metrics. One worker at a
+    time: two trials ending together would otherwise log their counts out of order (3 after 4)."""
     spec = s.spec
+    one_at_a_time = threading.Lock()
 
     def on_trial_end(st: optuna.Study, t: FrozenTrial) -> None:
+        with one_at_a_time:
+            _trial_ended(st, t)
+
+    def _trial_ended(st: optuna.Study, t: FrozenTrial) -> None:
         counts = record_lib.counts(st.get_trials(deepcopy=False))
         best = best_value(st)
         s.progress.trial_finished(
