@@ -252,11 +252,13 @@ class StudyRecord:
 
 
 def save(study: optuna.Study, rec: StudyRecord) -> None:
+    """Keep the record on the study. Its parts are separate writes, and :func:`load` sees a record once
+    ``RECORD`` is there: it is written last, so a worker starting meanwhile never reads half of one."""
     doc = {"document": rec.document, "path": rec.path, "overrides": rec.overrides, "versions": rec.versions}
     doc["bases"] = rec.bases
-    study.set_user_attr(RECORD, doc)
-    study.set_user_attr(STUDY_FILE, rec.study_file)
     study.set_user_attr(DATA, rec.data)
+    study.set_user_attr(STUDY_FILE, rec.study_file)
+    study.set_user_attr(RECORD, doc)
 
 
 def load(study: optuna.Study) -> StudyRecord | None:

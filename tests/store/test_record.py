@@ -71,6 +71,32 @@ def test_a_new_study_keeps_its_record_and_an_identical_rerun_passes(
     assert record_lib.ensure(again, make_record(path, set={"lr_head": 0.02}, epochs=2)) is not None
 
 
+def test_a_worker_starting_while_another_saves_the_record_never_reads_half_of_it(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    """The record's parts are separate writes; a worker that looks between two of them finds either no
+    record (and saves the same one) or all of it, never a record without its data (refused as changed)."""
+    path = study_file(tmp_path, image_folder)
+    rec = make_record(path)
+    st = optuna.create_study(study_name="half", storage=stores.storage(None))
+    seen: list[object] = []
+    original = optuna.Study.set_user_attr
+
+    def look_after_each_write(self: optuna.Study, key: str, value: object) -> None:
+        original(self, key, value)
+        if self is not st:  # the other worker's own save
+            return
+        other = optuna.load_study(study_name="half", storage=stores.storage(None))
+        seen.append(record_lib.ensure(other, make_record(path)))  # another worker, starting now
+
+    optuna.Study.set_user_attr = look_after_each_write  # type: ignore[method-assign]
+    try:
+        record_lib.save(st, rec)
+    finally:
+        optuna.Study.set_user_attr = original  # type: ignore[method-assign]
+    assert seen and all(s is not None for s in seen)
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
