@@ -1,18 +1,19 @@
 """Decode once per sweep: a dataset's images, decoded and pre-resized, in one memory-mapped file.
 
 A sweep trains hundreds of times on the same files; decoding every JPEG in every epoch of every trial
-is the first waste. The first trial that needs a dataset at a given size decodes every file once,
-shrinks it (:class:`ShrinkShortSide`, aspect kept, never enlarged) and appends the uint8 pixels
-(height x width x 3, as decoders lay them out) to ``pixels.u8`` under the data dir. Every later
-trial, and every DataLoader worker, maps that file read-only; the page cache shares it across processes.
+is the first waste. The first trial that needs a dataset at a given size decodes every file once and
+writes its uint8 pixels (height x width x 3, as decoders lay them out) into ``pixels.u8`` under the
+data dir (:mod:`sweeper.data.build`: sizes from the headers, said and checked against the budget
+before the build, workers writing into the pre-sized file). Every later trial, and every DataLoader
+worker, maps that file read-only; the page cache shares it across processes.
 
-What the shrink does to augmentation: the cached short side is at least ``cache_scale`` x the input
-size (and at least the eval resize), so a RandomResizedCrop covering ``1 / cache_scale**2`` of the
-image or more (a quarter at the default 2) is cut from as many pixels as a full decode would give it;
-smaller crops are upsampled a little more than from the original. Images smaller than that are cached
-as decoded. Evaluation never reads the shrunk copy: a second cache, built in the same decoding pass,
-holds each image as the eval transform's deterministic geometry leaves it (``augment.EvalCrop``), so
-every validation and test pixel is the one ``predict`` computes from the file.
+A run keeps two caches, each bounded by what it reads. The training images are shrunk
+(:class:`ShrinkShortSide`, aspect kept, never enlarged) to the short side at which the median
+RandomResizedCrop is still cut from as many pixels as a full decode gives it (:func:`train_short_side`:
+305 for crops to 224 at torchvision's default scale and ratio), or ``cache_scale`` x the input size
+where a study sets it. The images a run evaluates are held as the eval transform's deterministic
+geometry leaves them (``augment.EvalCrop``), so every validation and hold-out pixel is the one
+``predict`` computes from the file; training never reads that copy, evaluation never the shrunk one.
 
 The cache is keyed by every file's path, size, mtime and inode, the resize and the library
 versions; a changed file makes a new key (the old cache is deleted). Builds take a file lock, so a
@@ -35,6 +36,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,12 +45,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 
-from sweeper.data.images import BadImage, check_decodes, data_dir
-from sweeper.data.tensors import load_image
-from sweeper.data.workers import worker_context
-from sweeper.errors import SweeperError
+from sweeper.data import build
+from sweeper.data.images import check_decodes, data_dir
 
 if TYPE_CHECKING:  # torchvision is imported where it is used
     from torchvision.transforms import InterpolationMode
@@ -71,6 +70,10 @@ class Resizer(Protocol):
     @property
     def max_size(self) -> int | None: ...
     def __call__(self, img: torch.Tensor) -> torch.Tensor: ...
+
+
+Wanted = tuple[Sequence[Path], "Resizer"]
+"""One cache: the files it holds, in a fixed order, and what it applies to each of them once."""
 
 
 def resize_key(resize: Resizer) -> str:
@@ -102,9 +105,23 @@ class ShrinkShortSide:
         return f"ShrinkShortSide({self.size})"
 
 
-def cached_short_side(eval_resize: int, input_size: int, cache_scale: float) -> int:
-    """The short side a trial's cache keeps: the eval resize, or ``cache_scale`` x the input if larger."""
-    return max(eval_resize, math.ceil(cache_scale * input_size))
+def train_short_side(size: int, scale: tuple[float, float] | None, ratio: tuple[float, float]) -> int:
+    """The short side a training cache keeps for crops to ``size``: the median RandomResizedCrop is cut
+    from as many pixels as a full decode would give it; ``scale`` None (no random crop: the whole image
+    is resized to ``size``) keeps ``size``.
+
+    torchvision draws a crop's area share uniformly in ``scale`` and its aspect log-uniformly in
+    ``ratio``. The median crop (share ``(lo + hi) / 2``, aspect the ratios' geometric mean ``r``) of a
+    square image of side S has a short side of ``S * sqrt(share / max(r, 1 / r))``; it must reach
+    ``size``. Larger crops (half of them) are shrunk from more pixels than they keep; smaller ones are
+    upsampled from fewer than a full decode of a larger photo would give them (at the default 0.08-1,
+    the smallest by 2.6x a side). A wider image only gives every crop more pixels.
+    """
+    if scale is None:
+        return size
+    share = (scale[0] + scale[1]) / 2
+    aspect = math.sqrt(ratio[0] * ratio[1])
+    return math.ceil(size * math.sqrt(max(aspect, 1 / aspect) / share) - 1e-9)
 
 
 def fingerprint(files: Sequence[Path], resize: Resizer) -> str:
@@ -118,22 +135,6 @@ def fingerprint(files: Sequence[Path], resize: Resizer) -> str:
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
     return h.hexdigest()[:24]
-
-
-def estimate_bytes(files: Sequence[Path], resize: Resizer) -> int:
-    """Bytes the cache will take, from the image headers (no decoding)."""
-    total = 0
-    for f in files:
-        with Image.open(f) as im:
-            w, h = im.size
-        if isinstance(resize.size, int) or len(resize.size) == 1:
-            short = resize.size if isinstance(resize.size, int) else resize.size[0]
-            if getattr(resize, "shrink_only", False):
-                short = min(short, w, h)
-            total += 3 * short * int(short * max(w, h) / min(w, h))
-        else:
-            total += 3 * resize.size[0] * resize.size[1]
-    return total
 
 
 def budget_bytes(where: Path) -> int:
@@ -179,57 +180,27 @@ class ImageCache(Mapping):
         return {**self.__dict__, "_pixels": None}
 
 
-class _Decode(torch.utils.data.Dataset):
-    """Each file decoded once and put through every resizer being built."""
-
-    def __init__(self, files: Sequence[Path], resizers: Sequence[Resizer]) -> None:
-        self.files, self.resizers = files, resizers
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> list[torch.Tensor] | str:
-        try:
-            img = load_image(self.files[i])
-        except SweeperError as e:  # raised by the builder: a worker's exception comes back with its traceback
-            return str(e)
-        # stored height x width x 3, the layout decoders produce and torchvision's uint8 resize is fastest on
-        return [r(img).permute(1, 2, 0).contiguous() for r in self.resizers]
-
-
-def _build(files: Sequence[Path], resizers: Sequence[Resizer], targets: Sequence[Path], workers: int) -> None:
-    """Decode each file once (in ``workers`` processes) into every resizer's temporary folder, then
-    rename each to its target."""
-    tmps = [Path(tempfile.mkdtemp(prefix=f".{t.name}-", dir=t.parent)) for t in targets]
+def _build(
+    todo: Sequence[tuple[Wanted, Path]],
+    sizes: dict[Path, tuple[int, int]],
+    workers: int,
+    progress: build.Progress | None,
+) -> None:
+    """Decode each file once into every cache's temporary folder, then rename each to its target."""
+    tmps = [Path(tempfile.mkdtemp(prefix=f".{t.name}-", dir=t.parent)) for _, t in todo]
     try:
-        index = np.zeros((len(targets), len(files), 3), dtype=np.int64)
-        offsets = [0] * len(targets)
-        decoded = torch.utils.data.DataLoader(  # own generator: building leaves the trial's RNG untouched
-            _Decode(files, resizers),
-            batch_size=None,
-            num_workers=workers,
-            multiprocessing_context=worker_context(workers),
-            generator=torch.Generator(),
-        )
-        with contextlib.ExitStack() as stack:
-            outs = [stack.enter_context(open(tmp / "pixels.u8", "wb")) for tmp in tmps]
-            for i, imgs in enumerate(decoded):
-                if isinstance(imgs, str):  # a worker's BadImage, as its one line
-                    raise BadImage(imgs)
-                for k, (img, out) in enumerate(zip(imgs, outs, strict=True)):
-                    index[k, i] = (offsets[k], img.shape[0], img.shape[1])
-                    out.write(memoryview(img.numpy()).cast("B"))
-                    offsets[k] += img.numel()
-            for out in outs:
-                out.flush()
-                os.fsync(out.fileno())
-        for k, (tmp, resize, target) in enumerate(zip(tmps, resizers, targets, strict=True)):
-            np.save(tmp / "index.npy", index[k])
+        plans = [
+            build.plan(files, r, tmp / "pixels.u8", sizes)
+            for ((files, r), _), tmp in zip(todo, tmps, strict=True)
+        ]
+        indexes = build.write(plans, workers, progress)
+        for ((files, resize), target), tmp, index, p in zip(todo, tmps, indexes, plans, strict=True):
+            np.save(tmp / "index.npy", index)
             meta = {
                 "version": VERSION,
                 "resize": resize_key(resize),
                 "images": len(files),
-                "bytes": offsets[k],
+                "bytes": p.bytes,
                 "family": _family(files, resize),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
@@ -260,38 +231,52 @@ def _remove_stale(root: Path, keep: Path, family: str) -> None:
 
 
 def open_cache(
-    files: Sequence[Path], resize: Resizer, workers: int = 0, root: Path | None = None
+    files: Sequence[Path],
+    resize: Resizer,
+    workers: int = 0,
+    root: Path | None = None,
+    progress: build.Progress | None = None,
 ) -> ImageCache | None:
-    """The cache of ``files`` through ``resize``: :func:`open_caches` with one resizer."""
-    return open_caches(files, [resize], workers, root)[0]
+    """The cache of ``files`` through ``resize``: :func:`open_caches` with one cache."""
+    return open_caches([(files, resize)], workers, root, progress)[0]
 
 
 def open_caches(
-    files: Sequence[Path], resizers: Sequence[Resizer], workers: int = 0, root: Path | None = None
+    wanted: Sequence[Wanted],
+    workers: int = 0,
+    root: Path | None = None,
+    progress: build.Progress | None = None,
 ) -> list[ImageCache | None]:
-    """The caches of ``files`` through each resizer, the missing ones built in one decoding pass; None
-    for a cache over the disk budget (resizers earlier in the list get the budget first).
+    """Each cache of ``wanted`` (its files, its resizer), the missing ones built in one decoding pass;
+    None for a cache over the disk budget (caches earlier in the list get the budget first).
 
     Args:
-        files: every file the trials will read (train, val and test), in a fixed order.
-        resizers: what each cache applies to every image once (e.g. a :class:`ShrinkShortSide`).
+        wanted: ``(files, resizer)`` per cache: the files in a fixed order, and what the cache applies to
+            every one of them once (e.g. a :class:`ShrinkShortSide`).
         workers: decoding processes for the first build.
         root: where caches live; default ``<data dir>/cache``.
+        progress: called as ``progress(done, total)`` while building; default a line on stderr every 10 s.
     """
-    if not files:
-        return [None] * len(resizers)
+    if not any(files for files, _ in wanted):
+        return [None] * len(wanted)
     if os.environ.get("SWEEPER_CACHE_GB") is not None and budget_bytes(Path(".")) == 0:
-        check_decodes(files)  # turned off on purpose, whatever caches exist: no build to find a bad file
-        return [None] * len(resizers)
+        check_decodes(
+            _union(wanted)
+        )  # turned off on purpose, whatever caches exist: no build to find a bad file
+        return [None] * len(wanted)
     root = root or data_dir() / "cache"
-    keys = [fingerprint(files, r) for r in resizers]
-    found = {k: _ready(root, k, files) for k in keys}
+    keys = [fingerprint(files, r) if files else "" for files, r in wanted]
+    found = {k: _ready(root, k, w[0]) for k, w in zip(keys, wanted, strict=True) if k}
     missing = [
-        (k, r) for k, r in zip(keys, resizers, strict=True) if found[k] is None and k not in _over_budget
+        (k, w) for k, w in zip(keys, wanted, strict=True) if k and found[k] is None and k not in _over_budget
     ]
     if missing:
-        found |= _build_missing(files, missing, workers, root)
+        found |= _build_missing(missing, workers, root, progress)
     return [found.get(k) for k in keys]
+
+
+def _union(wanted: Sequence[Wanted]) -> list[Path]:
+    return sorted({f for files, _ in wanted for f in files})
 
 
 def _ready(root: Path, key: str, files: Sequence[Path]) -> ImageCache | None:
@@ -301,11 +286,12 @@ def _ready(root: Path, key: str, files: Sequence[Path]) -> ImageCache | None:
 
 
 def _build_missing(
-    files: Sequence[Path], missing: list[tuple[str, Resizer]], workers: int, root: Path
+    missing: list[tuple[str, Wanted]], workers: int, root: Path, progress: build.Progress | None
 ) -> dict[str, ImageCache | None]:
     """Build the caches not there yet under their locks (a second worker waits, then maps them)."""
     from filelock import FileLock
 
+    files = _union([w for _, w in missing])
     try:
         root.mkdir(parents=True, exist_ok=True)
         locks = [FileLock(str(root / f".{k}.lock")) for k, _ in sorted(missing, key=lambda m: m[0])]
@@ -323,8 +309,10 @@ def _build_missing(
     with contextlib.ExitStack() as held:
         for lock in locks:  # in key order: two builders never hold one lock each and wait on the other
             held.enter_context(lock)
-        found = {k: _ready(root, k, files) for k, _ in missing}  # built while we waited?
-        todo = _within_budget(files, [(k, r) for k, r in missing if found[k] is None], root)
+        found = {k: _ready(root, k, w[0]) for k, w in missing}  # built while we waited?
+        wanted = [(k, w) for k, w in missing if found[k] is None]
+        sizes = {f: build.upright_size(f) for f in _union([w for _, w in wanted])}  # headers only
+        todo = _within_budget(wanted, sizes, root)
         if not todo:
             if any(v is None for v in found.values()):
                 check_decodes(files)  # no build to find a bad file before training: decode each once now
@@ -332,32 +320,50 @@ def _build_missing(
         for leftover in (p for k, _ in todo for p in root.glob(f".{k}-*")):  # a build killed half-way
             shutil.rmtree(leftover, ignore_errors=True)
         t0 = time.perf_counter()
-        targets = [root / k for k, _ in todo]
-        _build(files, [r for _, r in todo], targets, workers)
-        log.info(f"sweeper: cached {len(files)} decoded images in {time.perf_counter() - t0:.1f}s at {root}")
-        for (k, r), target in zip(todo, targets, strict=True):
-            _remove_stale(root, target, _family(files, r))
-            found[k] = ImageCache(target, files)
+        _build([(w, root / k) for k, w in todo], sizes, workers, progress)
+        log.info(f"sweeper: cached {len(sizes)} decoded images in {time.perf_counter() - t0:.1f}s at {root}")
+        for k, (files_k, r) in todo:
+            _remove_stale(root, root / k, _family(files_k, r))
+            found[k] = ImageCache(root / k, files_k)
     return found
 
 
+def describe(resize: Resizer) -> str:
+    """What a cache holds of each image, in words."""
+    if isinstance(resize, ShrinkShortSide):
+        return f"at short side {resize.size} (for training crops)"
+    if hasattr(resize, "key"):  # augment.EvalCrop
+        h, w = resize.size  # type: ignore[misc]
+        return f"as {h}x{w} eval crops"
+    return f"through {resize_key(resize)}"
+
+
 def _within_budget(
-    files: Sequence[Path], wanted: list[tuple[str, Resizer]], root: Path
-) -> list[tuple[str, Resizer]]:
-    """The caches that fit the disk budget, in the order asked; the others are said once and skipped."""
+    wanted: list[tuple[str, Wanted]], sizes: dict[Path, tuple[int, int]], root: Path
+) -> list[tuple[str, Wanted]]:
+    """The caches that fit the disk budget, in the order asked, each said with its size before it is
+    built; the others are said once and skipped."""
     budget = budget_bytes(root)
     if budget == 0:  # turned off on purpose, no message
         _over_budget.update(k for k, _ in wanted)
         return []
     fits, used = [], 0
-    for key, resize in wanted:
-        need = estimate_bytes(files, resize)
+    for key, (files, resize) in wanted:
+        need = 3 * sum(int(np.prod(build.output_shape(sizes[f], resize))) for f in files)
+        jpeg = sum(os.stat(f).st_size for f in files)
         if used + need <= budget:
-            fits.append((key, resize))
+            fits.append((key, (files, resize)))
             used += need
+            print(
+                f"sweeper: image cache: {len(files):,} images {describe(resize)}: {need / 1e9:.2f} GB "
+                f"({need / max(jpeg, 1):.1f}x their {jpeg / 1e9:.2f} GB of files; budget "
+                f"{budget / 1e9:.1f} GB, $SWEEPER_CACHE_GB)",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         log.warning(
-            f"sweeper: caching {len(files)} decoded images at {resize_key(resize)} needs "
+            f"sweeper: caching {len(files)} decoded images {describe(resize)} needs "
             f"{need / 1e9:.1f} GB, over the budget ($SWEEPER_CACHE_GB: {(budget - used) / 1e9:.1f} GB "
             "left); decoding every image in every epoch instead"
         )

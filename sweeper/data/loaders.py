@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,7 +64,13 @@ def setup_model(model: nn.Module, cfg: TrialConfig, device: torch.device) -> nn.
 
 class DeviceLoader:
     """A DataLoader whose batches arrive on the device: pinned non-blocking copies, the chosen memory
-    format, and the device part of the transform (``device_aug``) already applied."""
+    format, and the device part of the transform (``device_aug``) already applied.
+
+    It clocks what the loop waits for: ``waited`` adds up the seconds spent blocked in the DataLoader's
+    ``next()`` (starting its workers included), and ``first_batch_at`` is the ``perf_counter`` time its
+    first batch ever arrived. Two clock reads a batch, no device synchronization: on CUDA the loop may
+    still have kernels queued while it waits, so ``waited`` bounds the GPU's idle time from above.
+    """
 
     def __init__(
         self,
@@ -73,12 +81,30 @@ class DeviceLoader:
     ) -> None:
         self.dl, self.device, self.channels_last, self.tail = dl, device, channels_last, tail
         self.dataset = dl.dataset
+        self.waited = 0.0  # seconds blocked on the DataLoader; the caller resets it per epoch
+        self.first_batch_at: float | None = None
 
     def __len__(self) -> int:
         return len(self.dl)
 
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        t = time.perf_counter()
+        it = iter(self.dl)  # the first epoch's starts the workers: waiting too
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                self.waited += time.perf_counter() - t
+                return
+            now = time.perf_counter()
+            self.waited += now - t
+            if self.first_batch_at is None:
+                self.first_batch_at = now
+            yield batch
+            t = time.perf_counter()
+
     def __iter__(self):
-        for x, y in self.dl:
+        for x, y in self._batches():
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.tail is not None:
                 x = self.tail(x)
@@ -123,29 +149,39 @@ def loader(
 class Pipelines:
     """The per-image transforms of a run, their device tails, and the decoded-image caches they read.
 
-    Two caches hold every file the run reads (sorted, so the folds of a k-fold trial and a refit on
-    train+val share the trials' caches), built in one decoding pass: for training, each image shrunk to
-    a short side that keeps training crops at full fidelity (see :mod:`sweeper.data.cache`); for
-    evaluation, each image as the eval transform's geometry leaves it (:class:`augment.EvalCrop`), so
-    validation, hold-out and test pixels are exactly those ``predict`` computes from the files.
+    Two caches, built in one decoding pass: for training, every file of ``splits`` (sorted, so the
+    folds of a k-fold trial and a refit on train+val share the trials' cache) shrunk to the short side
+    the random crops use (see :mod:`sweeper.data.cache`); for evaluation, the files of ``evaluated``
+    (default: all of ``splits``) as the eval transform's geometry leaves them
+    (:class:`augment.EvalCrop`), so validation and hold-out pixels are exactly those ``predict``
+    computes from the files. An image read outside its cache is decoded from its file.
     """
 
     def __init__(
-        self, cfg: TrialConfig, dcfg: dict[str, Any], device: torch.device, *splits: data_lib.Split | None
+        self,
+        cfg: TrialConfig,
+        dcfg: dict[str, Any],
+        device: torch.device,
+        *splits: data_lib.Split | None,
+        evaluated: tuple[data_lib.Split | None, ...] | None = None,
     ):
         from sweeper.data import cache
 
         self.train_tf: Any = augment.train_transform(cfg.aug, dcfg, cfg.normalize)
         self.eval_tf: Any = augment.eval_transform(dcfg, cfg.eval, cfg.normalize)
         self.eval_cached_tf: Any = augment.after_eval_crop(dcfg, cfg.normalize)
-        files = sorted({f for s in splits if s is not None for f in s.files})
-        geo = augment.eval_geometry(dcfg, cfg.eval)
-        short = cache.cached_short_side(
-            math.floor(geo["img_size"] / geo["crop_pct"]), dcfg["input_size"][-1], cfg.cache_scale
+        evaluated = splits if evaluated is None else evaluated
+        size, aug = dcfg["input_size"][-1], cfg.aug
+        short = (
+            math.ceil(cfg.cache_scale * size)
+            if cfg.cache_scale is not None
+            else cache.train_short_side(size, aug.rrc_scale if aug.rrc else None, aug.rrc_ratio)
         )
         shrink = cache.ShrinkShortSide(short, augment.interpolation(dcfg))
         crop = augment.EvalCrop(dcfg, cfg.eval)  # first: the budget goes to the exact eval pixels first
-        self.eval_images, self.images = cache.open_caches(files, [crop, shrink], workers=workers(cfg))
+        self.eval_images, self.images = cache.open_caches(
+            [(_files(*evaluated), crop), (_files(*splits), shrink)], workers=workers(cfg)
+        )
         self.train_tail = self.eval_tail = None
         if cfg.device_aug is True or (cfg.device_aug == "auto" and device.type == "cuda"):
             self.train_tf, self.train_tail = augment.split_for_device(self.train_tf)
@@ -163,6 +199,10 @@ class Pipelines:
 
     def eval_loader(self, split: data_lib.Split, cfg: TrialConfig, device: torch.device) -> DeviceLoader:
         return loader(self.eval(split), cfg, train=False, device=device, tail=self.eval_tail)
+
+
+def _files(*splits: data_lib.Split | None) -> list[Path]:
+    return sorted({f for s in splits if s is not None for f in s.files})
 
 
 def autocast(device: torch.device, precision: str = "bf16"):

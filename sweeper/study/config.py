@@ -154,7 +154,7 @@ class TrialConfig:
     num_workers: int | None = None  # DataLoader workers; None = from the machine's cores
     channels_last: Literal["auto"] | bool = "auto"  # NHWC; auto = on CUDA, off for models it slows down
     compile: bool = False  # torch.compile the model: slower first epoch, faster steps after (GPU)
-    cache_scale: float = 2.0  # decoded-image cache keeps short side >= this x img_size (data.cache)
+    cache_scale: float | None = None  # training cache's short side = this x img_size; None: from the crops
     device_aug: Literal["auto"] | bool = "auto"  # uint8 batches, float math on the device; auto = on CUDA
     aug: AugConfig = field(default_factory=AugConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -7,6 +7,7 @@ stops the run by raising from inside it, and the exception passes through untouc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -188,12 +189,20 @@ def fit(
         fold: the k-fold trial's fold and finished folds, saved with the checkpoint.
     """
     device = device or loaders.pick_device()
+    started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = model_lib.create(cfg, len(classes))
     dcfg = model_lib.data_config(model, cfg.img_size, cfg.interpolation)
     loaders.setup_model(model, cfg, device)
-    pipes = loaders.Pipelines(cfg, dcfg, device, train_split, val_split, probe, holdout)
+    # the eval cache holds what some fold or run evaluates: with k folds, every file of the pool
+    evaluated: tuple[data_lib.Split | None, ...] = (
+        val_split,
+        holdout,
+        probe if cfg.sensitivity.action != "none" else None,
+    )
+    evaluated += (train_split,) if cfg.folds > 1 else ()
+    pipes = loaders.Pipelines(cfg, dcfg, device, train_split, val_split, probe, holdout, evaluated=evaluated)
     val_dl = None if val_split is None else pipes.eval_loader(val_split, cfg, device)
     own, sensitive = _sensitivity(model, cfg, pipes, val_split if val_split is not None else probe, device)
     run = Run(
@@ -208,6 +217,8 @@ def fit(
     last = cfg.epochs if stop_epoch is None else max(1, min(stop_epoch, cfg.epochs))
     for epoch in range(start, 0 if result.stopped_early else last + 1):
         metrics, cm = run.epoch(epoch, val_dl, metric)
+        if epoch == start and run.first_batch_at is not None:  # model, caches, loader workers: start-up
+            metrics["time_to_first_batch_s"] = run.first_batch_at - started
         result.history.append(metrics)
         kept.update(result, epoch, metrics, cm, run.evaluated)
         if val_dl is not None and stopper.update(metrics):

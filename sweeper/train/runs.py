@@ -209,6 +209,11 @@ class Run:
         self.steps = 0
 
     @property
+    def first_batch_at(self) -> float | None:
+        """``perf_counter`` time the first training batch arrived (None before the first epoch)."""
+        return self.trainers[0][3].first_batch_at
+
+    @property
     def evaluated(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
@@ -255,12 +260,15 @@ class Run:
         """Train every replica one epoch, score each, merge them, validate; the epoch's metrics, confusion."""
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0.0, 0
+        train_s = waited = 0.0  # the train loops' wall time; of it, blocked on data
         replica_metrics: dict[str, float] = {}
         for i, (m, optimizer, scheduler, dl) in enumerate(self.trainers):
             on_step = self._ema_step if self.ema is not None and i == 0 else None
-            ls, c, n = train_epoch(
+            dl.waited, t = 0.0, time.perf_counter()
+            ls, c, n = train_epoch(  # ends in .item(): the device has finished the epoch's steps
                 m, optimizer, scheduler, dl, self.cfg, self.mix, self.device, on_step, self.scalers[i]
             )
+            train_s, waited = train_s + time.perf_counter() - t, waited + dl.waited
             loss_sum, correct, seen = loss_sum + ls, correct + c, seen + n
             if len(self.trainers) > 1 and val_dl is not None:  # each replica before the merge
                 loss, acc, _ = evaluation.evaluate(
@@ -273,6 +281,9 @@ class Run:
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch}; lower the learning rate")
         metrics = {"train_loss": train_loss, "train_acc": correct / max(seen, 1), **self.learning_rates()}
+        metrics.update(  # is the run data-bound? images/s through the train loops, share spent waiting
+            train_images_per_s=seen / max(train_s, 1e-9), data_wait_share=waited / max(train_s, 1e-9)
+        )
         cm = None
         if val_dl is not None:
             tta = self.cfg.eval.tta

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from sweeper.data import augment, cache, tensors
+from sweeper.data import augment, build, cache, tensors
 from sweeper.data import images as data
 from tests.helpers.builders import data_config
 from tests.helpers.processes import REPO
@@ -142,7 +142,7 @@ def test_a_killed_build_leaves_nothing_half_written(
             raise KeyboardInterrupt
         return tensors.load_image(path)
 
-    monkeypatch.setattr(cache, "load_image", broken)
+    monkeypatch.setattr(build, "load_image", broken)
     with pytest.raises(KeyboardInterrupt):
         cache.open_cache(files, resize)
     assert [p for p in (data.data_dir() / "cache").iterdir() if p.is_dir()] == []
@@ -259,3 +259,39 @@ def test_a_run_evaluates_exactly_the_pixels_predict_computes_from_the_files(
         got = pipes.eval(split)
         for i, f in enumerate(split.files):
             assert torch.equal(got[i][0], deployed(tensors.load_image(f))), f
+
+
+def test_the_training_cache_keeps_the_short_side_the_median_crop_needs() -> None:
+    assert cache.train_short_side(224, (0.08, 1.0), (3 / 4, 4 / 3)) == 305  # torchvision's defaults
+    assert cache.train_short_side(224, None, (3 / 4, 4 / 3)) == 224  # no random crop: resized whole
+    assert cache.train_short_side(224, (1.0, 1.0), (1.0, 1.0)) == 224
+    short = cache.train_short_side(32, (0.25, 0.75), (0.5, 0.5))  # the median crop's short side is 32
+    assert short * (0.5 * 0.5) ** 0.5 >= 32 > (short - 1) * (0.5 * 0.5) ** 0.5
+
+
+def test_the_build_says_its_size_first_reports_progress_and_caches_each_split_as_it_is_read(
+    image_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = data.scan(_with_odd_shapes(image_folder))
+    crop, shrink = augment.EvalCrop(data_config(32)), cache.ShrinkShortSide(40, augment._interp("bilinear"))
+    seen: list[tuple[int, int]] = []
+    evals, trains = cache.open_caches(
+        [(ds.val.files, crop), (ds.train.files, shrink)], workers=0, progress=lambda d, n: seen.append((d, n))
+    )
+    total = len(set(ds.val.files) | set(ds.train.files))
+    assert seen == [(i, total) for i in range(1, total + 1)]  # one decode per file, both caches at once
+    assert (
+        evals is not None
+        and trains is not None
+        and len(evals) == len(ds.val)
+        and len(trains) == len(ds.train)
+    )
+    said = capsys.readouterr().err
+    need = sum(3 * int(np.prod(shrink(tensors.load_image(f)).shape[1:])) for f in ds.train.files)
+    assert f"{len(ds.train):,} images at short side 40 (for training crops): {need / 1e9:.2f} GB" in said
+    assert f"{len(ds.val):,} images as 32x32 eval crops" in said
+    assert (trains.folder / "pixels.u8").stat().st_size == need  # the header's sizes, exactly
+    for f in ds.train.files:
+        assert torch.equal(trains[f], shrink(tensors.load_image(f))), f
+    for f in ds.val.files:
+        assert torch.equal(evals[f], crop(tensors.load_image(f))), f

@@ -67,6 +67,15 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
         assert [m.value for m in history] == pytest.approx(
             [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
         )
+        speed = {
+            k: client.get_metric_history(run.info.run_id, k)
+            for k in ("train_images_per_s", "data_wait_share")
+        }
+        assert [m.step for m in speed["train_images_per_s"]] == [m.step for m in history]
+        assert all(m.value > 0 for m in speed["train_images_per_s"])
+        assert all(0 <= m.value <= 1 for m in speed["data_wait_share"])
+        first = client.get_metric_history(run.info.run_id, "time_to_first_batch_s")
+        assert [m.step for m in first] == [1] and first[0].value > 0
         if t.state == TrialState.PRUNED:
             assert "pruned after epoch" in run.data.tags["reason"]
         if t.state == TrialState.COMPLETE:

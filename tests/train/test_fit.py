@@ -23,6 +23,12 @@ def test_reports_every_epoch_and_keeps_the_best(image_folder: Path) -> None:
     r = train.run_trial(tiny(epochs=3), d, lambda e, m: seen.append((e, m)))
     assert [e for e, _ in seen] == [1, 2, 3]
     assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(seen[0][1])
+    for _, m in seen:  # the speed figures: the train loop's images/s and share of it waiting for data
+        assert m["train_images_per_s"] > 0 and 0 <= m["data_wait_share"] <= 1
+        trained = len(d.train) - len(d.train) % tiny().batch_size  # drop_last
+        assert m["train_images_per_s"] * m["epoch_seconds"] >= trained  # the loop is part of the epoch
+    starts = [m.get("time_to_first_batch_s") for _, m in seen]  # once, in the first epoch, before it ends
+    assert starts[1:] == [None, None] and starts[0] is not None and starts[0] > 0
     accs = [m["val_acc"] for _, m in seen]
     assert r.best["val_acc"] == max(accs) and r.best_epoch == accs.index(max(accs)) + 1
     assert r.confusion is not None and r.confusion.sum() == len(d.val)
