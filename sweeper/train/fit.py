@@ -7,6 +7,7 @@ stops the run by raising from inside it, and the exception passes through untouc
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -189,7 +190,8 @@ def fit(
         fold: the k-fold trial's fold and finished folds, saved with the checkpoint.
     """
     device = device or loaders.pick_device()
-    started = time.perf_counter()
+    # start-up: a trial's (its own process's) from its start, another fold's from here
+    started = _process_started() if fold is None or fold.index == 0 else time.perf_counter()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = model_lib.create(cfg, len(classes))
@@ -217,7 +219,7 @@ def fit(
     last = cfg.epochs if stop_epoch is None else max(1, min(stop_epoch, cfg.epochs))
     for epoch in range(start, 0 if result.stopped_early else last + 1):
         metrics, cm = run.epoch(epoch, val_dl, metric)
-        if epoch == start and run.first_batch_at is not None:  # model, caches, loader workers: start-up
+        if epoch == start and run.first_batch_at is not None:  # imports, model, caches, loader workers
             metrics["time_to_first_batch_s"] = run.first_batch_at - started
         result.history.append(metrics)
         kept.update(result, epoch, metrics, cm, run.evaluated)
@@ -232,6 +234,16 @@ def fit(
     if holdout is not None:
         _score_holdout(result, model, pipes.eval_loader(holdout, cfg, device), holdout.labels, cfg.eval.tta)
     return result
+
+
+def _process_started() -> float:
+    """The ``perf_counter`` time this process started (Linux's /proc; elsewhere: now)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.perf_counter() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter()
 
 
 def _score_holdout(
