@@ -123,7 +123,7 @@ def main() -> None:
         args.models, args.rounds = args.models[:1], 1
 
     import torch
-    from data_pipeline import make_jpegs
+    from make_reference import make
 
     from sweeper.data import augment, cache, loaders
     from sweeper.study import spec
@@ -132,8 +132,8 @@ def main() -> None:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="sweeper-bench-gpu-") as d:
         os.environ["SWEEPER_DATA_DIR"] = str(Path(d) / "sweeper-data")
-        root = make_jpegs(Path(d) / "train", args.images, (500, 375), classes=100)
-        files = tuple(sorted(root.rglob("*.jpg")))
+        make(Path(d), args.images, 0, 0, 100)
+        files = tuple(sorted((Path(d) / "train").rglob("*.jpg")))
         labels = tuple(int(f.parent.name.split("_")[1]) for f in files)
         for name in args.models:
             cfg = spec.build_config({"backbone": name, "batch_size": args.batch, "device_aug": True})

@@ -328,6 +328,10 @@ def _build_missing(
     return found
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def describe(resize: Resizer) -> str:
     """What a cache holds of each image, in words."""
     if isinstance(resize, ShrinkShortSide):
@@ -355,9 +359,9 @@ def _within_budget(
             fits.append((key, (files, resize)))
             used += need
             print(
-                f"sweeper: image cache: {len(files):,} images {describe(resize)}: {need / 1e9:.2f} GB "
-                f"({need / max(jpeg, 1):.1f}x their {jpeg / 1e9:.2f} GB of files; budget "
-                f"{budget / 1e9:.1f} GB, $SWEEPER_CACHE_GB)",
+                f"sweeper: image cache: {len(files):,} images {describe(resize)}: {_size(need)} "
+                f"({need / max(jpeg, 1):.1f}x their {_size(jpeg)} of files; budget "
+                f"{_size(budget - used)} left, $SWEEPER_CACHE_GB)",
                 file=sys.stderr,
                 flush=True,
             )

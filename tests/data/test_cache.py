@@ -288,7 +288,7 @@ def test_the_build_says_its_size_first_reports_progress_and_caches_each_split_as
     )
     said = capsys.readouterr().err
     need = sum(3 * int(np.prod(shrink(tensors.load_image(f)).shape[1:])) for f in ds.train.files)
-    assert f"{len(ds.train):,} images at short side 40 (for training crops): {need / 1e9:.2f} GB" in said
+    assert f"{len(ds.train):,} images at short side 40 (for training crops): {need / 1e6:.1f} MB" in said
     assert f"{len(ds.val):,} images as 32x32 eval crops" in said
     assert (trains.folder / "pixels.u8").stat().st_size == need  # the header's sizes, exactly
     for f in ds.train.files:
