@@ -20,7 +20,10 @@ Every image is decoded the same way (:func:`load_image`): EXIF orientation appli
 images scaled to 8 bits, anything else converted to RGB. :func:`scan` reads every header (a file that is
 not an image, or one over the ``data.max_pixels`` limit, is named before anything trains) and fully
 decodes the test images, which nothing else decodes before a refit ends; train and val images are fully
-decoded by the first trial's cache build (:mod:`sweeper.data.cache`) before it trains.
+decoded by the first trial's cache build (:mod:`sweeper.data.cache`) before it trains. These checks
+(and the duplicate check) run once per version of the files: a stamp under the data dir keyed by every
+file's path, size, mtime and inode remembers a set that passed, so a re-run lists and stats the files
+but reads none.
 """
 
 from __future__ import annotations
@@ -215,16 +218,26 @@ def check_decodes(files: Sequence[Path]) -> None:
     """
     if not files:
         return
-    h = hashlib.sha256(f"PIL {PIL.__version__}".encode())
-    for f in files:
-        st = os.stat(f)
-        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
-    stamp = data_dir() / "decoded" / h.hexdigest()[:24]
+    stamp = _version_stamp("decoded", files)
     if stamp.exists():
         return
     for f in files:
         decode_rgb(f)
-    with contextlib.suppress(OSError):  # a read-only data dir: decoded, just not remembered
+    _remember(stamp)
+
+
+def _version_stamp(kind: str, files: Sequence[Path], *extra: object) -> Path:
+    """A stamp under the data dir naming this version of ``files`` (every path, size, mtime and inode),
+    the decoder's and ``extra``: a check it stands for need not run again until one of them changes."""
+    h = hashlib.sha256("|".join([f"PIL {PIL.__version__}", *map(str, extra)]).encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    return data_dir() / kind / h.hexdigest()[:24]
+
+
+def _remember(stamp: Path) -> None:
+    with contextlib.suppress(OSError):  # a read-only data dir: checked, just not remembered
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()
 
@@ -275,12 +288,7 @@ def scan(
         )
     test, test_labels, skip_test = _scan_test(root_path / "test", classes)
     _check_unique_ids(test)
-    check_apart({"train": _flat(train), "val": _flat(val), "test": test}, duplicates)
-    if check_images:
-        for files in (*train.values(), *val.values(), test):
-            for f in files:
-                check_header(f, max_pixels)
-        check_decodes(test)
+    _check_files(_flat(train), _flat(val), test, check_images, max_pixels, duplicates)
 
     def split(d: dict[str, list[Path]]) -> Split:
         pairs = [(f, i) for i, c in enumerate(classes) for f in d[c]]
@@ -295,6 +303,27 @@ def scan(
         None if test_labels is None else tuple(test_labels),
         tuple(skip_t + skip_v + skip_test),
     )
+
+
+def _check_files(
+    train: list[Path],
+    val: list[Path],
+    test: list[Path],
+    check_images: bool,
+    max_pixels: int,
+    duplicates: Literal["error", "warn"],
+) -> None:
+    """No file twice, every header readable and within ``max_pixels``, the test images decodable: once
+    per version of the files (a stamp remembers a set that passed; any change checks all again)."""
+    stamp = _version_stamp("scanned", [*train, *val, *test], check_images, max_pixels, duplicates)
+    if stamp.exists():
+        return
+    check_apart({"train": train, "val": val, "test": test}, duplicates)
+    if check_images:
+        for f in (*train, *val, *test):
+            check_header(f, max_pixels)
+        check_decodes(test)
+    _remember(stamp)
 
 
 def _flat(by_class: dict[str, list[Path]]) -> list[Path]:

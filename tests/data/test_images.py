@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -77,3 +78,17 @@ def test_builtin_digits_written_once_as_image_folder() -> None:
     stamp = (root / "val").stat().st_mtime
     assert data.materialize_builtin() == root and (root / "val").stat().st_mtime == stamp
     assert (root / "test_labels.csv").read_text().count("\n") == len(d.test) + 1
+
+
+def test_the_files_are_checked_once_per_version(image_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[Path] = []
+    check = data.check_header
+    monkeypatch.setattr(data, "check_header", lambda f, m: (opened.append(f), check(f, m)))
+    first = data.scan(image_folder)
+    assert sorted(opened) == sorted([*first.train.files, *first.val.files, *first.test])
+    opened.clear()
+    assert data.scan(image_folder) == first and opened == []  # the same files: nothing read again
+    changed = first.val.files[0]
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    data.scan(image_folder)
+    assert changed in opened  # any change checks them all again
