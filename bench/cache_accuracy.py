@@ -1,9 +1,10 @@
 """Benchmark (e): does the decode-once cache's resolution change what augmentation does? Accuracy on digits.
 
 The built-in digits (32 px images) trained quickstart-style (resnet10t from scratch, AdamW, RandomResizedCrop
-at the default scale 0.08-1) at input 16, so the cache's size matters: ``cache_scale 0`` keeps the eval
-resize (short side 18, as before issue 14) and crops are cut from that copy; ``cache_scale 2`` keeps the
-32 px originals, what a full decode gives. Same seeds for both; val accuracy of the best epoch.
+at the default scale 0.08-1) at input 16, so the cache's size matters: ``cache_scale 0`` keeps the input
+size (short side 16; issue 14 measured the eval resize, 18) and crops are cut from that copy;
+``cache_scale 2`` keeps the 32 px originals, what a full decode gives (the default, from the crops, keeps
+22). Same seeds for both; val accuracy of the best epoch.
 
     python bench/cache_accuracy.py             # seeds 0 1 2, 6 epochs
     python bench/cache_accuracy.py --quick     # seed 0, 2 epochs

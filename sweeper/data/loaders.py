@@ -173,7 +173,7 @@ class Pipelines:
         evaluated = splits if evaluated is None else evaluated
         size, aug = dcfg["input_size"][-1], cfg.aug
         short = (
-            math.ceil(cfg.cache_scale * size)
+            max(size, math.ceil(cfg.cache_scale * size))
             if cfg.cache_scale is not None
             else cache.train_short_side(size, aug.rrc_scale if aug.rrc else None, aug.rrc_ratio)
         )

@@ -154,7 +154,7 @@ class TrialConfig:
     num_workers: int | None = None  # DataLoader workers; None = from the machine's cores
     channels_last: Literal["auto"] | bool = "auto"  # NHWC; auto = on CUDA, off for models it slows down
     compile: bool = False  # torch.compile the model: slower first epoch, faster steps after (GPU)
-    cache_scale: float | None = None  # training cache's short side = this x img_size; None: from the crops
+    cache_scale: float | None = None  # training cache short side = this x img_size, >= 1x; None: from crops
     device_aug: Literal["auto"] | bool = "auto"  # uint8 batches, float math on the device; auto = on CUDA
     aug: AugConfig = field(default_factory=AugConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
