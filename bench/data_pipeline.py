@@ -122,19 +122,21 @@ def main() -> None:
     cfg = spec.build_config({"batch_size": args.batch, "num_workers": workers})
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="sweeper-bench-data-") as d:
-        os.environ["SWEEPER_DATA_DIR"] = str(Path(d) / "sweeper-data")
         make(Path(d) / "ref", args.images, args.images // 10, 0, 10)
         data = data_lib.scan(Path(d) / "ref")
         files = sorted({*data.train.files, *data.val.files})
-        bare = [bare_decode(files, workers)]
-        t0 = time.perf_counter()
-        pipes = loaders.Pipelines(cfg, dcfg, cpu, data.train, data.val, evaluated=(data.val,))  # as fit does
-        build = time.perf_counter() - t0
-        bare.append(bare_decode(files, workers))
         shrink = cache.ShrinkShortSide(
-            pipes.images[data.train.files[1]].shape[1], augment.interpolation(dcfg)
+            cache.train_short_side(dcfg["input_size"][-1], cfg.aug.rrc_scale, cfg.aug.rrc_ratio),
+            augment.interpolation(dcfg),
         )
-        resized = statistics.mean(bare_decode(files, workers, shrink) for _ in range(2))
+        speeds: dict[str, list[float]] = {"bare": [], "bare+resize": [], "build": []}
+        for i in range(args.rounds):  # interleaved, each build into an empty data dir
+            speeds["bare"].append(bare_decode(files, workers))
+            speeds["bare+resize"].append(bare_decode(files, workers, shrink))
+            os.environ["SWEEPER_DATA_DIR"] = str(Path(d) / f"sweeper-data-{i}")
+            t0 = time.perf_counter()
+            pipes = loaders.Pipelines(cfg, dcfg, cpu, data.train, data.val, evaluated=(data.val,))  # as fit
+            speeds["build"].append(len(files) / (time.perf_counter() - t0))
         assert pipes.images is not None and pipes.eval_images is not None
         folders = (pipes.images.folder, pipes.eval_images.folder)
         cache_mb = sum(f.stat().st_size for d_ in folders for f in d_.iterdir()) / 1e6
@@ -163,13 +165,15 @@ def main() -> None:
         f"(input {dcfg['input_size'][-1]}, {dcfg.get('interpolation')}), batch {args.batch}, {workers} "
         f"workers, {os.cpu_count()} CPUs, {args.rounds} interleaved rounds"
     )
-    rate = len(files) / build
+    built = {k: statistics.median(v) for k, v in speeds.items()}
     print(
-        f"cache build as run-study builds it: {build:.1f}s = {rate:.0f} images/s vs a bare PIL decode "
-        f"{statistics.mean(bare):.0f} images/s ({', '.join(f'{b:.0f}' for b in bare)}): "
-        f"{rate / statistics.mean(bare):.2f}x (target >= 0.9x); vs a bare decode + the same resize "
-        f"{resized:.0f} images/s: {rate / resized:.2f}x"
+        f"cache build as run-study builds it: median {built['build']:.0f} images/s vs a bare parallel PIL "
+        f"decode {built['bare']:.0f}: {built['build'] / built['bare']:.2f}x (target >= 0.9x); "
+        f"vs a bare decode + the same resize {built['bare+resize']:.0f}: "
+        f"{built['build'] / built['bare+resize']:.2f}x"
     )
+    for k, v in speeds.items():
+        print(f"  {k:<11} rounds: {', '.join(f'{x:.0f}' for x in v)} images/s")
     print(
         f"cache size {cache_mb:.0f} MB = {cache_mb / jpeg_mb:.1f}x the JPEG bytes (target <= ~3x); "
         f"training copies {tuple(short)} for a landscape photo"
