@@ -429,7 +429,8 @@ def to_rgb8(im: Image.Image) -> np.ndarray:
     the first of 255 (or 1 for float) and 65535 that holds the image's maximum, else its maximum.
     """
     if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
-        return np.array(im.convert("RGB"))  # 48/64-bit PNGs already open as 8-bit RGB(A)
+        # 48/64-bit PNGs already open as 8-bit RGB(A); an RGB image is not copied once more by convert
+        return np.array(im if im.mode == "RGB" else im.convert("RGB"))
     a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
     peak = float(a.max(initial=0.0))
     if im.mode.startswith("I;16"):
