@@ -15,10 +15,11 @@ where a study sets it. The images a run evaluates are held as the eval transform
 geometry leaves them (``augment.EvalCrop``), so every validation and hold-out pixel is the one
 ``predict`` computes from the file; training never reads that copy, evaluation never the shrunk one.
 
-The cache is keyed by every file's path, size, mtime and inode, the resize and the library
-versions; a changed file makes a new key (the old cache is deleted). Builds take a file lock, so a
-second worker waits and then maps the first one's cache, and write to a temporary folder renamed
-into place, so no reader ever sees half a cache. A dataset over the disk budget
+The cache is keyed by every file's path, size, mtime and inode (as the sweep's scan found them, when
+the splits carry its version: a trial does not stat them again), the resize and the library
+versions; a changed file makes a new key at the next scan (the old cache is deleted). Builds take a
+file lock, so a second worker waits and then maps the first one's cache, and write to a temporary
+folder renamed into place, so no reader ever sees half a cache. A dataset over the disk budget
 (``$SWEEPER_CACHE_GB``, default half the free space) is decoded per epoch instead, with a message.
 
 The build is also the check that every image decodes: a truncated or corrupt file stops it with a
@@ -124,14 +125,21 @@ def train_short_side(size: int, scale: tuple[float, float] | None, ratio: tuple[
     return math.ceil(size * math.sqrt(max(aspect, 1 / aspect) / share) - 1e-9)
 
 
-def fingerprint(files: Sequence[Path], resize: Resizer) -> str:
-    """A key that changes when any file (path, size, mtime, inode), the resize or the decoders change."""
+def fingerprint(files: Sequence[Path], resize: Resizer, version: str = "") -> str:
+    """A key that changes when any file (path, size, mtime, inode), the resize or the decoders change.
+
+    ``version`` is those files' version as the sweep's scan found it (:attr:`images.Split.version`): the
+    key then hashes it and the paths instead of statting every file again in every trial.
+    """
     import PIL
     import torchvision
 
     versions = f"tv {torchvision.__version__}|PIL {PIL.__version__}"
-    h = hashlib.sha256(f"v{VERSION}|{resize_key(resize)}|{versions}".encode())
+    h = hashlib.sha256(f"v{VERSION}|{resize_key(resize)}|{versions}|{version}".encode())
     for f in files:
+        if version:
+            h.update(f"{os.path.abspath(f)}\n".encode())
+            continue
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
     return h.hexdigest()[:24]
@@ -246,6 +254,7 @@ def open_caches(
     workers: int = 0,
     root: Path | None = None,
     progress: build.Progress | None = None,
+    version: str = "",
 ) -> list[ImageCache | None]:
     """Each cache of ``wanted`` (its files, its resizer), the missing ones built in one decoding pass;
     None for a cache over the disk budget (caches earlier in the list get the budget first).
@@ -256,6 +265,7 @@ def open_caches(
         workers: decoding processes for the first build.
         root: where caches live; default ``<data dir>/cache``.
         progress: called as ``progress(done, total)`` while building; default a line on stderr every 10 s.
+        version: the files' version from the sweep's scan (see :func:`fingerprint`); "" = stat them.
     """
     if not any(files for files, _ in wanted):
         return [None] * len(wanted)
@@ -265,7 +275,7 @@ def open_caches(
         )  # turned off on purpose, whatever caches exist: no build to find a bad file
         return [None] * len(wanted)
     root = root or data_dir() / "cache"
-    keys = [fingerprint(files, r) if files else "" for files, r in wanted]
+    keys = [fingerprint(files, r, version) if files else "" for files, r in wanted]
     found = {k: _ready(root, k, w[0]) for k, w in zip(keys, wanted, strict=True) if k}
     missing = [
         (k, w) for k, w in zip(keys, wanted, strict=True) if k and found[k] is None and k not in _over_budget

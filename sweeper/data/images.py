@@ -23,7 +23,8 @@ decodes the test images, which nothing else decodes before a refit ends; train a
 decoded by the first trial's cache build (:mod:`sweeper.data.cache`) before it trains. These checks
 (and the duplicate check) run once per version of the files: a stamp under the data dir keyed by every
 file's path, size, mtime and inode remembers a set that passed, so a re-run lists and stats the files
-but reads none.
+but reads none. That version travels with the splits (:attr:`Split.version`) to the trials, which key
+their caches on it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -63,12 +64,17 @@ class Split:
 
     files: tuple[Path, ...]
     labels: tuple[int, ...]
+    # the version of the scanned dataset's files these come from (every path, size, mtime and inode, as
+    # the scan found them); a decoded-image cache is keyed on it instead of statting every file again in
+    # every trial. "" = unknown: the cache stats them.
+    version: str = field(default="", compare=False)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __add__(self, other: Split) -> Split:
-        return Split(self.files + other.files, self.labels + other.labels)
+        version = self.version if self.version == other.version else ""
+        return Split(self.files + other.files, self.labels + other.labels, version)
 
 
 @dataclass(frozen=True)
@@ -218,7 +224,7 @@ def check_decodes(files: Sequence[Path]) -> None:
     """
     if not files:
         return
-    stamp = _version_stamp("decoded", files)
+    stamp = data_dir() / "decoded" / _digest(f"PIL {PIL.__version__}", files_version(files))
     if stamp.exists():
         return
     for f in files:
@@ -226,14 +232,18 @@ def check_decodes(files: Sequence[Path]) -> None:
     _remember(stamp)
 
 
-def _version_stamp(kind: str, files: Sequence[Path], *extra: object) -> Path:
-    """A stamp under the data dir naming this version of ``files`` (every path, size, mtime and inode),
-    the decoder's and ``extra``: a check it stands for need not run again until one of them changes."""
-    h = hashlib.sha256("|".join([f"PIL {PIL.__version__}", *map(str, extra)]).encode())
+def files_version(files: Sequence[Path]) -> str:
+    """A digest of every file's path, size, mtime and inode: changes when any file is added, removed,
+    replaced or edited."""
+    h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
-    return data_dir() / kind / h.hexdigest()[:24]
+    return h.hexdigest()[:24]
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:24]
 
 
 def _remember(stamp: Path) -> None:
@@ -288,11 +298,11 @@ def scan(
         )
     test, test_labels, skip_test = _scan_test(root_path / "test", classes)
     _check_unique_ids(test)
-    _check_files(_flat(train), _flat(val), test, check_images, max_pixels, duplicates)
+    version = _check_files(_flat(train), _flat(val), test, check_images, max_pixels, duplicates)
 
     def split(d: dict[str, list[Path]]) -> Split:
         pairs = [(f, i) for i, c in enumerate(classes) for f in d[c]]
-        return Split(tuple(f for f, _ in pairs), tuple(y for _, y in pairs))
+        return Split(tuple(f for f, _ in pairs), tuple(y for _, y in pairs), version)
 
     return ImageFolderData(
         root_path,
@@ -312,18 +322,24 @@ def _check_files(
     check_images: bool,
     max_pixels: int,
     duplicates: Literal["error", "warn"],
-) -> None:
+) -> str:
     """No file twice, every header readable and within ``max_pixels``, the test images decodable: once
-    per version of the files (a stamp remembers a set that passed; any change checks all again)."""
-    stamp = _version_stamp("scanned", [*train, *val, *test], check_images, max_pixels, duplicates)
-    if stamp.exists():
-        return
-    check_apart({"train": train, "val": val, "test": test}, duplicates)
-    if check_images:
-        for f in (*train, *val, *test):
-            check_header(f, max_pixels)
-        check_decodes(test)
-    _remember(stamp)
+    per version of the files (a stamp remembers a set that passed; any change checks all again).
+    Returns that version."""
+    version = files_version([*train, *val, *test])
+    stamp = (
+        data_dir()
+        / "scanned"
+        / _digest(f"PIL {PIL.__version__}", version, check_images, max_pixels, duplicates)
+    )
+    if not stamp.exists():
+        check_apart({"train": train, "val": val, "test": test}, duplicates)
+        if check_images:
+            for f in (*train, *val, *test):
+                check_header(f, max_pixels)
+            check_decodes(test)
+        _remember(stamp)
+    return version
 
 
 def _flat(by_class: dict[str, list[Path]]) -> list[Path]:
@@ -377,7 +393,8 @@ def hold_out(data: ImageFolderData, fraction: float, seed: int = 0) -> ImageFold
     out = set(moved)
 
     def pick(ix: Sequence[int]) -> Split:
-        return Split(tuple(data.train.files[i] for i in ix), tuple(data.train.labels[i] for i in ix))
+        tr = data.train
+        return Split(tuple(tr.files[i] for i in ix), tuple(tr.labels[i] for i in ix), tr.version)
 
     kept = [i for i in range(len(data.train)) if i not in out]
     return dataclasses.replace(data, train=pick(kept), val=data.val + pick(sorted(out)))
@@ -402,7 +419,9 @@ def kfold(split: Split, k: int, seed: int) -> list[tuple[Split, Split]]:
 
         def pick(mask: np.ndarray) -> Split:
             ids = np.flatnonzero(mask)
-            return Split(tuple(split.files[i] for i in ids), tuple(split.labels[i] for i in ids))
+            return Split(
+                tuple(split.files[i] for i in ids), tuple(split.labels[i] for i in ids), split.version
+            )
 
         out.append((pick(fold_of != f), pick(fold_of == f)))
     return out

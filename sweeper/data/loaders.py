@@ -179,8 +179,11 @@ class Pipelines:
         )
         shrink = cache.ShrinkShortSide(short, augment.interpolation(dcfg))
         crop = augment.EvalCrop(dcfg, cfg.eval)  # first: the budget goes to the exact eval pixels first
+        versions = {s.version for s in splits if s is not None}  # one scan's: no file statted again
         self.eval_images, self.images = cache.open_caches(
-            [(_files(*evaluated), crop), (_files(*splits), shrink)], workers=workers(cfg)
+            [(_files(*evaluated), crop), (_files(*splits), shrink)],
+            workers=workers(cfg),
+            version=versions.pop() if len(versions) == 1 else "",
         )
         self.train_tail = self.eval_tail = None
         if cfg.device_aug is True or (cfg.device_aug == "auto" and device.type == "cuda"):

@@ -295,3 +295,17 @@ def test_the_build_says_its_size_first_reports_progress_and_caches_each_split_as
         assert torch.equal(trains[f], shrink(tensors.load_image(f))), f
     for f in ds.val.files:
         assert torch.equal(evals[f], crop(tensors.load_image(f))), f
+
+
+def test_a_trial_keys_its_cache_on_the_scans_version_without_statting_the_files(image_folder: Path) -> None:
+    ds = data.scan(image_folder)
+    files, resize = ds.train.files, T.Resize(20)
+    assert ds.train.version and ds.train.version == ds.val.version == (ds.train + ds.val).version
+    keyed = cache.fingerprint(files, resize, ds.train.version)
+    stat_keyed = cache.fingerprint(files, resize)
+    os.utime(files[0], ns=(files[0].stat().st_atime_ns, files[0].stat().st_mtime_ns + 10**9))
+    assert cache.fingerprint(files, resize, ds.train.version) == keyed  # the version holds; no stat
+    assert cache.fingerprint(files, resize) != stat_keyed  # without it, every file is statted
+    rescanned = data.scan(image_folder)  # the next sweep's scan sees the change: a new key
+    assert rescanned.train.version != ds.train.version
+    assert cache.fingerprint(files, resize, rescanned.train.version) != keyed
