@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -27,8 +27,24 @@ from sweeper.data.tensors import load_image
 from sweeper.data.workers import worker_context
 from sweeper.errors import SweeperError
 
-if TYPE_CHECKING:
-    from sweeper.data.cache import Resizer
+if TYPE_CHECKING:  # torchvision is imported where it is used
+    from torchvision.transforms import InterpolationMode
+
+
+class Resizer(Protocol):
+    """What the cache applies to every image once, and keys on: a torchvision ``Resize``, or a
+    :class:`ShrinkShortSide` (which also says ``shrink_only``)."""
+
+    @property
+    def size(self) -> int | Sequence[int]: ...
+    @property
+    def interpolation(self) -> InterpolationMode: ...
+    @property
+    def antialias(self) -> bool | None: ...
+    @property
+    def max_size(self) -> int | None: ...
+    def __call__(self, img: torch.Tensor) -> torch.Tensor: ...
+
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while a cache is built (images decoded so far, of all)."""

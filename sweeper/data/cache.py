@@ -42,12 +42,13 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from sweeper.data import build
+from sweeper.data.build import Resizer
 from sweeper.data.images import check_decodes, data_dir
 
 if TYPE_CHECKING:  # torchvision is imported where it is used
@@ -58,22 +59,7 @@ VERSION = 4  # bump when the file layout or the decoded pixels change (4: shrink
 _over_budget: set[str] = set()  # keys already found too big in this process: say so once
 
 
-class Resizer(Protocol):
-    """What the cache applies to every image once, and keys on: a torchvision ``Resize``, or a
-    :class:`ShrinkShortSide` (which also says ``shrink_only``)."""
-
-    @property
-    def size(self) -> int | Sequence[int]: ...
-    @property
-    def interpolation(self) -> InterpolationMode: ...
-    @property
-    def antialias(self) -> bool | None: ...
-    @property
-    def max_size(self) -> int | None: ...
-    def __call__(self, img: torch.Tensor) -> torch.Tensor: ...
-
-
-Wanted = tuple[Sequence[Path], "Resizer"]
+Wanted = tuple[Sequence[Path], Resizer]
 """One cache: the files it holds, in a fixed order, and what it applies to each of them once."""
 
 
