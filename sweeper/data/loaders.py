@@ -154,7 +154,8 @@ class Pipelines:
     the random crops use (see :mod:`sweeper.data.cache`); for evaluation, the files of ``evaluated``
     (default: all of ``splits``) as the eval transform's geometry leaves them
     (:class:`augment.EvalCrop`), so validation and hold-out pixels are exactly those ``predict``
-    computes from the files. An image read outside its cache is decoded from its file.
+    computes from the files. An image read outside its cache is decoded from its file. ``progress``
+    is called as ``progress(done, total)`` while a cache is built.
     """
 
     def __init__(
@@ -164,6 +165,7 @@ class Pipelines:
         device: torch.device,
         *splits: data_lib.Split | None,
         evaluated: tuple[data_lib.Split | None, ...] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ):
         from sweeper.data import cache
 
@@ -184,6 +186,7 @@ class Pipelines:
             [(_files(*evaluated), crop), (_files(*splits), shrink)],
             workers=workers(cfg),
             version=versions.pop() if len(versions) == 1 else "",
+            progress=progress,  # a build's (done, total); None: a line on stderr every 10 s
         )
         self.train_tail = self.eval_tail = None
         if cfg.device_aug is True or (cfg.device_aug == "auto" and device.type == "cuda"):
