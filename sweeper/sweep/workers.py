@@ -240,7 +240,9 @@ def _context() -> multiprocessing.context.ForkServerContext:
     """
     ctx = multiprocessing.get_context("forkserver")
     preload = ["sweeper.faults", "torch", "timm", "sweeper.train.process", "sweeper.train.fit"]
-    ctx.set_forkserver_preload([*preload, "sweeper.train.artifacts"])
+    ctx.set_forkserver_preload(
+        [*preload, "sweeper.train.artifacts", "sweeper.train.figures", "sweeper.sweep.freeze"]  # freeze last
+    )
     return ctx
 
 
