@@ -38,6 +38,9 @@ def slurm(
         int, typer.Option("--workers-per-gpu", help="Trials at once per task's GPU (or CPU task).")
     ] = 1,
     cpus_per_task: Annotated[int, typer.Option("--cpus-per-task", help="CPUs per array task.")] = 4,
+    mem: Annotated[
+        str, typer.Option("--mem", help="Memory per array task, Slurm's format: 32G, 64000 (MB).")
+    ] = "32G",
     checkpoints: Annotated[
         Path | None,
         typer.Option(
@@ -76,6 +79,7 @@ def slurm(
         checkpoints=(checkpoints or Path("checkpoints")).resolve(),
         workers_per_gpu=workers_per_gpu,
         cpus_per_task=cpus_per_task,
+        mem=mem,
         partition=partition,
         time=time_,
         run_args=slurm_lib.run_args(data, epochs, set_),
