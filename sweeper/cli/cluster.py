@@ -18,7 +18,8 @@ from sweeper.cli.app import (
     load_spec,
 )
 from sweeper.errors import SweeperError
-from sweeper.launch import k8s as k8s_lib  # light: yaml and the study reader, as the CLI already has
+from sweeper.launch import k8s as k8s_lib  # light: yaml and URLs, as the CLI already has
+from sweeper.study import files as study_files
 
 
 # slurm is long only in its signature: each option with its help text; the body is under 60 lines.
@@ -166,7 +167,7 @@ def k8s(
     passed = [*(["--epochs", str(epochs)] if epochs else []), *[a for s in set_ or [] for a in ("--set", s)]]
     plan = k8s_lib.Plan(
         study_name=spec.name,
-        study_text=k8s_lib.study_document(spec.path, spec.name),
+        study_text=study_files.merged_text(spec.path, spec.name),
         trials=trials,
         workers=workers,
         namespace=namespace,

@@ -30,7 +30,6 @@ from sweeper.errors import SweeperError
 from sweeper.launch import k8s_pods as pods
 from sweeper.launch.k8s_pods import SECRET, Obj, Resources
 from sweeper.store import reach
-from sweeper.study import files as study_files
 
 MLFLOW_VERSION = "3.17.2"  # docker/mlflow.Dockerfile's MLFLOW_VERSION: the server image's tag
 DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # what a Service may be called (RFC 1035)
@@ -46,7 +45,7 @@ class Plan:
     """What ``sweeper k8s`` renders."""
 
     study_name: str
-    study_text: str  # the study merged over its bases (study_document), shipped in a ConfigMap
+    study_text: str  # the study merged over its bases (study.files.merged_text), in a ConfigMap
     trials: int
     workers: int  # pods at once
     namespace: str = "sweeper"
@@ -80,15 +79,6 @@ def object_prefix(study: str) -> str:
         return name
     digest = hashlib.sha256(study.encode()).hexdigest()[:6]
     return f"{name[: PREFIX_MAX - 7].rstrip('-')}-{digest}"
-
-
-def study_document(path: Path, name: str) -> str:
-    """The study file merged over its ``base:`` chain, as ``sweeper check`` reads it, with its name
-    written in: the pods have the one file, not its bases."""
-    raw, chain = study_files.read_chain(path, [])
-    doc = {"name": name, **{k: v for k, v in raw.items() if k not in ("name", "base")}}
-    merged = f", merged over {', '.join(p.name for p in chain)}" if chain else ""
-    return f"# {path.name}{merged}\n" + yaml.dump(doc, Dumper=_StudyDumper, sort_keys=False, width=110)
 
 
 def meta(plan: Plan, name: str, component: str) -> Obj:
@@ -342,16 +332,6 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(
     str,
     lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None),
-)
-
-
-class _StudyDumper(_Dumper):
-    """Writes what :class:`StudyLoader` reads back as written: ``'3e-3'`` the string stays quoted,
-    since the loader takes YAML 1.2's ``3e-3`` as a float."""
-
-
-_StudyDumper.add_implicit_resolver(
-    "tag:yaml.org,2002:float", study_files._YAML12_FLOAT, list("-+0123456789.")
 )
 
 

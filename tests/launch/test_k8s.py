@@ -274,7 +274,7 @@ def local_study(folder: Path) -> Path:
 def test_the_configmap_holds_the_study_merged_over_its_bases(tmp_path: Path) -> None:
     path = local_study(tmp_path / "src")
     here = spec_lib.load(str(path))
-    text = k8s.study_document(path, here.name)
+    text = study_files.merged_text(path, here.name)
     shipped = tmp_path / "pod" / "study" / "study.yaml"  # the pod has this one file
     shipped.parent.mkdir(parents=True)
     shipped.write_text(text)
@@ -289,7 +289,7 @@ def test_the_configmap_holds_the_study_merged_over_its_bases(tmp_path: Path) -> 
 
 
 def test_a_string_the_study_loader_would_read_as_a_number_stays_a_string() -> None:
-    text = yaml.dump({"a": "3e-3", "b": 3e-3}, Dumper=k8s._StudyDumper)
+    text = yaml.dump({"a": "3e-3", "b": 3e-3}, Dumper=study_files.StudyDumper)
     assert yaml.load(text, Loader=study_files.StudyLoader) == {"a": "3e-3", "b": 3e-3}
 
 
