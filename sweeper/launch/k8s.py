@@ -33,6 +33,12 @@ from sweeper.store import reach
 
 MLFLOW_VERSION = "3.17.2"  # docker/mlflow.Dockerfile's MLFLOW_VERSION: the server image's tag
 DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # what a Service may be called (RFC 1035)
+LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"  # RFC 1123
+NAMES = {  # what the API server accepts for each name given as an option
+    "--namespace": (re.compile(LABEL), 63, "lower-case letters, digits and '-'"),
+    "--storage-class": (re.compile(rf"{LABEL}(\.{LABEL})*"), 253, "lower-case letters, digits, '-' and '.'"),
+    "--data-claim": (re.compile(rf"{LABEL}(\.{LABEL})*"), 253, "lower-case letters, digits, '-' and '.'"),
+}
 PREFIX_MAX = 30  # STUDY-postgres-initdb and the pods' generated names stay within 63 characters
 IMAGE = f"sweeper:{__version__}"  # docker/Dockerfile, tagged with the version it installs
 MLFLOW_IMAGE = f"sweeper-mlflow:{MLFLOW_VERSION}"  # docker/mlflow.Dockerfile
@@ -292,10 +298,11 @@ def validate(plan: Plan) -> None:
         ("--storage-class", plan.storage_class),
         ("--data-claim", plan.data_claim),
     ):
-        if value is not None and not (len(value) <= 63 and DNS_LABEL.fullmatch(value)):
+        pattern, longest, alphabet = NAMES[option]
+        if value is not None and not (len(value) <= longest and pattern.fullmatch(value)):
             raise SweeperError(
-                f"{option} {value!r}: a Kubernetes name is lower-case letters, digits and '-', starting "
-                "with a letter, up to 63 characters"
+                f"{option} {value!r}: a Kubernetes name is {alphabet}, starting and ending with a letter "
+                f"or digit, up to {longest} characters"
             )
 
 

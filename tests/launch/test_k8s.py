@@ -68,7 +68,9 @@ def pod_specs(files: Objs) -> dict[str, dict[str, Any]]:
 VARIANTS = [
     plan(),
     plan(storage="postgresql://sweeper@db.internal:5432/optuna"),
-    plan(uses_data=False, worker=Resources("4", "16Gi", 0), storage_class="nfs", data_claim="shared-birds"),
+    plan(
+        uses_data=False, worker=Resources("4", "16Gi", 0), storage_class="nfs.csi", data_claim="shared-birds"
+    ),
 ]
 
 
@@ -202,6 +204,8 @@ def test_object_names_are_dns_labels_of_the_study_name(study: str, prefix: str) 
         ({"server": Resources("1", "lots")}, "--server-memory 'lots'"),
         ({"storage_class": "Fast SSD"}, "--storage-class 'Fast SSD': a Kubernetes name"),
         ({"namespace": "ML"}, "--namespace 'ML'"),
+        ({"namespace": "a.b"}, "--namespace 'a.b': a Kubernetes name is lower-case letters, digits and '-',"),
+        ({"data_claim": "-x"}, "--data-claim '-x'"),
         ({"workers": 0}, "--workers and --trials must be at least 1"),
     ],
 )
