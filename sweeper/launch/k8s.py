@@ -21,6 +21,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -333,7 +334,10 @@ def notes(plan: Plan) -> dict[str, str]:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (the study file) as literal blocks, readable in the manifest."""
+    """Multi-line strings (the study file) as literal blocks, readable in the manifest; no anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 _Dumper.add_representer(

@@ -10,6 +10,7 @@ docker/mlflow.Dockerfile) create the user ``APP_UID``; PostgreSQL's official ima
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -82,13 +83,15 @@ def pod(uid: int, containers: list[Obj], volumes: list[Obj]) -> Obj:
     }
 
 
-def container(name: str, image: str, resources: Resources, mounts: list[Obj]) -> Obj:
+def container(name: str, image: str, resources: Resources, mounts: list[Obj], **run: Any) -> Obj:
+    """``run``: what it runs and how it is probed (command, args, env, ports, probes), after its image."""
     return {
         "name": name,
         "image": image,
+        **run,
         "imagePullPolicy": "IfNotPresent",  # tags are versions: a node pulls each once
         "resources": resources.block(),
-        "securityContext": dict(HARDENED),
+        "securityContext": copy.deepcopy(HARDENED),
         "volumeMounts": [*mounts, {"name": "tmp", "mountPath": "/tmp"}],
     }
 
@@ -119,17 +122,16 @@ def postgres_pod(resources: Resources, initdb_config: str) -> Obj:
     """PostgreSQL as its image's postgres user; the probes ask over TCP, which the server opens only once
     the first start's initialisation (over the socket) is done."""
     ready = ["pg_isready", "-h", "127.0.0.1", "-U", "sweeper", "-d", "optuna"]
+    mounts: list[Obj] = [
+        {"name": "pgdata", "mountPath": "/var/lib/postgresql/data"},
+        {"name": "initdb", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True},
+        {"name": "run", "mountPath": "/var/run/postgresql"},  # its socket and lock file
+    ]
     c = container(
         "postgres",
         POSTGRES_IMAGE,
         resources,
-        [
-            {"name": "pgdata", "mountPath": "/var/lib/postgresql/data"},
-            {"name": "initdb", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True},
-            {"name": "run", "mountPath": "/var/run/postgresql"},  # its socket and lock file
-        ],
-    )
-    c.update(
+        mounts,
         args=["-c", "max_connections=300"],  # about 2 connections per worker, plus MLflow
         env=[
             {"name": "POSTGRES_USER", "value": "sweeper"},
@@ -151,14 +153,17 @@ def postgres_pod(resources: Resources, initdb_config: str) -> Obj:
 
 def mlflow_pod(image: str, args: list[str], resources: Resources, artifacts_claim: str) -> Obj:
     """The MLflow server as sweeper's user; ``HOME`` is /tmp, the one writable folder besides artifacts."""
-    c = container("mlflow", image, resources, [{"name": "artifacts", "mountPath": "/mlartifacts"}])
-    c.update(
+    c = container(
+        "mlflow",
+        image,
+        resources,
+        [{"name": "artifacts", "mountPath": "/mlartifacts"}],
         args=args,
         env=[PASSWORD_ENV, {"name": "HOME", "value": "/tmp"}],
         ports=[{"containerPort": 5000}],
         startupProbe=http_probe("/health", 5000, 10, 30),  # first start: its tables, up to 5 minutes
         livenessProbe=http_probe("/health", 5000, 20, 3),
-        readinessProbe=http_probe("/health", 5000, 10, 1),
+        readinessProbe=http_probe("/health", 5000, 10, 3),
     )
     volumes = [{"name": "artifacts", "persistentVolumeClaim": {"claimName": artifacts_claim}}]
     return pod(APP_UID, [c], volumes)
@@ -167,9 +172,8 @@ def mlflow_pod(image: str, args: list[str], resources: Resources, artifacts_clai
 def wait_for_servers(image: str, hosts: list[tuple[str, int]]) -> Obj:
     """An init container that waits until both servers accept connections, so no retry is spent on it."""
     probe = "; ".join(f"socket.create_connection(({h!r}, {p}), 3)" for h, p in hosts)
-    c = container("wait-for-servers", image, Resources(cpu="100m", memory="128Mi"), [])
-    c["command"] = ["sh", "-c", f'until python -c "import socket; {probe}"; do sleep 2; done']
-    return c
+    command = ["sh", "-c", f'until python -c "import socket; {probe}"; do sleep 2; done']
+    return container("wait-for-servers", image, Resources(cpu="100m", memory="128Mi"), [], command=command)
 
 
 def worker_pod(
@@ -184,8 +188,11 @@ def worker_pod(
         {"name": "study", "mountPath": "/study", "readOnly": True},
         {"name": "shm", "mountPath": "/dev/shm"},  # DataLoader workers pass batches through it
     ]
-    c = container("worker", image, resources, mounts)
-    c.update(
+    c = container(
+        "worker",
+        image,
+        resources,
+        mounts,
         args=args,
         env=[
             *servers,
