@@ -292,11 +292,6 @@ def test_the_configmap_holds_the_study_merged_over_its_bases(tmp_path: Path) -> 
         spec_lib.load(str(shipped))
 
 
-def test_a_string_the_study_loader_would_read_as_a_number_stays_a_string() -> None:
-    text = yaml.dump({"a": "3e-3", "b": 3e-3}, Dumper=study_files.StudyDumper)
-    assert yaml.load(text, Loader=study_files.StudyLoader) == {"a": "3e-3", "b": 3e-3}
-
-
 # ---- checkov, the shipped example, the command line ----------------------------------------------------
 
 
