@@ -174,6 +174,16 @@ def test_two_studies_in_one_namespace_share_no_name_and_select_only_their_own_po
     assert "Namespace" not in {o["kind"] for o in every(a)}  # the user's: created before the Secret
 
 
+def test_a_study_shares_another_s_servers_only_when_told() -> None:
+    a = k8s.render(plan(study_name="birds"))
+    url = "postgresql://sweeper@birds-postgres:5432/optuna"
+    fish = k8s.render(plan(study_name="fish", storage=url, tracking_uri="http://birds-mlflow:5000"))
+    assert "postgres.yaml" not in fish and "mlflow.yaml" not in fish and not names(a) & names(fish)
+    (policy,) = a["network.yaml"]  # birds' servers admit fish's workers: both are sweeper's pods
+    fish_pod = job(fish)["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items() <= fish_pod.items()
+
+
 @pytest.mark.parametrize(
     ("study", "prefix"),
     [
