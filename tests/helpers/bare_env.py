@@ -115,11 +115,24 @@ print(json.dumps(out))
 """Load each model with ``mlflow.pyfunc.load_model`` and predict the files as paths and as base64 bytes."""
 
 
-def load_and_predict(uris: dict[str, str], files: list[Path], env: dict[str, str]) -> dict[str, Any]:
+def start_loading(uris: dict[str, str], files: list[Path], env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start :data:`LOAD` in that environment (it runs while a server starts: 2 cores, mostly imports)."""
     args = [json.dumps(uris), json.dumps([str(f) for f in files])]
-    r = subprocess.run([python(env), "-c", LOAD, *args], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return subprocess.Popen(
+        [python(env), "-c", LOAD, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def loaded(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """What :func:`start_loading`'s models answered."""
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def imports_sweeper(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -109,9 +109,15 @@ def _the_models_stand_alone(uris: dict[str, str], files: list[Path], tracking: s
     env = {**bare_env.without_project(Path("bare")), "MLFLOW_TRACKING_URI": tracking}
     no = bare_env.imports_sweeper(env)
     assert no.returncode != 0 and "No module named 'sweeper'" in no.stderr, no.stderr
-    got = bare_env.load_and_predict({k: uris[k] for k in ("refit", "top")}, files, env)
-    assert not got["sweeper_loaded"] and "pred_label: string" in got["refit"]["signature"]
     stems = [f.stem for f in files]
+    loading = bare_env.start_loading({k: uris[k] for k in ("refit", "top")}, files, env)
+    try:
+        _serves_bytes_paths_and_arrays(uris["refit"], files, env)
+        got = bare_env.loaded(loading)
+    finally:
+        if loading.poll() is None:
+            loading.kill()
+    assert not got["sweeper_loaded"] and "pred_label: string" in got["refit"]["signature"]
     for how in ("refit", "top"):
         want = labels_of(Path(how) / "prediction.csv")
         assert dict(zip(stems, got[how]["paths"], strict=True)) == want
@@ -121,14 +127,17 @@ def _the_models_stand_alone(uris: dict[str, str], files: list[Path], tracking: s
     served = [p for row in got["top"]["probs"] for p in row]
     assert served == pytest.approx(written, abs=5e-7)  # predict --probs writes 6 decimals
 
-    with bare_env.serving(uris["refit"], env, Path("serve.log")) as url:
+
+def _serves_bytes_paths_and_arrays(uri: str, files: list[Path], env: dict[str, str]) -> None:
+    with bare_env.serving(uri, env, Path("serve.log")) as url:
         b64 = [base64.b64encode(f.read_bytes()).decode() for f in files]
         pixels = decode(files[0]).tolist()  # an H x W x 3 array, as JSON
         status, answer = bare_env.invoke(url, [*b64, *map(str, files), pixels])
         assert status == 200, answer
-        labels = [p["pred_label"] for p in answer["predictions"]]
         want = labels_of(Path("refit/prediction.csv"))
-        assert labels == [want[s] for s in stems] * 2 + [want[stems[0]]]
+        stems = [f.stem for f in files]  # bytes, then paths, then the first as pixels
+        labels = [p["pred_label"] for p in answer["predictions"]]
+        assert labels == [want[s] for s in [*stems, *stems, stems[0]]]
         status, answer = bare_env.invoke(url, [b64[0], "not-a-file.png"])
         assert status == 400 and "input 1: 'not-a-file.png' is no file on the server" in answer["message"]
         assert "base64-encoded image file bytes, or an H x W x 3 uint8 array" in answer["message"]
