@@ -82,7 +82,7 @@ def read(item: Any, i: int = 0) -> np.ndarray:
 def _decoded(source: Path | bytes, i: int, what: str) -> np.ndarray:
     try:
         return decode(source)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         unknown = isinstance(e, UnidentifiedImageError) or not str(e)
         reason = "no format Pillow reads" if unknown else str(e).splitlines()[0][:120]
         raise BadInput(f"input {i} ({what}) is not an image ({reason}); expected {EXPECTED}") from None
