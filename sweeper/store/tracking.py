@@ -86,10 +86,13 @@ def refused(e: BaseException) -> str | None:
 
 @dataclass(frozen=True)
 class ModelLoader:
-    """How MLflow loads a logged model: the ``pyfunc`` loader module and the requirements it needs."""
+    """How MLflow loads a logged model: models-from-code, with the code it imports bundled."""
 
-    module: str  # a module with ``_load_pyfunc(path)``
-    requirements: tuple[str, ...]  # pip requirement lines written into the model
+    python_model: Path  # the models-from-code file (it calls ``mlflow.models.set_model``)
+    code: tuple[Path, ...]  # bundled into the model and put on sys.path when it loads
+    artifact: str  # the name the model folder is logged under (``context.artifacts[artifact]``)
+    requirements: tuple[str, ...]  # pinned pip requirement lines written into the model
+    metadata: dict[str, str]  # shown with the model (MLmodel ``metadata``): what it takes and returns
 
 
 KIND = "sweeper.kind"  # what a run is: study (the parent), trial, refit, combine
@@ -530,7 +533,7 @@ class MlflowTracker:
 
     def log_model(self, run_id: str, folder: Path, loader: ModelLoader, register: str | None = None) -> str:
         """Log a model folder ``refit-best`` wrote as an MLflow model of run ``run_id`` (an MLflow 3
-        LoggedModel, ``pyfunc`` flavour loaded by ``loader.module``, no pickled code), registered
+        LoggedModel, ``pyfunc`` flavour built by ``loader``'s code, no pickled code), registered
         as ``register`` when given. Returns its ``models:/`` URI."""
         import mlflow
 
@@ -540,9 +543,11 @@ class MlflowTracker:
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
                     name="model",
-                    loader_module=loader.module,
-                    data_path=str(folder),
+                    python_model=str(loader.python_model),
+                    code_paths=[str(p) for p in loader.code],
+                    artifacts={loader.artifact: str(folder)},
                     pip_requirements=list(loader.requirements),
+                    metadata=loader.metadata,
                     registered_model_name=register,
                 )
         return str(info.model_uri)
