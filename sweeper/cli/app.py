@@ -117,6 +117,10 @@ def set_verbosity(verbosity: Verbosity) -> None:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in NOISY:
         logging.getLogger(name).setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
+    if verbosity == "quiet":  # the libraries' Python warnings too (Optuna's, torch's): errors only
+        import warnings
+
+        warnings.simplefilter("ignore")
 
 
 def say(line: str) -> None:
