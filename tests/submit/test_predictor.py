@@ -93,9 +93,10 @@ def _the_trials_metric_is_what_predict_scores(cli, study: Path, image_folder: Pa
     Path("val-labels.csv").write_text(
         "image_name,label\n" + "".join(f"{f.stem},{f.parent.name}\n" for f in val)
     )
-    s = cli("score", "val.csv", "val-labels.csv")
+    s = cli("score", "val.csv", "val-labels.csv", "--json")
     assert s.returncode == 0, s.stderr
-    right, n = (int(x) for x in s.stdout.split("(")[1].split()[0].split("/"))
+    scored = json.loads(s.stdout)
+    right, n = scored["correct"], scored["n"]
     best = optuna.load_study(study_name="models", storage="sqlite:///sweeper.db").best_trial
     assert n == len(val) and right == round(best.value * n) and abs(best.value - right / n) < 1e-6
 
