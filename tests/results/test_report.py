@@ -440,14 +440,14 @@ def _api(url: str, body: dict | None = None) -> dict:
 @pytest.mark.slow
 def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None:
     port = _free_port()
-    log = built.dir / "ui.out"
-    with open(log, "w") as out:
+    log, server_log = built.dir / "ui.out", built.dir / "ui.err"
+    with open(log, "w") as out, open(server_log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sweeper", "ui", str(built.study_file), "--port", str(port)],
             cwd=built.dir,
             env=_env(),
             stdout=out,
-            stderr=subprocess.DEVNULL,
+            stderr=err,  # the server's own lines
             stdin=subprocess.DEVNULL,
         )
     try:
@@ -469,6 +469,7 @@ def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None
         for t in study.trials:
             assert by_name[f"trial-{t.number:04d}"]["status"] == status[t.state.name]
         assert "results-e2e" in by_name  # the study's own run, parent of the trial runs
+        assert "/api/2.0/mlflow/" not in server_log.read_text()  # no line per request without --verbose
 
         # pointed at a tracking server, ui starts nothing and prints that server's pages
         direct = sweeper(built.dir, "ui", str(built.study_file), "--tracking-uri", base)

@@ -41,7 +41,9 @@ def test_refit_soup_and_ensemble_are_mlflow_models_that_predict_as_their_csv(
     study = tmp_path / "models.yaml"
     study.write_text(STUDY.format(root=image_folder))
     server = {"MLFLOW_TRACKING_URI": mlflow_url}
-    assert cli("run-study", str(study), "--trials", "2", *TINY, env=server).returncode == 0
+    swept = cli("run-study", str(study), "--trials", "2", *TINY, env=server)
+    assert swept.returncode == 0, swept.stderr
+    assert "View run" not in swept.stdout + swept.stderr  # MLflow's link per run: only with --verbose
     r = cli("refit-best", str(study), "--out", "refit", "--register", "digits-refit", env=server)
     assert r.returncode == 0, r.stderr
     uri = next(w.rstrip(",;") for w in r.stdout.split() if w.startswith("models:/"))
