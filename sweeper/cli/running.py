@@ -110,10 +110,9 @@ def run_study(
 
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     _check_writable(storage, tracking_uri)
-    ds = data_lib.hold_out(
-        data_lib.scan(spec.data_root, max_pixels=spec.max_pixels, duplicates=spec.duplicates),
-        spec.val_from_train,
-    )
+    with progress_lib.WorkDisplay(show=OUTPUT.progress):  # the test images' full decode check
+        scanned = data_lib.scan(spec.data_root, max_pixels=spec.max_pixels, duplicates=spec.duplicates)
+    ds = data_lib.hold_out(scanned, spec.val_from_train)
     overrides = {"set": parse_sets(set_), "epochs": epochs, "data": str(data) if data else None, "name": name}
     rec = record_lib.StudyRecord.of(spec, ds, overrides)
     existing = _existing(spec.name, storage)
@@ -144,19 +143,27 @@ def run_study(
         threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
         s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
         st = _sweep(progress, lambda: session.run(s, trials, timeout, rec, prepare))
+    _sweep_ended(st, spec, trials, time.monotonic() - t0, stores.display_url(tracker.uri), json_)
+
+
+def _sweep_ended(
+    st: optuna.Study, spec: Study, trials: int, seconds: float, tracking: str, json_: bool
+) -> None:
+    """run-study's result: the counts and the best trial (or --json's document); exit 1 without a
+    complete trial."""
+    from sweeper.store import record as record_lib
+
     c = record_lib.counts(st.get_trials(deepcopy=False))
     if json_:
-        _print_json(_sweep_document(st, spec, trials, time.monotonic() - t0, stores.display_url(tracker.uri)))
+        _print_json(_sweep_document(st, spec, trials, seconds, tracking))
     else:
         typer.echo(
-            f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
+            f"done in {seconds:.0f}s: {c['counted']}/{trials} trials "
             f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)"
         )
         _print_best(st, spec)
-    say(
-        f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {stores.display_url(tracker.uri)}  "
-        f"(experiment {spec.name!r})"
-    )
+    ui = f"mlflow ui --backend-store-uri {tracking}"
+    say(f"compare trials in the MLflow UI: {ui}  (experiment {spec.name!r})")
     if not c["complete"]:  # nothing to refit: a script must not go on as if the sweep had worked
         typer.echo(
             f"error: study {spec.name!r} has no complete trial ({c['pruned']} pruned, {c['fail']} failed); "
@@ -350,6 +357,7 @@ def refit_best(
     from sweeper.submit import refit
     from sweeper.sweep.progress import WorkDisplay
 
+    wants_json(json_)
     if set_ and combine != "refit":
         raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
     out_dir(out)  # before anything trains: a file in the way is one line now, not after the refit
@@ -358,15 +366,15 @@ def refit_best(
             f"--pick applies to --combine refit only; --combine {combine} takes the --top best"
         )
     src = record_lib.open_recorded(study, storage)
-    ds = data_lib.scan(
-        str(data) if data else src.spec.data_root,
-        max_pixels=src.spec.max_pixels,
-        duplicates=src.spec.duplicates,
-    )
+    with WorkDisplay(show=OUTPUT.progress):  # the test images' full decode check
+        ds = data_lib.scan(
+            str(data) if data else src.spec.data_root,
+            max_pixels=src.spec.max_pixels,
+            duplicates=src.spec.duplicates,
+        )
     ds = data_lib.hold_out(ds, src.spec.val_from_train)  # the split the trials saw (soup picks on val)
     record_lib.check_classes(src.record, ds.classes, ds.root)
     tracker = tracking.MlflowTracker(tracking_uri, src.spec.name)
-    wants_json(json_)
     if combine != "refit":
         _warn(src.notes)
         with WorkDisplay(show=OUTPUT.progress):
