@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sweeper import meter
 from sweeper.data.images import BadImage, check_decodes, data_dir
 from sweeper.data.tensors import load_image
 from sweeper.data.workers import worker_context
@@ -197,9 +198,15 @@ class _Decode(torch.utils.data.Dataset):
         return [r(img).permute(1, 2, 0).contiguous() for r in self.resizers]
 
 
-def _build(files: Sequence[Path], resizers: Sequence[Resizer], targets: Sequence[Path], workers: int) -> None:
+def _build(
+    files: Sequence[Path],
+    resizers: Sequence[Resizer],
+    targets: Sequence[Path],
+    workers: int,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Decode each file once (in ``workers`` processes) into every resizer's temporary folder, then
-    rename each to its target."""
+    rename each to its target. ``progress(done)`` hears how many images are decoded so far."""
     tmps = [Path(tempfile.mkdtemp(prefix=f".{t.name}-", dir=t.parent)) for t in targets]
     try:
         index = np.zeros((len(targets), len(files), 3), dtype=np.int64)
@@ -220,6 +227,8 @@ def _build(files: Sequence[Path], resizers: Sequence[Resizer], targets: Sequence
                     index[k, i] = (offsets[k], img.shape[0], img.shape[1])
                     out.write(memoryview(img.numpy()).cast("B"))
                     offsets[k] += img.numel()
+                if progress is not None:
+                    progress(i + 1)
             for out in outs:
                 out.flush()
                 os.fsync(out.fileno())
@@ -333,7 +342,7 @@ def _build_missing(
             shutil.rmtree(leftover, ignore_errors=True)
         t0 = time.perf_counter()
         targets = [root / k for k, _ in todo]
-        _build(files, [r for _, r in todo], targets, workers)
+        _build(files, [r for _, r in todo], targets, workers, meter.counter("cache build", len(files)))
         log.info(f"sweeper: cached {len(files)} decoded images in {time.perf_counter() - t0:.1f}s at {root}")
         for (k, r), target in zip(todo, targets, strict=True):
             _remove_stale(root, target, _family(files, r))

@@ -42,6 +42,7 @@ import numpy as np
 import PIL
 from PIL import Image, UnidentifiedImageError
 
+from sweeper import meter
 from sweeper.errors import SweeperError
 from sweeper.servable.pixels import decode
 from sweeper.study.config import DEFAULT_MAX_PIXELS
@@ -223,8 +224,10 @@ def check_decodes(files: Sequence[Path]) -> None:
     stamp = data_dir() / "decoded" / h.hexdigest()[:24]
     if stamp.exists():
         return
-    for f in files:
+    progress = meter.counter("decode check", len(files))
+    for i, f in enumerate(files):
         decode_rgb(f)
+        progress(i + 1)
     with contextlib.suppress(OSError):  # a read-only data dir: decoded, just not remembered
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()

@@ -95,6 +95,8 @@ def server_command(tracking_uri: str, port: int) -> list[str]:
     if tracking_uri.startswith("sqlite:///"):
         artifacts = Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts"
         cmd += ["--default-artifact-root", artifacts.resolve().as_uri(), "--no-serve-artifacts"]
+    if os.environ.get("MLFLOW_LOGGING_LEVEL", "INFO").upper() not in ("DEBUG", "INFO"):  # not --verbose
+        cmd += ["--uvicorn-opts", "--log-level warning --no-access-log"]  # no line per HTTP request
     return cmd
 
 

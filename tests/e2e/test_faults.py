@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,8 +210,13 @@ def test_a_signal_while_the_fork_server_starts_is_an_interruption(sig: int, imag
 @pytest.mark.slow
 def test_sigterm_mid_epoch_requeues_and_the_rerun_resumes(image_folder: Path) -> None:
     study = write_tiny_study("term", image_folder, epochs=2)
-    s = Sweep([study, "--trials", "1", *FAULTY], "mid-epoch:pause")
+    s = Sweep([study, "--trials", "1", *FAULTY], "mid-epoch:pause", SWEEPER_PROGRESS_S="0.2")
     s.at("mid-epoch")
+    # The log (no terminal) goes on while the epoch stands still: the sweep's line and the trial's batches,
+    # every SWEEPER_PROGRESS_S seconds, not one line per epoch
+    inside = re.compile(r"^progress \d+:\d\d:\d\d \|   #0 epoch 1/2: batch 0/(\d+), \? img/s, eta \?$", re.M)
+    wait_for(lambda: len(inside.findall(s.stderr())) >= 2, what="two progress lines inside the epoch")
+    assert re.search(r"^progress \d+:\d\d:\d\d \| 0/1 trials done \| best val_acc - \|", s.stderr(), re.M)
     os.kill(s.proc.pid, signal.SIGTERM)  # docker stop: the main process only
     code, err = s.end()
     assert code == 130 and "re-queued" in err, err

@@ -125,11 +125,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     study_file.write_text(STUDY)
     rc, tty = sweeper_on_a_terminal(d, "run-study", str(study_file), "--trials", str(FIRST), *RAN)
     assert rc == 0, tty[-3000:]
-    ci = sweeper(d, "run-study", str(study_file), "--trials", str(TOTAL), *RAN, CI="true")
+    ci = sweeper(
+        d, "run-study", str(study_file), "--trials", str(TOTAL), *RAN, CI="true", SWEEPER_PROGRESS_S="0.2"
+    )
     assert ci.returncode == 0, ci.stderr[-3000:]
     rep = sweeper(d, "report", str(study_file), "--out", "out/report.html")
     assert rep.returncode == 0, rep.stderr[-3000:]
-    return Built(d, study_file, tty, ci.stdout, d / "out" / "report.html", rep.stdout)
+    return Built(d, study_file, tty, ci.stderr, d / "out" / "report.html", rep.stdout)
 
 
 # ---- live progress -----------------------------------------------------------------------------
@@ -140,7 +142,8 @@ def test_progress_is_a_live_bar_on_a_terminal(built: Built) -> None:
     out = built.tty_output
     assert "\x1b[" in out  # rich drew (and redrew) the live display
     assert f"trial {FIRST}/{FIRST}" in out and "eta " in out
-    assert re.search(r"#\d+ epoch [1-3]/3 \| val_acc \d\.\d{4} \| best", out)
+    assert re.search(r"#\d+ epoch [1-3]/3(: batch \d+/\d+, [^|]+)? \| val_acc \d\.\d{4}", out)
+    assert re.search(r"best val_acc (-|\d\.\d{4}) \| \d+ pruned, \d+ failed", out)
     for n in range(FIRST):
         assert re.search(rf"trial {n}: (COMPLETE|PRUNED|FAIL)", out)
     assert "done in" in out and f"{FIRST}/{FIRST} trials" in out
@@ -148,16 +151,23 @@ def test_progress_is_a_live_bar_on_a_terminal(built: Built) -> None:
 
 @pytest.mark.slow
 def test_progress_is_plain_lines_in_ci_and_counts_the_resumed_trials(built: Built) -> None:
-    out = built.ci_output
+    out = built.ci_output  # stderr, every SWEEPER_PROGRESS_S (0.2 s here) seconds
     assert "\x1b[" not in out
-    epochs = re.findall(
-        r"^trial (\d+)/12 \(#(\d+)\) epoch (\d)/3: val_acc \d\.\d{4} \| best (\S+) \| "
+    sweeps = re.findall(
+        r"^progress \d:\d\d:\d\d \| (\d+)/12 trials done \| best val_acc (\S+) \| "
         r"(\d+) pruned, (\d+) failed \| elapsed \d:\d\d:\d\d, eta (\S+)$",
         out,
         re.M,
     )
-    assert epochs and int(epochs[0][0]) == FIRST + 1  # the resumed run starts at trial 7 of 12
-    assert epochs[0][3] != "-"  # the first run left a best value
+    assert sweeps and int(sweeps[0][0]) == FIRST  # the resumed run starts with the 6 trials of the first
+    assert sweeps[0][1] != "-"  # the first run left a best value
+    running = re.findall(r"^progress \d:\d\d:\d\d \|   #(\d+) (.*)$", out, re.M)
+    assert running  # the running trials, inside their epochs
+    line = re.compile(
+        r"starting|cache build: \d+/\d+ images, .*|epoch [1-3]/3(: batch \d+/\d+, \S+ img/s"
+        r"(, loss \d+\.\d{4})?, eta \S+)?( \| val_acc \d\.\d{4})?"
+    )
+    assert all(line.fullmatch(what) for _, what in running), running
     ends = re.findall(
         r"^trial (\d+): (COMPLETE|PRUNED|FAIL).* \| (\d+)/12 done, best \S+ \| (\d+) pruned, (\d+) failed",
         out,
@@ -430,14 +440,14 @@ def _api(url: str, body: dict | None = None) -> dict:
 @pytest.mark.slow
 def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None:
     port = _free_port()
-    log = built.dir / "ui.out"
-    with open(log, "w") as out:
+    log, server_log = built.dir / "ui.out", built.dir / "ui.err"
+    with open(log, "w") as out, open(server_log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sweeper", "ui", str(built.study_file), "--port", str(port)],
             cwd=built.dir,
             env=_env(),
             stdout=out,
-            stderr=subprocess.DEVNULL,
+            stderr=err,  # the server's own lines
             stdin=subprocess.DEVNULL,
         )
     try:
@@ -459,6 +469,7 @@ def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None
         for t in study.trials:
             assert by_name[f"trial-{t.number:04d}"]["status"] == status[t.state.name]
         assert "results-e2e" in by_name  # the study's own run, parent of the trial runs
+        assert "/api/2.0/mlflow/" not in server_log.read_text()  # no line per request without --verbose
 
         # pointed at a tracking server, ui starts nothing and prints that server's pages
         direct = sweeper(built.dir, "ui", str(built.study_file), "--tracking-uri", base)

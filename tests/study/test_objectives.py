@@ -228,12 +228,13 @@ def test_a_two_cost_study_has_a_front_and_refit_picks_by_the_rule(
     written = yaml.safe_load((Path("out") / "config.yaml").read_text())
     assert written["refit_of_trial"] == expected["number"]
 
-    exported = cli("export-best", str(study), "--pick", rule)
+    exported = cli("export-best", str(study), "--pick", rule, "--json")
     assert exported.returncode == 0, exported.stderr
-    assert yaml.safe_load(exported.stdout)["fixed"]["backbone"] == expected["params"]["backbone"]
+    assert json.loads(exported.stdout)["study"]["fixed"]["backbone"] == expected["params"]["backbone"]
 
-    report = cli("report", str(study), "--out", "report.html")
+    report = cli("report", str(study), "--out", "report.html", "--json")
     assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["out"] == "report.html" and "wrote report.html" in report.stderr
     assert 'id="plot-pareto"' in Path("report.html").read_text()
 
 

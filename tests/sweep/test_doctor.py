@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -116,6 +117,14 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
         "duplicate: trial 4: the same params as trial 0, both counted (not repairable)",
         "study planted: 1 problem",
     ]
+    j = cli("doctor", "planted", "--json", env=env)
+    assert j.returncode == 1 and json.loads(j.stdout) == {
+        "study": "planted",
+        "problems": 1,
+        "clean": False,
+        "repaired": False,
+        "lines": ["duplicate: trial 4: the same params as trial 0, both counted (not repairable)"],
+    }
     trials = study.get_trials()
     assert trials[1].state == TrialState.FAIL and trials[1].user_attrs[rec.FAIL_KIND] == "lost"
     assert "found RUNNING by `sweeper doctor`" in trials[1].user_attrs[rec.FAIL_REASON]
