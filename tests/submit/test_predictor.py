@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 from pathlib import Path
 
 import mlflow
