@@ -82,6 +82,9 @@ def plant(tmp: Path) -> tuple[optuna.Study, tracking.MlflowTracker]:
     (tmp / f"sweeper-artifacts-{DEAD_PID}-{tracking._tag('another')}-abc").mkdir()  # not this study's
     refit = tracker.start("refit-trial-0000", {}, {tracking.KIND: "refit", "state": "RUNNING"})
     MlflowClient(tracker.uri).set_tag(refit.run_id, tracking.PROCESS, f"{socket.gethostname()}:{DEAD_PID}")
+    killed = f"{socket.gethostname()}:{DEAD_PID}"  # a sweep killed while it held the study run
+    MlflowClient(tracker.uri).set_tag(tracker.study_run_id(), tracking.SWEEPING + "killed", killed)
+    MlflowClient(tracker.uri).update_run(tracker.study_run_id(), status="RUNNING")
     return study, tracker
 
 
@@ -97,6 +100,7 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
         "checkpoint",
         "checkpoint",
         "dead-run",
+        "dead-run",
         "duplicate",
         "mismatch",
         "no-run",
@@ -107,11 +111,15 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
     assert "running: trial 1: RUNNING with no live worker" in lines
     assert "no-run: trial 2: FAIL with no MLflow run" in lines
     assert "duplicate: trial 4: the same params as trial 0, both counted (not repairable)" in lines
-    assert lines[-1] == "study planted: 9 problems"
+    assert (
+        f"dead-run: study run {tracker.study_run_id()}: RUNNING, but its sweep ended without closing it "
+        "(killed)" in lines
+    )
+    assert lines[-1] == "study planted: 10 problems"
 
     r = cli("doctor", "planted", "--repair", env=env)
     assert r.returncode == 1, r.stdout + r.stderr  # the duplicate needs a person
-    assert r.stdout.count("repaired ") == 8, r.stdout
+    assert r.stdout.count("repaired ") == 9, r.stdout
     assert r.stdout.splitlines()[-2:] == [
         "duplicate: trial 4: the same params as trial 0, both counted (not repairable)",
         "study planted: 1 problem",
@@ -129,6 +137,8 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
     client = MlflowClient(tracker.uri)
     runs = client.search_runs([tracker.experiment_id])
     assert "RUNNING" not in {x.info.status for x in runs}
+    study_run = client.get_run(tracker.study_run_id())
+    assert study_run.info.status == "KILLED" and "closed by `sweeper doctor`" in study_run.data.tags["reason"]
     trial_runs = [x for x in runs if x.data.tags.get("sweeper.kind") == "trial"]
     numbers = sorted(x.data.tags["trial_number"] for x in trial_runs)
     assert numbers == ["0", "1", "2", "3", "4", "5"]  # 99 trashed
