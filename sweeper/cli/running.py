@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import optuna
 
     from sweeper.data.images import ImageFolderData
+    from sweeper.store import tracking
     from sweeper.study.spec import Study
     from sweeper.sweep.progress import Progress
 
@@ -138,16 +139,19 @@ def run_study(
                 record_lib.counts(existing.get_trials(deepcopy=False)), session.best_value(existing)
             )
         ran = provenance.of(spec, rec, existing.get_trials(deepcopy=False) if existing is not None else [])
-        tracker.log_study(rec.summary(), provenance.description(ran), provenance.tags(ran))
-        prepare = _warm_start(warm_start, spec, storage) if warm_start else None
-        threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
-        s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
-        st = _sweep(progress, lambda: session.run(s, trials, timeout, rec, prepare))
-    _sweep_ended(st, spec, trials, time.monotonic() - t0, stores.display_url(tracker.uri), json_)
+        with tracker.sweeping():  # the study run is RUNNING until the sweep ends
+            tracker.log_study(rec.summary(), provenance.description(ran), provenance.tags(ran))
+            session.log_view(spec, tracker)
+            prepare = _warm_start(warm_start, spec, storage) if warm_start else None
+            threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
+            s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
+            st = _sweep(progress, lambda: session.run(s, trials, timeout, rec, prepare))
+    hint = _ui_hint(tracker, study, tracking_uri)
+    _sweep_ended(st, spec, trials, time.monotonic() - t0, stores.display_url(tracker.uri), hint, json_)
 
 
 def _sweep_ended(
-    st: optuna.Study, spec: Study, trials: int, seconds: float, tracking: str, json_: bool
+    st: optuna.Study, spec: Study, trials: int, seconds: float, tracking: str, hint: str, json_: bool
 ) -> None:
     """run-study's result: the counts and the best trial (or --json's document); exit 1 without a
     complete trial."""
@@ -162,8 +166,7 @@ def _sweep_ended(
             f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)"
         )
         _print_best(st, spec)
-    ui = f"mlflow ui --backend-store-uri {tracking}"
-    say(f"compare trials in the MLflow UI: {ui}  (experiment {spec.name!r})")
+    say(f"compare trials in the MLflow UI: {hint}")
     if not c["complete"]:  # nothing to refit: a script must not go on as if the sweep had worked
         typer.echo(
             f"error: study {spec.name!r} has no complete trial ({c['pruned']} pruned, {c['fail']} failed); "
@@ -203,6 +206,18 @@ def _sweep_document(
         "params": best.params,
     }
     return doc
+
+
+def _ui_hint(tracker: tracking.MlflowTracker, study: str, tracking_uri: str | None) -> str:
+    """Where to compare the trials: a tracking server's own page for the experiment, else ``sweeper ui``
+    (which serves a database store, SQLite or PostgreSQL, and opens the same page)."""
+    from sweeper.launch import ui
+    from sweeper.store import stores
+
+    if tracker.uri.startswith(("http://", "https://")):
+        return ui.runs_page(stores.display_url(tracker.uri), tracker.experiment_id)
+    given = f" --tracking-uri {stores.display_url(tracking_uri)}" if tracking_uri else ""
+    return f"sweeper ui {study}{given}"
 
 
 def _print_model(uri: str, register: str | None) -> None:
@@ -452,7 +467,8 @@ def confirm(
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
     s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
-    st = _sweep(progress, lambda: session.run(s, total))
+    with tracker.sweeping():
+        st = _sweep(progress, lambda: session.run(s, total))
     conf = confirm_lib.confirmation(st, spec.direction)
     headline = confirm_lib.headline(conf, spec.metric)
     for line in [*confirm_lib.format_table(conf, spec.metric), headline]:

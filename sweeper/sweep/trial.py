@@ -104,7 +104,7 @@ def make_objective(
         params = space_lib.suggest(trial, spec.space)
         cfg = spec.resolve(params)
         absent = space_lib.absent(spec.space, params)  # conditional, condition false: the default holds
-        trial.set_user_attr(rec.CONFIG, rec.config_json(cfg))
+        trial.set_user_attr(rec.CONFIG, rec.config_json(cfg, params))
         trial.set_user_attr(rec.WORKER, workers.worker_name(slot, gpu))
         faults.hit("setup-before-run")
         with tracking.staging(spec.name) as out:

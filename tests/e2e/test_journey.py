@@ -43,7 +43,9 @@ def study_file(tmp_path: Path, image_folder: Path) -> Path:
 def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> None:
     r = cli("run-study", str(study_file), "--trials", "5")
     assert r.returncode == 0, r.stderr
-    assert "best trial" in r.stdout and "mlflow ui" in r.stdout
+    assert (
+        "best trial" in r.stdout and f"compare trials in the MLflow UI: sweeper ui {study_file}\n" in r.stdout
+    )
     assert re.search(r"^trial 0: (COMPLETE|PRUNED)", r.stderr, re.M)  # progress: stderr, not the results
     assert not re.search(r" INFO (mlflow|alembic)|monitoring system metrics", r.stdout + r.stderr)
 
@@ -51,9 +53,13 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
     states = [t.state for t in study.trials]
     assert len(states) == 5 and TrialState.COMPLETE in states and TrialState.PRUNED in states
     assert all(s.is_finished() for s in states)
+    assert study.metric_names == ["val_acc"]  # optuna-dashboard names the objective
 
     client = MlflowClient(tracking_uri=sqlite_stores()[1])
     exp = client.get_experiment_by_name("e2e")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on model training
+    (study_run,) = client.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'study'")
+    assert study_run.info.status == "FINISHED"  # closed by the sweep's end
     runs = {
         int(r.data.tags["trial_number"]): r
         for r in client.search_runs([exp.experiment_id], "tags.`sweeper.kind` != 'study'")
@@ -65,7 +71,7 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
         run = runs[t.number]
         assert run.info.run_name == f"trial-{t.number:04d}"
         assert run.data.tags["state"] == t.state.name and run.data.tags["study"] == "e2e"
-        assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state.name]
+        assert run.info.status == "FINISHED"  # a pruned trial too: its state tag says PRUNED
         history = client.get_metric_history(run.info.run_id, "val_acc")
         assert [m.step for m in history] == sorted(t.intermediate_values)
         assert [m.value for m in history] == pytest.approx(

@@ -38,3 +38,11 @@ def test_free_port_refuses_a_taken_port_and_finds_a_free_one() -> None:
     found = ui.free_port(None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", found))
+
+
+def test_the_printed_page_is_model_training_with_sweepers_view() -> None:
+    page = ui.runs_page("http://127.0.0.1:5000/", "7")
+    assert page == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=sweeper"
+    )
+    assert ui.runs_page("http://h:5000", "7", view=False).endswith("/runs?workflowType=machine_learning")
