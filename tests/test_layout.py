@@ -29,7 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "launch": {"store"},
     "cli": {"study", "data", "train", "store", "sweep", "results", "submit", "launch"},
 }
-ROOT_BASE = {"errors", "faults"}  # the ground floor: any package may import these, they import nothing
+# the ground floor: any package may import these, they import nothing
+ROOT_BASE = {"errors", "faults", "meter", "servable"}
 ROOT_TOP = {"__main__", "predictor"}  # the entry point and the old predictor path (a shim)
 TRIAL_SIDE = ("train", "data")
 HEAVY = {"torch", "torchvision", "timm", "optuna", "mlflow"}
@@ -231,7 +232,10 @@ def test_every_imported_package_is_declared() -> None:
     dists = importlib.metadata.packages_distributions()
     stdlib = set(sys.stdlib_module_names)
     optional = {"psutil", "pynvml"}  # the `system` extra: imported only where it is installed
-    imported = set().union(*(_third_party(p, False) for p in SRC.rglob("*.py"))) - stdlib - {"sweeper"}
+    bundled = {"servable"}  # sweeper.servable, as the logged models carry it
+    imported = (
+        set().union(*(_third_party(p, False) for p in SRC.rglob("*.py"))) - stdlib - {"sweeper"} - bundled
+    )
     missing = []
     for name in sorted(imported - optional):
         owners = {d.lower().replace("_", "-") for d in dists.get(name, [name])}
@@ -268,3 +272,28 @@ def test_commands_that_read_a_study_load_no_torch() -> None:
         if (hit := _third_party(known[mod], True) & {"torch", "torchvision", "timm"})
     ]
     assert not bad, "\n".join(bad)
+
+
+SERVABLE = SRC / "servable"
+IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml"}  # distribution -> the name it is imported by
+
+
+def test_the_servable_package_stands_alone() -> None:
+    """What every logged model bundles as ``servable`` imports no sweeper module (its own modules
+    relatively, the models-from-code file by the bundled name) and nothing its pinned requirements lack."""
+    from sweeper import servable
+
+    bad = []
+    for path in sorted(SERVABLE.rglob("*.py")):
+        for node, _top in _imports(ast.parse(path.read_text()), True):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                bad += [
+                    f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == "sweeper"
+                ]
+    assert not bad, "\n".join(bad)
+    needed = set().union(*(_third_party(p, False) for p in SERVABLE.rglob("*.py"))) - set(
+        sys.stdlib_module_names
+    )
+    provided = {IMPORT_NAMES.get(d, d) for d in servable.REQUIREMENTS} | {"servable"}
+    assert needed <= provided, f"servable imports {sorted(needed - provided)}, not in servable.REQUIREMENTS"

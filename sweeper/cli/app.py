@@ -10,10 +10,12 @@ stderr); 130 interrupted; 1 a bug (with its traceback).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +37,7 @@ ENVIRONMENT = {  # every variable sweeper reads; the top-level --help and the RE
     "SWEEPER_SYSTEM_METRICS_S": "seconds between system metrics samples of a trial run (default 10)",
     "SWEEPER_CPU_BF16": "1: CPU trials run in bf16 autocast as on CUDA (for CPUs with AMX; default off)",
     "SWEEPER_STORE_PATIENCE": "seconds a sweep waits for an unreachable store before it stops (default 300)",
+    "SWEEPER_PROGRESS_S": "seconds between progress lines when stderr is not a terminal (default 30)",
     "SWEEPER_FAULT": "test-only: faults to inject at named points (see sweeper/faults.py); never set it",
     "SWEEPER_FAULT_DIR": "test-only: where SWEEPER_FAULT's pauses leave their markers",
 }
@@ -78,14 +81,86 @@ def _positive(value: float | None) -> float | None:
     return value
 
 
+Verbosity = Literal["quiet", "normal", "verbose"]
+
+
+@dataclass
+class Output:
+    """How much the command says, from the options before it; one per process (this is the CLI)."""
+
+    verbosity: Verbosity = "normal"
+    json: bool = False  # the command prints one JSON document on stdout: its other lines go to stderr
+
+    @property
+    def progress(self) -> bool:
+        return self.verbosity != "quiet"
+
+
+OUTPUT = Output()
+
+# Library loggers that speak at INFO about their own housekeeping ("Creating initial MLflow database
+# tables", "Started monitoring system metrics", alembic's migrations, every HTTP request of the UI).
+NOISY = ("mlflow", "alembic", "uvicorn", "uvicorn.access", "uvicorn.error", "httpx", "huey")
+
+
+def set_verbosity(verbosity: Verbosity) -> None:
+    """Library INFO noise off by default, back with --verbose; --quiet keeps errors only. Set through
+    the environment too, so that MLflow (configured when first imported) and the servers we start
+    (``sweeper ui``'s) hear it; a user's own MLFLOW_LOGGING_LEVEL wins unless a flag is given."""
+    import logging
+
+    OUTPUT.verbosity = verbosity
+    level = {"quiet": "ERROR", "normal": "WARNING", "verbose": "INFO"}[verbosity]
+    if verbosity != "normal" or "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = level
+    if verbosity != "verbose":  # MLflow's "View run ... at: URL" lines on stdout, per run
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name in NOISY:
+        logging.getLogger(name).setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
+    if verbosity == "quiet":  # the libraries' Python warnings too (Optuna's, torch's): errors only
+        import warnings
+
+        warnings.simplefilter("ignore")
+
+
+def say(line: str) -> None:
+    """A line that tells how the work goes (not its result): stdout, stderr under --json, nothing
+    under --quiet."""
+    if OUTPUT.verbosity != "quiet":
+        typer.echo(line, err=OUTPUT.json)
+
+
+def result(line: str) -> None:
+    """A line of the command's result: stdout, or stderr when --json prints the result instead."""
+    typer.echo(line, err=OUTPUT.json)
+
+
+def wants_json(json_: bool) -> bool:
+    """Called by a command with its --json flag: from now on its text goes to stderr."""
+    OUTPUT.json = json_
+    return json_
+
+
 @app.callback()
 def _root(
     version: Annotated[
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Only results and errors: no progress, notes or library logs."),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Also the libraries' INFO logs (MLflow, alembic, uvicorn)."),
+    ] = False,
 ) -> None:
     """The options before the command; --version acts (eagerly) in its callback."""
+    OUTPUT.json = False  # each command says for itself (one process may run several, as tests do)
+    if quiet and verbose:
+        raise SweeperError("--quiet and --verbose contradict each other; give one")
+    set_verbosity("quiet" if quiet else "verbose" if verbose else "normal")
 
 
 StudyArg = Annotated[
@@ -198,7 +273,8 @@ def preflight(spec: spec_lib.Study, num_classes: int) -> list[str]:
 
 def _warn(notes: list[str]) -> None:
     for note in notes:
-        typer.echo(f"warning: {note}", err=True)
+        if OUTPUT.verbosity != "quiet":
+            typer.echo(f"warning: {note}", err=True)
 
 
 def _print_json(doc: object) -> None:

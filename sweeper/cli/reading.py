@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sweeper.cli.app import (
+    OUTPUT,
     DataOpt,
     JsonOpt,
     PickOpt,
@@ -20,6 +21,8 @@ from sweeper.cli.app import (
     app,
     load_spec,
     out_file,
+    result,
+    wants_json,
 )
 from sweeper.errors import SweeperError
 from sweeper.study import spec as spec_lib
@@ -133,12 +136,14 @@ def report(
     top: Annotated[int, typer.Option("--top", min=1, help="Trials whose learning curves are drawn.")] = 5,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Write one self-contained HTML report of a study (plots, ablation, trials) and log it to MLflow."""
     from sweeper.results import report as report_lib
     from sweeper.store import record as record_lib
     from sweeper.store import stores, tracking
 
+    wants_json(json_)
     src = record_lib.open_recorded(study, storage)
     spec, st = src.spec, src.study
     _warn(src.notes)
@@ -148,10 +153,20 @@ def report(
         out = out / f"{spec.name}-report.html"
     out_file(out)
     run_id = report_lib.write(spec, st, tracker, out, top)
-    typer.echo(
+    result(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline); logged to MLflow experiment "
         f"{spec.name!r}, on the study's run {spec.name!r} ({run_id}) in {stores.display_url(tracker.uri)}"
     )
+    if json_:
+        _print_json(
+            {
+                "study": spec.name,
+                "out": str(out),
+                "bytes": out.stat().st_size,
+                "run_id": run_id,
+                "tracking_uri": stores.display_url(tracker.uri),
+            }
+        )
 
 
 @app.command("ui")
@@ -251,9 +266,11 @@ def _check_data(spec: spec_lib.Study) -> dict[str, int]:
     """Every check of the data a sweep makes before it trains, the full decode included (once per
     version of the files: a later run skips what decoded)."""
     from sweeper.data import images as data_lib
+    from sweeper.sweep.progress import WorkDisplay
 
     ds = data_lib.scan(spec.data_root, max_pixels=spec.max_pixels, duplicates=spec.duplicates)
-    data_lib.check_decodes([*ds.train.files, *ds.val.files])
+    with WorkDisplay(show=OUTPUT.progress):
+        data_lib.check_decodes([*ds.train.files, *ds.val.files])
     ds = data_lib.hold_out(ds, spec.val_from_train)
     return {"classes": len(ds.classes), "train": len(ds.train), "val": len(ds.val), "test": len(ds.test)}
 
@@ -288,6 +305,7 @@ def doctor(
     ] = False,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Check a study's invariants in Optuna and MLflow; exit 1 while problems remain."""
     from sweeper.sweep import doctor as doctor_lib
@@ -296,10 +314,13 @@ def doctor(
         name = spec_lib.load(study).name
     except SweeperError:
         name = study  # a name in storage only (e.g. a study run with --name)
+    wants_json(json_)
     lines, left = doctor_lib.check(name, storage, tracking_uri, repair)
     for line in lines:
-        typer.echo(line)
-    typer.echo(f"study {name}: " + (f"{left} problem{'s' if left != 1 else ''}" if left else "clean"))
+        result(line)
+    result(f"study {name}: " + (f"{left} problem{'s' if left != 1 else ''}" if left else "clean"))
+    if json_:
+        _print_json({"study": name, "problems": left, "clean": not left, "repaired": repair, "lines": lines})
     raise typer.Exit(1 if left else 0)
 
 
@@ -309,6 +330,7 @@ def export_best(
     out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None,
     storage: StorageOpt = None,
     pick: PickOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Print a study file that pins the winner's configuration (runnable with run-study).
 
@@ -320,17 +342,20 @@ def export_best(
     from sweeper.store import record as record_lib
     from sweeper.submit import refit
 
+    wants_json(json_)
     if out is not None:
         out_file(out)
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
     doc = views.best_document(src, *refit.chosen(src, pick))
     text = f"# exported by `sweeper export-best {study}`\n" + yaml.safe_dump(doc, sort_keys=False)
-    if out is None:
+    if out is not None:
+        out.write_text(text)
+        result(f"wrote {out}; train it again with `sweeper run-study {out} --trials 1`")
+    if json_:  # the study file as a JSON document (YAML's superset reads it as it is)
+        _print_json({"study": doc, "out": None if out is None else str(out)})
+    elif out is None:
         typer.echo(text, nl=False)
-        return
-    out.write_text(text)
-    typer.echo(f"wrote {out}; train it again with `sweeper run-study {out} --trials 1`")
 
 
 @app.command("fetch-weights")

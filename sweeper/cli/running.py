@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sweeper.cli.app import (
+    OUTPUT,
     Combine,
     DataOpt,
     GpusOpt,
+    JsonOpt,
     PickOpt,
     SetOpt,
     StorageOpt,
@@ -21,12 +23,16 @@ from sweeper.cli.app import (
     TrackingOpt,
     WorkersOpt,
     _positive,
+    _print_json,
     _warn,
     app,
     load_spec,
     out_dir,
     parse_sets,
     preflight,
+    result,
+    say,
+    wants_json,
 )
 from sweeper.errors import Interrupted, SweeperError
 
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     import optuna
 
     from sweeper.data.images import ImageFolderData
+    from sweeper.store import tracking
     from sweeper.study.spec import Study
     from sweeper.sweep.progress import Progress
 
@@ -80,9 +87,12 @@ def run_study(
             "other --set values without mixing them into the existing one.",
         ),
     ] = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Run (or resume) a study until it holds --trials trials, each a real fine-tuning run."""
     from sweeper.study import spec as spec_lib
+
+    wants_json(json_)
 
     spec = load_spec(study, data, set_, epochs, trials)  # a bad file or flag: one line before torch loads
     if name is not None:
@@ -101,10 +111,9 @@ def run_study(
 
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     _check_writable(storage, tracking_uri)
-    ds = data_lib.hold_out(
-        data_lib.scan(spec.data_root, max_pixels=spec.max_pixels, duplicates=spec.duplicates),
-        spec.val_from_train,
-    )
+    with progress_lib.WorkDisplay(show=OUTPUT.progress):  # the test images' full decode check
+        scanned = data_lib.scan(spec.data_root, max_pixels=spec.max_pixels, duplicates=spec.duplicates)
+    ds = data_lib.hold_out(scanned, spec.val_from_train)
     overrides = {"set": parse_sets(set_), "epochs": epochs, "data": str(data) if data else None, "name": name}
     rec = record_lib.StudyRecord.of(spec, ds, overrides)
     existing = _existing(spec.name, storage)
@@ -117,34 +126,47 @@ def run_study(
         tracker = tracking.MlflowTracker(tracking_uri, spec.name)
         t0 = time.monotonic()
         on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
-        typer.echo(
+        say(
             f"study {spec.name}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val / "
             f"{len(ds.test)} test images{_skipped(ds)}; "
             f"{len(slots)} worker{'s' if len(slots) > 1 else ''} on {on}; "
             f"storage {stores.display_url(stores.resolve_storage(storage))}; "
             f"MLflow {stores.display_url(tracker.uri)}"
         )
-        progress = progress_lib.create(trials, spec.epochs, spec.metric)
+        progress = progress_lib.create(trials, spec.epochs, spec.metric, OUTPUT.progress)
         if existing is not None:  # a resumed study: progress starts from what storage holds
             progress.update(
                 record_lib.counts(existing.get_trials(deepcopy=False)), session.best_value(existing)
             )
         ran = provenance.of(spec, rec, existing.get_trials(deepcopy=False) if existing is not None else [])
-        tracker.log_study(rec.summary(), provenance.description(ran), provenance.tags(ran))
-        prepare = _warm_start(warm_start, spec, storage) if warm_start else None
-        threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
-        s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
-        st = _sweep(progress, lambda: session.run(s, trials, timeout, rec, prepare))
+        with tracker.sweeping():  # the study run is RUNNING until the sweep ends
+            tracker.log_study(rec.summary(), provenance.description(ran), provenance.tags(ran))
+            session.log_view(spec, tracker)
+            prepare = _warm_start(warm_start, spec, storage) if warm_start else None
+            threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
+            s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
+            st = _sweep(progress, lambda: session.run(s, trials, timeout, rec, prepare))
+    hint = _ui_hint(tracker, study, tracking_uri)
+    _sweep_ended(st, spec, trials, time.monotonic() - t0, stores.display_url(tracker.uri), hint, json_)
+
+
+def _sweep_ended(
+    st: optuna.Study, spec: Study, trials: int, seconds: float, tracking: str, hint: str, json_: bool
+) -> None:
+    """run-study's result: the counts and the best trial (or --json's document); exit 1 without a
+    complete trial."""
+    from sweeper.store import record as record_lib
+
     c = record_lib.counts(st.get_trials(deepcopy=False))
-    typer.echo(
-        f"done in {time.monotonic() - t0:.0f}s: {c['counted']}/{trials} trials "
-        f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)"
-    )
-    _print_best(st, spec)
-    typer.echo(
-        f"compare trials in the MLflow UI: mlflow ui --backend-store-uri {stores.display_url(tracker.uri)}  "
-        f"(experiment {spec.name!r})"
-    )
+    if json_:
+        _print_json(_sweep_document(st, spec, trials, seconds, tracking))
+    else:
+        typer.echo(
+            f"done in {seconds:.0f}s: {c['counted']}/{trials} trials "
+            f"({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)"
+        )
+        _print_best(st, spec)
+    say(f"compare trials in the MLflow UI: {hint}")
     if not c["complete"]:  # nothing to refit: a script must not go on as if the sweep had worked
         typer.echo(
             f"error: study {spec.name!r} has no complete trial ({c['pruned']} pruned, {c['fail']} failed); "
@@ -154,8 +176,52 @@ def run_study(
         raise typer.Exit(1)
 
 
+def _sweep_document(
+    st: optuna.Study, spec: Study, trials: int, seconds: float, tracking: str
+) -> dict[str, Any]:
+    """run-study's result for --json: the counts, the best trial (or the Pareto front), where it is."""
+    from sweeper.results import views
+    from sweeper.store import record as record_lib
+
+    doc: dict[str, Any] = {
+        "study": spec.name,
+        "trials": trials,
+        "counts": record_lib.counts(st.get_trials(deepcopy=False)),
+        "seconds": round(seconds, 1),
+        "metric": spec.metric,
+        "tracking_uri": tracking,
+        "best": None,
+    }
+    if spec.multi:
+        doc["front"] = views.front_view(st, spec)
+        return doc
+    try:
+        best = record_lib.best_trial(st)
+    except SweeperError:
+        return doc
+    doc["best"] = {
+        "trial": best.number,
+        "value": record_lib.primary(best),
+        "epoch": best.user_attrs.get(record_lib.BEST_EPOCH),
+        "params": best.params,
+    }
+    return doc
+
+
+def _ui_hint(tracker: tracking.MlflowTracker, study: str, tracking_uri: str | None) -> str:
+    """Where to compare the trials: a tracking server's own page for the experiment, else ``sweeper ui``
+    (which serves a database store, SQLite or PostgreSQL, and opens the same page)."""
+    from sweeper.launch import ui
+    from sweeper.store import stores
+
+    if tracker.uri.startswith(("http://", "https://")):
+        return ui.runs_page(stores.display_url(tracker.uri), tracker.experiment_id)
+    given = f" --tracking-uri {stores.display_url(tracking_uri)}" if tracking_uri else ""
+    return f"sweeper ui {study}{given}"
+
+
 def _print_model(uri: str, register: str | None) -> None:
-    typer.echo(
+    say(
         f"MLflow model {uri}" + (f", registered as {register!r}" if register else "") + f"; "
         f"`sweeper predict {uri} IMAGES...` or `mlflow models predict -m {uri} --env-manager local`"
     )
@@ -297,13 +363,16 @@ def refit_best(
         ),
     ] = False,
     pick: PickOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
     from sweeper.data import images as data_lib
     from sweeper.store import record as record_lib
     from sweeper.store import tracking
     from sweeper.submit import refit
+    from sweeper.sweep.progress import WorkDisplay
 
+    wants_json(json_)
     if set_ and combine != "refit":
         raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
     out_dir(out)  # before anything trains: a file in the way is one line now, not after the refit
@@ -312,37 +381,44 @@ def refit_best(
             f"--pick applies to --combine refit only; --combine {combine} takes the --top best"
         )
     src = record_lib.open_recorded(study, storage)
-    ds = data_lib.scan(
-        str(data) if data else src.spec.data_root,
-        max_pixels=src.spec.max_pixels,
-        duplicates=src.spec.duplicates,
-    )
+    with WorkDisplay(show=OUTPUT.progress):  # the test images' full decode check
+        ds = data_lib.scan(
+            str(data) if data else src.spec.data_root,
+            max_pixels=src.spec.max_pixels,
+            duplicates=src.spec.duplicates,
+        )
     ds = data_lib.hold_out(ds, src.spec.val_from_train)  # the split the trials saw (soup picks on val)
     record_lib.check_classes(src.record, ds.classes, ds.root)
     tracker = tracking.MlflowTracker(tracking_uri, src.spec.name)
     if combine != "refit":
         _warn(src.notes)
-        summary = refit.combine(src, ds, out, tracker, combine, top, register, allow_over_budget)
+        with WorkDisplay(show=OUTPUT.progress):
+            summary = refit.combine(src, ds, out, tracker, combine, top, register, allow_over_budget)
         val = f"; val_acc={summary['val_acc']:.4f}" if summary.get("val_acc") is not None else ""
-        typer.echo(
+        result(
             f"{combine} of trials {', '.join(map(str, summary['trials']))} ({summary['members']} models"
             f"{val}); wrote {', '.join(str(out / f) for f in summary['files'])}"
         )
         _print_model(summary["model_uri"], register)
+        if json_:
+            _print_json({"combine": combine, **summary})
         return
     p = refit.plan(src, parse_sets(set_), pick)
     _warn(p.notes)
     value = record_lib.primary(p.trial) or 0.0
-    typer.echo(
+    say(
         f"refitting trial {p.trial.number} ({src.spec.metric}={value:.4f}, {p.why}) with its "
         f"recorded config on train+val, {p.stop_epoch} of its {p.cfg.epochs} epochs (its best epoch, on its "
         f"own LR schedule); data {ds.root}"
     )
     for key, value in p.overrides.items():
-        typer.echo(f"  --set {key}={value} (the trial ran with {p.trial_value(key)!r})")
-    summary = refit.refit_best(p, ds, out, tracker, src.spec.name, register)
-    typer.echo(f"wrote {', '.join(str(out / f) for f in summary['files'])}")
+        say(f"  --set {key}={value} (the trial ran with {p.trial_value(key)!r})")
+    with WorkDisplay(epochs=p.stop_epoch, show=OUTPUT.progress):
+        summary = refit.refit_best(p, ds, out, tracker, src.spec.name, register)
+    result(f"wrote {', '.join(str(out / f) for f in summary['files'])}")
     _print_model(summary["model_uri"], register)
+    if json_:
+        _print_json({"combine": combine, **summary})
 
 
 @app.command("confirm")
@@ -355,6 +431,7 @@ def confirm(
     tracking_uri: TrackingOpt = None,
     workers: WorkersOpt = None,
     gpus: GpusOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Re-run the top K configurations (and a design's predicted best) with S paired seeds, never pruned,
     and say how far the winner is ahead of the runner-up."""
@@ -366,6 +443,7 @@ def confirm(
     from sweeper.sweep import session
     from sweeper.sweep import workers as workers_lib
 
+    wants_json(json_)
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
     spec = confirm_lib.spec_for(src.spec)
@@ -378,18 +456,24 @@ def confirm(
     queued = confirm_lib.enqueue(src.study, planned, seeds)
     c = record_lib.counts(src.study.get_trials(deepcopy=False))
     total = c["counted"] + c["running"] + c["waiting"]
-    typer.echo(
+    say(
         f"confirm {spec.name}: {queued} re-runs queued now, {c['waiting']} to run ({len(planned)} x {seeds}; "
         "never pruned)"
     )
     for p in planned:
-        typer.echo(f"  {p.why}")
+        say(f"  {p.why}")
     tracker = tracking.MlflowTracker(tracking_uri, spec.name)
-    progress = progress_lib.create(total, spec.epochs, spec.metric)
+    progress = progress_lib.create(total, spec.epochs, spec.metric, OUTPUT.progress)
     slots = workers_lib.slots(workers, gpus, workers_lib.cuda_device_count() if gpus else 0)
     threads = workers_lib.cpu_threads(len(slots)) if gpus is None else None
     s = session.Session(spec, ds, storage, tracker, progress, slots, threads)
-    st = _sweep(progress, lambda: session.run(s, total))
+    with tracker.sweeping():
+        st = _sweep(progress, lambda: session.run(s, total))
     conf = confirm_lib.confirmation(st, spec.direction)
-    for line in [*confirm_lib.format_table(conf, spec.metric), confirm_lib.headline(conf, spec.metric)]:
-        typer.echo(line)
+    headline = confirm_lib.headline(conf, spec.metric)
+    for line in [*confirm_lib.format_table(conf, spec.metric), headline]:
+        result(line or "")
+    if json_:
+        _print_json(
+            {"study": spec.name, "metric": spec.metric, "headline": headline, **dataclasses.asdict(conf)}
+        )

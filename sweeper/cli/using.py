@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sweeper.cli.app import TrackingOpt, app, out_file
+from sweeper.cli.app import JsonOpt, TrackingOpt, _print_json, app, out_file, result, say, wants_json
 
 if TYPE_CHECKING:
     from sweeper.submit.predictor import Member
@@ -30,6 +30,7 @@ def predict(
     ),
     probs: Annotated[bool, typer.Option("--probs", help="Add one probability column per class.")] = False,
     tracking_uri: TrackingOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Predict the class of new images with a refit, a soup or an ensemble."""
     import csv
@@ -37,17 +38,18 @@ def predict(
 
     from sweeper.submit import predictor
 
+    wants_json(json_)
     out_file(out)
     files = predictor.image_files(images)
     net, source = predictor.open_model(model, tracking_uri)
-    typer.echo(
+    say(
         f"predicting {len(files)} images with {source} "
         f"({len(net.members)} model(s), {len(net.classes)} classes)"
     )
     t0 = time.monotonic()
 
     def progress(i: int, m: Member) -> None:
-        typer.echo(f"  model {i + 1}/{len(net.members)}: {m.cfg.backbone} ({time.monotonic() - t0:.0f} s)")
+        say(f"  model {i + 1}/{len(net.members)}: {m.cfg.backbone} ({time.monotonic() - t0:.0f} s)")
 
     p = net.probs(files, progress)
     with out.open("w", newline="") as f:
@@ -56,7 +58,17 @@ def predict(
         for file, row in zip(files, p.tolist(), strict=True):
             best = max(range(len(row)), key=row.__getitem__)
             w.writerow([file.stem, net.classes[best], *([f"{x:.6f}" for x in row] if probs else [])])
-    typer.echo(f"wrote {out}")
+    result(f"wrote {out}")
+    if json_:
+        _print_json(
+            {
+                "out": str(out),
+                "images": len(files),
+                "model": source,
+                "members": len(net.members),
+                "classes": net.classes,
+            }
+        )
 
 
 @app.command("score")
@@ -64,11 +76,16 @@ def score(
     predictions: Annotated[Path, typer.Argument(help="A prediction.csv (image_name,pred_label).")],
     labels: Annotated[Path, typer.Argument(help="The true labels: a CSV of image_name,label.")],
     per_class: Annotated[bool, typer.Option("--per-class", help="Also print each class's accuracy.")] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Accuracy of a prediction.csv against a labels file (a local hold-out as a leaderboard)."""
     from sweeper.submit import scoring
 
     s = scoring.score(predictions, labels)
+    if wants_json(json_):
+        per = {c: {"accuracy": acc, "n": n} for c, (acc, n) in s.per_class.items()}
+        _print_json({"accuracy": s.accuracy, "n": s.n, "correct": round(s.accuracy * s.n), "per_class": per})
+        return
     typer.echo(f"accuracy {s.accuracy:.4f} ({round(s.accuracy * s.n)}/{s.n} images)")
     if per_class:
         for c, (acc, n) in sorted(s.per_class.items(), key=lambda kv: kv[1][0]):

@@ -2,38 +2,27 @@
 
 Transforms take uint8 ``[3, H, W]`` tensors (decoded files or cache rows) and return float tensors in
 [0, 1], normalized unless asked not to. Mean, std, interpolation and crop_pct come from the model's data
-config, never typed twice; the eval geometry is timm's own (``transforms_imagenet_eval``): resize to
-``floor(size / crop_pct)``, then ``center`` / ``squash`` / ``border`` as timm's ``crop_mode`` says.
+config, never typed twice. The eval transform is :mod:`sweeper.servable.transforms` (re-exported here):
+the code every logged model carries, so serving and training evaluate an image alike.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from sweeper.study.config import AugConfig, EvalConfig
+from sweeper.servable import transforms as servable_tf
+from sweeper.servable.transforms import interp_mode, interpolation, to_float
+from sweeper.study.config import AugConfig
 
-
-def _interp(name: str) -> InterpolationMode:
-    from timm.data.transforms import str_to_interp_mode
-
-    return str_to_interp_mode(name)
-
-
-def interpolation(data_cfg: dict[str, Any]) -> InterpolationMode:
-    """The model's interpolation, as timm maps its name."""
-    return _interp(data_cfg.get("interpolation", "bilinear"))
-
-
-def _to_float(data_cfg: dict[str, Any], normalize: bool) -> list[Any]:
-    """uint8 -> float in [0, 1], then the model's mean/std unless ``normalize`` is off."""
-    ops: list[Any] = [T.ToDtype(torch.float32, scale=True)]
-    return ops + [T.Normalize(data_cfg["mean"], data_cfg["std"])] if normalize else ops
+# The eval transform lives with the model it serves (every logged model carries it); its names here too.
+EvalCrop = servable_tf.EvalCrop
+eval_geometry = servable_tf.eval_geometry
+eval_transform = servable_tf.eval_transform
+_interp = interp_mode  # the old private name, which bench/data_pipeline.py uses
 
 
 def train_transform(aug: AugConfig, data_cfg: dict[str, Any], normalize: bool = True) -> T.Compose:
@@ -52,7 +41,7 @@ def train_transform(aug: AugConfig, data_cfg: dict[str, Any], normalize: bool = 
         ops.append(T.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m))
     if aug.augmix:
         ops.append(T.AugMix(severity=aug.augmix_severity))
-    ops += _to_float(data_cfg, normalize)
+    ops += to_float(data_cfg, normalize)
     if aug.erasing:
         ops.append(T.RandomErasing(p=aug.erasing_p))
     return T.Compose(ops)
@@ -81,80 +70,9 @@ def _geometry(aug: AugConfig, size: int, interp: InterpolationMode) -> list[Any]
     return ops
 
 
-def eval_geometry(data_cfg: dict[str, Any], ev: EvalConfig | None = None) -> dict[str, Any]:
-    """The eval's size, crop_pct, crop_mode and interpolation: ``ev`` where set, else the model's."""
-    ev = ev or EvalConfig()
-    return {
-        "img_size": ev.img_size or data_cfg["input_size"][-1],
-        "crop_pct": ev.crop_pct or data_cfg.get("crop_pct") or 0.875,
-        "crop_mode": ev.crop_mode or data_cfg.get("crop_mode") or "center",
-        "interpolation": data_cfg.get("interpolation", "bilinear"),
-    }
-
-
-def eval_transform(
-    data_cfg: dict[str, Any], ev: EvalConfig | None = None, normalize: bool = True
-) -> T.Compose:
-    """timm's eval geometry (its own ops, so sizes floor and crop modes match timm), then to float."""
-
-    return T.Compose([*EvalCrop(data_cfg, ev).ops, *_to_float(data_cfg, normalize)])
-
-
 def after_eval_crop(data_cfg: dict[str, Any], normalize: bool = True) -> T.Compose:
     """What :func:`eval_transform` does after its :class:`EvalCrop`: for images cached as it ends."""
-    return T.Compose(_to_float(data_cfg, normalize))
-
-
-class EvalCrop:
-    """The uint8 geometry of :func:`eval_transform` (timm's resize, then crop or pad) as one op.
-
-    Deterministic, so the decoded-image cache can store its output for the images a run evaluates:
-    their pixels are then exactly those ``predict`` computes from the files. Also a cache resizer
-    (``size``, ``interpolation``, ``antialias``, ``max_size``; ``key`` names the whole geometry).
-    """
-
-    antialias, max_size = True, None
-
-    def __init__(self, data_cfg: dict[str, Any], ev: EvalConfig | None = None) -> None:
-        from timm.data.transforms import CenterCropOrPad
-        from timm.data.transforms_factory import transforms_imagenet_eval
-
-        geo = eval_geometry(data_cfg, ev)
-        pipeline = transforms_imagenet_eval(**geo, mean=data_cfg["mean"], use_prefetcher=True)
-        timm_ops = pipeline.transforms[:-1]  # all but its to-tensor step
-        self.ops = [
-            _CenterCropOrPad(op.size, op.fill) if isinstance(op, CenterCropOrPad) else op for op in timm_ops
-        ]
-        self.size = [geo["img_size"], geo["img_size"]]  # every crop mode ends at img_size x img_size
-        self.interpolation = _interp(geo["interpolation"])
-        self.key = json.dumps({"eval_crop": geo, "ops": repr(self.ops)})
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        for op in self.ops:
-            img = op(img)
-        return img
-
-    def __repr__(self) -> str:
-        return f"EvalCrop({self.key})"
-
-
-class _CenterCropOrPad:
-    """timm's ``CenterCropOrPad`` (``crop_mode: border``) for tensors: pad with the mean color, crop."""
-
-    def __init__(self, size: tuple[int, int], fill: int | Sequence[int]) -> None:
-        self.size, self.fill = tuple(size), fill
-
-    def __repr__(self) -> str:
-        return f"CenterCropOrPad(size={self.size}, fill={self.fill})"
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
-        (h, w), (th, tw) = img.shape[-2:], self.size
-        if th > h or tw > w:
-            dw, dh = max(tw - w, 0), max(th - h, 0)
-            img = F.pad(img, [dw // 2, dh // 2, (dw + 1) // 2, (dh + 1) // 2], fill=self.fill)
-        return F.center_crop(img, list(self.size))
+    return T.Compose(to_float(data_cfg, normalize))
 
 
 def mixer(aug: AugConfig, label_smoothing: float, num_classes: int):

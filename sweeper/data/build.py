@@ -11,8 +11,6 @@ only the image's shape. The main process only counts, reports progress and syncs
 from __future__ import annotations
 
 import os
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from sweeper import meter
 from sweeper.data.images import BadImage, _unreadable
 from sweeper.data.tensors import load_image
 from sweeper.data.workers import worker_context
@@ -174,7 +173,7 @@ def write(plans: Sequence[Plan], workers: int, progress: Progress | None = None)
         multiprocessing_context=worker_context(workers),
         generator=torch.Generator(),
     )
-    report = progress or Ticker()
+    report = progress or _metered(len(files))
     try:
         for n, done in enumerate(decoded, 1):
             if isinstance(done, str):  # a worker's BadImage, as its one line
@@ -193,22 +192,7 @@ def write(plans: Sequence[Plan], workers: int, progress: Progress | None = None)
     return index
 
 
-class Ticker:
-    """The default progress: a line on stderr every ``every`` seconds, and one when done."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every, self.t0 = every, time.perf_counter()
-        self.last = self.t0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done < total and now - self.last < self.every:
-            return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        print(
-            f"sweeper: image cache: {done:,}/{total:,} images decoded ({done / total:.0%}), "
-            f"{rate:,.0f} images/s",
-            file=sys.stderr,
-            flush=True,
-        )
+def _metered(total: int) -> Progress:
+    """The default progress: this process's meter (the sweep's display, refit-best's and check's)."""
+    step = meter.counter("cache build", total)
+    return lambda done, _total: step(done)

@@ -250,7 +250,7 @@ def open_caches(
             every one of them once (e.g. a :class:`ShrinkShortSide`).
         workers: decoding processes for the first build.
         root: where caches live; default ``<data dir>/cache``.
-        progress: called as ``progress(done, total)`` while building; default a line on stderr every 10 s.
+        progress: called as ``progress(done, total)`` while building; default this process's meter.
         version: the files' version from the sweep's scan (see :func:`fingerprint`); "" = stat them.
     """
     if not any(files for files, _ in wanted):

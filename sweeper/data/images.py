@@ -44,9 +44,11 @@ from typing import Literal
 
 import numpy as np
 import PIL
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from sweeper import meter
 from sweeper.errors import SweeperError
+from sweeper.servable.pixels import decode
 from sweeper.study.config import DEFAULT_MAX_PIXELS
 
 BUILTIN = "builtin:digits"
@@ -227,8 +229,10 @@ def check_decodes(files: Sequence[Path]) -> None:
     stamp = data_dir() / "decoded" / _digest(f"PIL {PIL.__version__}", files_version(files))
     if stamp.exists():
         return
-    for f in files:
+    progress = meter.counter("decode check", len(files))
+    for i, f in enumerate(files):
         decode_rgb(f)
+        progress(i + 1)
     _remember(stamp)
 
 
@@ -428,37 +432,16 @@ def kfold(split: Split, k: int, seed: int) -> list[tuple[Split, Split]]:
 
 
 def decode_rgb(path: Path) -> np.ndarray:
-    """Decode one file to ``H x W x 3`` uint8 RGB pixels, upright (EXIF orientation applied).
+    """Decode one file to ``H x W x 3`` uint8 RGB pixels, upright (EXIF orientation applied), with the
+    decoder every logged model carries (:func:`sweeper.servable.pixels.decode`).
 
     Raises:
         BadImage: the file is not an image this machine can decode, or its data is cut short.
     """
     try:
-        with Image.open(path) as im:
-            ImageOps.exif_transpose(im, in_place=True)  # phone photos: pixels as the camera held them
-            return to_rgb8(im)
+        return decode(path)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise _unreadable(path, e) from None
-
-
-def to_rgb8(im: Image.Image) -> np.ndarray:
-    """``H x W x 3`` uint8 pixels; 16-bit and float images scaled to 8 bits (``convert`` would clip them).
-
-    ``I;16*`` modes span 0..65535. ``I`` (32-bit int) and ``F`` (float) carry no depth, so the scale is
-    the first of 255 (or 1 for float) and 65535 that holds the image's maximum, else its maximum.
-    """
-    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
-        # 48/64-bit PNGs already open as 8-bit RGB(A); an RGB image is not copied once more by convert
-        return np.array(im if im.mode == "RGB" else im.convert("RGB"))
-    a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
-    peak = float(a.max(initial=0.0))
-    if im.mode.startswith("I;16"):
-        top = 65535.0
-    else:
-        tops = (1.0, 255.0, 65535.0) if im.mode == "F" else (255.0, 65535.0)
-        top = next((t for t in tops if peak <= t), peak)
-    gray = np.rint(a * (255.0 / top)).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=2)
 
 
 # ---- the built-in dataset ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from torch import nn
 from sweeper.data import augment, tensors
 from sweeper.data import images as data_lib
 from sweeper.data.workers import worker_context
+from sweeper.servable import network
 from sweeper.study.config import TrialConfig
 
 
@@ -37,16 +38,9 @@ def workers(cfg: TrialConfig) -> int:
     return cfg.num_workers if cfg.num_workers is not None else default_workers()
 
 
-SLOW_CHANNELS_LAST = ("resnest",)
-"""Model families whose CUDA steps get slower in channels_last (ResNeSt's split attention reshapes
-its activations, forcing layout copies); ``channels_last: auto`` leaves them in NCHW."""
-
-
 def use_channels_last(cfg: TrialConfig, device: torch.device) -> bool:
-    """``true``/``false`` as asked; ``auto`` = on CUDA (tensor cores want NHWC) unless known to slow down."""
-    if cfg.channels_last != "auto":
-        return bool(cfg.channels_last)
-    return device.type == "cuda" and not cfg.backbone.startswith(SLOW_CHANNELS_LAST)
+    """``true``/``false`` as asked; ``auto`` = on CUDA unless the model is known to slow down in NHWC."""
+    return network.channels_last(cfg.channels_last, cfg.backbone, device)
 
 
 def setup_model(model: nn.Module, cfg: TrialConfig, device: torch.device) -> nn.Module:
@@ -186,7 +180,7 @@ class Pipelines:
             [(_files(*evaluated), crop), (_files(*splits), shrink)],
             workers=workers(cfg),
             version=versions.pop() if len(versions) == 1 else "",
-            progress=progress,  # a build's (done, total); None: a line on stderr every 10 s
+            progress=progress,  # a build's (done, total); None: this process's meter (sweeper.meter)
         )
         self.train_tail = self.eval_tail = None
         if cfg.device_aug is True or (cfg.device_aug == "auto" and device.type == "cuda"):
@@ -211,17 +205,7 @@ def _files(*splits: data_lib.Split | None) -> list[Path]:
     return sorted({f for s in splits if s is not None for f in s.files})
 
 
-def autocast(device: torch.device, precision: str = "bf16"):
-    """bf16 (or fp16) autocast on CUDA; on the CPU only with ``SWEEPER_CPU_BF16=1`` (CPUs with AMX or
-    AVX512-BF16 gain from it, others lose), which also runs the CUDA numerics path where there is no GPU.
-
-    Without it the CPU computes in float32 whatever ``precision`` says (fp16's loss scaling still runs,
-    see :func:`grad_scaler`, so the fp16 code path is the one a GPU would take)."""
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=dtype)
-    on = os.environ.get("SWEEPER_CPU_BF16", "").lower() in ("1", "true", "yes", "on")
-    return torch.autocast("cpu", dtype=dtype, enabled=on)
+autocast = network.autocast  # one autocast for training, evaluation and the served model
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:

@@ -21,6 +21,8 @@ from sweeper.errors import SweeperError
 
 PARTITION = re.compile(r"[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*")  # one name, or a comma list
 TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}")  # minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+MEM = re.compile(r"[1-9]\d*[KMGT]?")  # Slurm's --mem: megabytes, or with a unit
+STOP_BEFORE_S = 120  # SIGTERM this long before the time limit: trials are closed and re-queued, not killed
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Job:
     checkpoints: Path  # epoch checkpoints, on storage every node mounts
     workers_per_gpu: int = 1  # trials at once on one GPU (small models); on CPU nodes, per task
     cpus_per_task: int = 4  # DataLoader workers and the trial processes' threads
+    mem: str = "32G"  # per task: a fine-tuning trial's process, its DataLoader workers and pinned batches
     partition: str | None = None
     time: str | None = None  # Slurm's format, e.g. 1-00:00:00; at the limit the task requeues its trials
     run_args: tuple[str, ...] = field(default=())  # --data, --epochs, --set, passed on to run-study
@@ -66,6 +69,11 @@ def validate(job: Job) -> None:
             f"--partition {job.partition!r}: a Slurm partition name has no spaces or special characters "
             "(several: gpu,gpu-long); `sinfo -s` lists them"
         )
+    if not MEM.fullmatch(job.mem):
+        raise SweeperError(
+            f"--mem {job.mem!r}: expected a size per task, as 32G or 64000 (megabytes); 0 (a whole node's "
+            "memory for every task) is not accepted"
+        )
     if job.time is not None and not TIME.fullmatch(job.time):
         raise SweeperError(
             f"--time {job.time!r}: expected Slurm's MINUTES, HH:MM:SS or D-HH:MM:SS (e.g. 1-00:00:00)"
@@ -89,9 +97,13 @@ def directives(job: Job) -> list[str]:
         f"--array=0-{job.tasks - 1}",
         "--ntasks=1",
         f"--cpus-per-task={job.cpus_per_task}",
+        f"--mem={job.mem}",
         *(["--gres=gpu:1"] if job.gpus_per_node else []),
         *([f"--partition={job.partition}"] if job.partition else []),
         *([f"--time={job.time}"] if job.time else []),
+        # SIGTERM to the batch shell, which is run-study (exec), STOP_BEFORE_S before the time limit:
+        # its trials are closed and re-queued instead of killed with the task
+        f"--signal=B:TERM@{STOP_BEFORE_S}",
         "--requeue",  # preempted or failed node: Slurm runs the task again; it resumes the study
         "--open-mode=append",  # a requeued task's log goes on in the same file
         "--export=ALL",  # the submitting environment: SWEEPER_STORAGE, MLFLOW_TRACKING_URI, PATH
@@ -113,6 +125,8 @@ def render(job: Job) -> str:
         "# The servers' URLs hold passwords, so they come from the environment of `sbatch`, not this file:",
         "#   SWEEPER_STORAGE=postgresql://USER:PASSWORD@HOST:5432/DB MLFLOW_TRACKING_URI=http://HOST:5000 \\",
         "#     sbatch THIS_FILE          (`sweeper slurm ... --submit` does this)",
+        f"# {STOP_BEFORE_S} s before the time limit Slurm sends SIGTERM to run-study (--signal=B:TERM; exec",
+        "# makes it the batch shell), so a trial the limit would cut is closed and re-queued, not lost.",
         "# A task stopped by Slurm (scancel, preemption, time limit: SIGTERM) closes its running trials",
         "# as failed and re-queues their params; a task that vanishes (node lost) has its trials failed by",
         "# the others after $SWEEPER_GRACE s without a heartbeat, and re-queued. Either way a retry resumes",

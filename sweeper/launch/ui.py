@@ -22,17 +22,26 @@ from types import FrameType
 from typing import IO, Any
 
 from sweeper.errors import SweeperError, did_you_mean
+from sweeper.store import tracking
 
 HOST = "127.0.0.1"  # local only: the UI shows everything in the store
 DEFAULT_PORT = 5000  # MLflow's own default; taken -> a free port
-KIND_TAG = "mlflow.experimentKind"  # "custom_model_development": the UI opens on runs, not GenAI traces
 READY_TIMEOUT = 120.0  # seconds for the server to answer /health (imports are slow on a busy machine)
 
 
-def experiment_id(tracking_uri: str, name: str) -> str:
-    """The id of experiment ``name`` in the store, or an error naming the experiments that exist.
+def runs_page(base: str, exp: str, view: bool = True) -> str:
+    """The experiment's runs table in the MLflow UI at ``base``, as model training (MLflow 3.17 takes the
+    GenAI / Model training toggle from the link, not from the experiment's kind), with sweeper's saved
+    view (the study's metrics and searched params as columns, best first) where the experiment has it."""
+    shown = f"&viewStateShareKey={tracking.VIEW_KEY}" if view else ""
+    return f"{base.rstrip('/')}/#/experiments/{exp}/runs?workflowType=machine_learning{shown}"
 
-    An experiment without a kind is marked as model training, so the UI shows its runs table first.
+
+def experiment_id(tracking_uri: str, name: str) -> tuple[str, bool]:
+    """The id of experiment ``name`` in the store and whether it has sweeper's saved view, or an error
+    naming the experiments that exist.
+
+    An experiment without a kind (made by an older sweeper) is marked as model training.
     """
     from mlflow import MlflowClient
 
@@ -40,8 +49,8 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     try:
         exp = client.get_experiment_by_name(name)
         names = [] if exp is not None else [e.name for e in client.search_experiments(max_results=1000)]
-        if exp is not None and KIND_TAG not in exp.tags:
-            client.set_experiment_tag(exp.experiment_id, KIND_TAG, "custom_model_development")
+        if exp is not None and tracking.KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, tracking.KIND_TAG, tracking.MODEL_TRAINING)
     except Exception as e:
         raise SweeperError(
             f"cannot read MLflow store {tracking_uri}: {str(e).splitlines()[0][:300]}"
@@ -51,7 +60,7 @@ def experiment_id(tracking_uri: str, name: str) -> str:
             f"no MLflow experiment {name!r} in {tracking_uri}{did_you_mean(name, names)}; "
             "run the study first or pass the --tracking-uri it ran with"
         )
-    return str(exp.experiment_id)
+    return str(exp.experiment_id), tracking.VIEW_TAG in exp.tags
 
 
 def free_port(preferred: int | None) -> int:
@@ -95,6 +104,8 @@ def server_command(tracking_uri: str, port: int) -> list[str]:
     if tracking_uri.startswith("sqlite:///"):
         artifacts = Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts"
         cmd += ["--default-artifact-root", artifacts.resolve().as_uri(), "--no-serve-artifacts"]
+    if os.environ.get("MLFLOW_LOGGING_LEVEL", "INFO").upper() not in ("DEBUG", "INFO"):  # not --verbose
+        cmd += ["--uvicorn-opts", "--log-level warning --no-access-log"]  # no line per HTTP request
     return cmd
 
 
@@ -153,13 +164,13 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _show(announce: Callable[[str], None], url: str, name: str, exp: str, open_browser: bool) -> None:
+def _show(announce: Callable[[str], None], url: str, name: str, page: str, open_browser: bool) -> None:
     announce(f"MLflow UI: {url}")
-    announce(f"experiment {name!r}: {url}/#/experiments/{exp}/runs")
+    announce(f"experiment {name!r}: {page}")
     if open_browser:
         import webbrowser
 
-        webbrowser.open(f"{url}/#/experiments/{exp}/runs")
+        webbrowser.open(page)
 
 
 def serve(
@@ -175,9 +186,10 @@ def serve(
     experiment's page in the default browser. A tracking URI that is already an MLflow server needs no
     second one: its URLs are printed and nothing is started.
     """
-    exp = experiment_id(tracking_uri, name)
+    exp, view = experiment_id(tracking_uri, name)
     if tracking_uri.startswith(("http://", "https://")):  # a tracking server already serves its own UI
-        _show(announce, tracking_uri.rstrip("/"), name, exp, open_browser)
+        base = tracking_uri.rstrip("/")
+        _show(announce, base, name, runs_page(base, exp, view), open_browser)
         return 0
     port = free_port(port)
     url = f"http://{HOST}:{port}"
@@ -189,7 +201,7 @@ def serve(
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         wait_ready(proc, url)
-        _show(announce, url, name, exp, open_browser)
+        _show(announce, url, name, runs_page(url, exp, view), open_browser)
         announce("stop with Ctrl-C")
         return proc.wait()
     except KeyboardInterrupt:

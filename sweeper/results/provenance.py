@@ -36,7 +36,7 @@ class AsRun:
 
 def of(spec: Study, rec: record_lib.StudyRecord | None, trials: Sequence[FrozenTrial]) -> AsRun:
     """The study ``spec`` (as it ran, overrides applied) with its record and trials, described."""
-    ran = Counter(_model(json.loads(t.user_attrs[record_lib.CONFIG])) for t in _own(trials))
+    ran = Counter(_model(_config(t)) for t in _own(trials))
     if ran:
         models = tuple(ran.most_common())
     else:  # nothing trained yet: what the study, overrides applied, can train
@@ -75,6 +75,11 @@ def _backbone_rows(spec: Study) -> list[dict[str, Any]]:
     rows = [{"cell": c} for c in spec.cells] or [{}]
     choices = [{"backbone": b} for b in spec.space["backbone"].choices] if "backbone" in spec.space else [{}]
     return [{**r, **b} for r in rows for b in choices]
+
+
+def _config(t: FrozenTrial) -> dict[str, Any]:
+    cfg = record_lib.trial_config(t)
+    return {} if cfg is None else cfg.flat()
 
 
 def _model(flat: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 The study record is kept with the Optuna study (study user attributes, JSON) when the study is first
 created: the study file's text, the study as it ran (overrides applied, in study-file syntax), the
 ``--set``/``--epochs``/``--data`` overrides, the data it ran on (root and fingerprint) and the versions of
-the libraries. Every trial keeps its full resolved config. Refit, show and report read this record,
+the libraries. Every trial keeps its resolved config (:func:`config_json`). Refit, show and report read
+this record,
 never the study file as it is now, so every answer is the experiment that ran.
 
 This module reads storage objects only; it imports none of the orchestration.
@@ -43,7 +44,7 @@ OOM_RETRY = "oom_retry"  # how an out-of-memory trial was retried
 INFEASIBLE = "infeasible"  # why a trial's result is infeasible (diverged)
 RESUMED = "resumed_from_epoch"  # the epoch checkpoint a retried trial started from
 DISCARDED = "checkpoint_discarded"  # why a retried trial's checkpoint was not resumed (it started over)
-CONFIG = "config"  # the trial's full resolved config, TrialConfig.flat() as JSON
+CONFIG = "config"  # the trial's resolved config, compact (config_json); trial_config reads it whole
 CURVE = "curve"  # a multi-objective trial's metric per epoch (Optuna keeps intermediate values for one)
 DIVERGED = "diverged"  # Optuna constraint on every finished trial: 1.0 = the loss diverged (infeasible)
 
@@ -163,13 +164,29 @@ def pareto_front(study: optuna.Study, objectives: list[tuple[str, str]]) -> list
 
 
 def trial_config(t: FrozenTrial) -> spec_lib.TrialConfig | None:
-    """The config trial ``t`` trained with, as it recorded it; None for trials from before the record."""
+    """The config trial ``t`` trained with, as it recorded it (:func:`config_json`: its params, then what
+    it kept of the rest; the defaults fill what neither holds); None for trials from before the record.
+    A trial recorded whole, by an older sweeper, reads the same."""
     raw = t.user_attrs.get(CONFIG)
-    return None if raw is None else spec_lib.config_from_flat(json.loads(raw))
+    if raw is None:
+        return None
+    params = {k: v for k, v in t.params.items() if k in spec_lib.DEFAULTS}
+    return spec_lib.config_from_flat({**params, **json.loads(raw)})
 
 
-def config_json(cfg: spec_lib.TrialConfig) -> str:
-    return json.dumps(spec_lib.plain(cfg.flat()), sort_keys=True)
+def config_json(cfg: spec_lib.TrialConfig, params: dict[str, Any] | None = None) -> str:
+    """A trial's resolved config as its user attribute keeps it: every value that differs from the
+    default, less the searched ones its Optuna ``params`` already hold with the same value. The whole
+    config (2.3 kB on one line) made each trial's page in optuna-dashboard 17,000 px wide; this is about
+    100 characters (700 for a recipe with a long freeze list), and :func:`trial_config` rebuilds the
+    config exactly."""
+    given = spec_lib.plain(params or {})
+    kept = {
+        k: v
+        for k, v in spec_lib.plain(cfg.flat()).items()
+        if (given[k] != v if k in given else v != spec_lib.plain(spec_lib.DEFAULTS[k]))
+    }
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"))
 
 
 # ---- the data fingerprint -------------------------------------------------------------------------

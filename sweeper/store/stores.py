@@ -138,6 +138,12 @@ def db_outage(e: BaseException | None) -> bool:
 Holds = Literal["optuna", "mlflow", "empty", "missing", "other"]
 
 
+OPTUNA_TABLES = frozenset(
+    {"studies", "study_directions", "trials", "trial_params", "trial_values", "version_info"}
+)  # tables only Optuna's storage has (the first it makes, and its core)
+MLFLOW_TABLES = frozenset({"experiments", "runs", "metrics", "latest_metrics", "experiment_tags"})
+
+
 def holds(url: str) -> Holds:
     """What a database holds, read without creating or changing anything: Optuna's tables, MLflow's,
     none (``empty``; ``missing`` for a SQLite file that does not exist), or another system's."""
@@ -151,11 +157,11 @@ def holds(url: str) -> Holds:
         tables = set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
-    if {"studies", "trials", "version_info"} <= tables:
-        return "optuna"
-    if {"experiments", "runs"} <= tables:
+    if tables & MLFLOW_TABLES:
         return "mlflow"
-    return "empty" if not tables else "other"
+    if tables & OPTUNA_TABLES:  # all of them, or some: another process is making them right now
+        return "optuna"
+    return "empty" if not tables - {"alembic_version"} else "other"
 
 
 def other_system(url: str, held: Holds, ours: str) -> SweeperError | None:

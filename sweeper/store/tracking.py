@@ -33,9 +33,24 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INFEASIBLE": "FAILED"}
-"""A trial's final state -> the MLflow run status it closes with (also kept as tag ``state``).
-INFEASIBLE: the loss diverged; Optuna keeps such a trial COMPLETE with a violated constraint."""
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INFEASIBLE": "FAILED"}
+"""A trial's final state -> the MLflow run status it closes with (the state itself is tag ``state``).
+PRUNED is FINISHED: the pruner stopping a trial early is the sweep working as designed, and its metrics
+up to that epoch are sound; MLflow draws KILLED with the same red cross as FAILED, which made every
+pruned trial look broken. INFEASIBLE: the loss diverged; Optuna keeps such a trial COMPLETE with a
+violated constraint."""
+
+KIND_TAG = "mlflow.experimentKind"
+"""MLflow 3's experiment kind: ``custom_model_development`` opens the experiment as model training (runs,
+models) instead of GenAI (traces, evaluations). Newer UIs switch their GenAI / Model training toggle to
+it when the experiment opens; 3.17 takes the toggle from the link (``workflowType=machine_learning``)."""
+MODEL_TRAINING = "custom_model_development"
+VIEW_KEY = "sweeper"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+"""The experiment's saved runs-table view (MLflow's "Views" menu; a link opens it with
+``viewStateShareKey=sweeper``): the study's metrics and searched params as columns, best first."""
+SWEEPING = "sweeper.sweeping."
+"""Tag prefix on the study run: one tag per process sweeping now (``sweeper.sweeping.HOST.PID``)."""
 
 
 def default_uri() -> str:
@@ -86,10 +101,13 @@ def refused(e: BaseException) -> str | None:
 
 @dataclass(frozen=True)
 class ModelLoader:
-    """How MLflow loads a logged model: the ``pyfunc`` loader module and the requirements it needs."""
+    """How MLflow loads a logged model: models-from-code, with the code it imports bundled."""
 
-    module: str  # a module with ``_load_pyfunc(path)``
-    requirements: tuple[str, ...]  # pip requirement lines written into the model
+    python_model: Path  # the models-from-code file (it calls ``mlflow.models.set_model``)
+    code: tuple[Path, ...]  # bundled into the model and put on sys.path when it loads
+    artifact: str  # the name the model folder is logged under (``context.artifacts[artifact]``)
+    requirements: tuple[str, ...]  # pinned pip requirement lines written into the model
+    metadata: dict[str, str]  # shown with the model (MLmodel ``metadata``): what it takes and returns
 
 
 KIND = "sweeper.kind"  # what a run is: study (the parent), trial, refit, combine
@@ -281,6 +299,8 @@ class Tracker(Protocol):
     def run(self, run_id: str) -> Any: ...  # MLflow's Run entity, or None
     def delete_artifacts(self, run_id: str, suffixes: tuple[str, ...], reason: str) -> bool: ...
     def close_dead_runs(self) -> int: ...
+    def sweeping(self) -> contextlib.AbstractContextManager[None]: ...
+    def log_view(self, metrics: list[str], params: list[str], ascending: bool = False) -> None: ...
 
 
 class TrialRun:
@@ -369,6 +389,7 @@ class MlflowTracker:
         self.experiment = experiment
         self._experiment_id: str | None = None
         self._study_run: str | None = None
+        self._sweeping = False  # inside :meth:`sweeping`: a study run made now stays RUNNING
         self._emptied: set[str] = set()  # runs whose weight files this process has already deleted
         self._context: dict[str, str] | None = None
         # SQLite: this process's workers take turns (one writer); a server handles concurrency itself.
@@ -384,22 +405,46 @@ class MlflowTracker:
         return self._call(self._get_experiment_id)
 
     def _get_experiment_id(self) -> str:
+        """The study's experiment, made as a model-training experiment (:data:`KIND_TAG`) when new; one
+        made before sweeper set the kind gets it now."""
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
                 try:
                     root = _artifact_root(self.uri)
                     self._experiment_id = self.client.create_experiment(
-                        self.experiment, artifact_location=f"{root}/{self.experiment}" if root else None
+                        self.experiment,
+                        artifact_location=f"{root}/{self.experiment}" if root else None,
+                        tags={KIND_TAG: MODEL_TRAINING},
                     )
+                    return self._experiment_id
                 except Exception:  # another worker created it first
                     exp = self.client.get_experiment_by_name(self.experiment)
                     if exp is None:
                         raise
-                    self._experiment_id = exp.experiment_id
-            else:
-                self._experiment_id = exp.experiment_id
+            self._experiment_id = str(exp.experiment_id)
+            if KIND_TAG not in exp.tags:
+                self.client.set_experiment_tag(self._experiment_id, KIND_TAG, MODEL_TRAINING)
         return self._experiment_id
+
+    def log_view(self, metrics: list[str], params: list[str], ascending: bool = False) -> None:
+        """The experiment's saved view (:data:`VIEW_TAG`): ``metrics`` then ``params`` as the runs table's
+        columns, sorted by the first metric (``ascending`` for a minimized one: best first).
+
+        The MLflow UI shows only Source, Models and Dataset columns until a person picks others, and keeps
+        that choice in one browser's storage; a saved view is the one place an experiment carries
+        columns for everyone (a JSON envelope that MLflow 3.17 reads uncompressed)."""
+        import json
+
+        exp = self.experiment_id
+        state = {
+            "selectedColumns": [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params],
+            "orderByKey": f"metrics.`{metrics[0]}`",
+            "orderByAsc": ascending,
+        }
+        name = f"sweeper: {', '.join(metrics)} and searched params"
+        value = json.dumps({"name": name, "createdAt": int(time.time() * 1000), "state": json.dumps(state)})
+        self._call(lambda: self.client.set_experiment_tag(exp, VIEW_TAG, value))
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> TrialRun:
         """A new RUNNING run, a child of the study's run (``sweeper.kind`` says what it is: trial by
@@ -425,28 +470,96 @@ class MlflowTracker:
         return self._context
 
     def study_run_id(self) -> str:
-        """The study's own run, parent of its trials, refits and ensembles: found by its tag, else made.
-        Workers starting together may each make one; each then keeps the oldest it sees, and a run that
-        lost is re-tagged, never deleted: another worker that saw it first may already log to it."""
+        """The study's own run, parent of its trials, refits and ensembles: found by its tag, else made
+        (left RUNNING inside :meth:`sweeping`, closed at once otherwise). Workers starting together may
+        each make one; each then keeps the oldest it sees, and a run that lost is closed and re-tagged,
+        never deleted: another worker that saw it first may already log to it."""
         if self._study_run is None:
-            exp = self.experiment_id
-            query = f"tags.`{KIND}` = '{STUDY_KIND}'"
-
-            def find() -> list[Any]:
-                return self.client.search_runs([exp], query, order_by=["attributes.start_time ASC"])
-
-            runs = self._call(find)
+            runs = self._study_runs()
             if not runs:
+                exp = self.experiment_id
                 tags = {**self.context_tags(), KIND: STUDY_KIND, "study": self.experiment}
                 made = self._call(lambda: self.client.create_run(exp, run_name=self.experiment, tags=tags))
-                self._call(lambda: self.client.set_terminated(made.info.run_id, status="FINISHED"))
-                runs = self._call(find)
-                if runs[0].info.run_id != made.info.run_id:  # another worker's came first
-                    first = runs[0].info.run_id
-                    self._call(lambda: self.client.set_tag(made.info.run_id, KIND, "study-duplicate"))
-                    self._call(lambda: self.client.set_tag(made.info.run_id, "sweeper.duplicate_of", first))
+                runs = self._study_runs()
+                first, mine = runs[0].info.run_id, made.info.run_id
+                if first != mine:  # another worker's came first
+                    self._call(lambda: self.client.set_tag(mine, KIND, "study-duplicate"))
+                    self._call(lambda: self.client.set_tag(mine, "sweeper.duplicate_of", first))
+                if first != mine or not self._sweeping:
+                    self._call(lambda: self.client.set_terminated(mine, status="FINISHED"))
             self._study_run = runs[0].info.run_id
         return self._study_run
+
+    def _study_runs(self) -> list[Any]:
+        exp = self.experiment_id
+        query = f"tags.`{KIND}` = '{STUDY_KIND}'"
+        return self._call(
+            lambda: self.client.search_runs([exp], query, order_by=["attributes.start_time ASC"])
+        )
+
+    @contextlib.contextmanager
+    def sweeping(self) -> Iterator[None]:
+        """The study run is RUNNING while any process sweeps the study, and closed by the last one to
+        leave: FINISHED when its sweep ended, KILLED by Ctrl-C or SIGTERM, FAILED on an error.
+
+        Each sweeping process holds a tag ``sweeper.sweeping.HOST.PID`` on the study run; leaving drops
+        it, and whoever then finds no live one closes the run. A killed process's tag (its pid gone, on
+        this host) is dropped by the next sweep or by ``sweeper doctor --repair``. The run's duration
+        spans its first sweep's start to its last sweep's end (MLflow keeps one start time)."""
+        from sweeper.errors import Interrupted
+
+        self._sweeping = True
+        run_id = self.study_run_id()
+        key = SWEEPING + re.sub(r"[^\w.\-]", "_", this_process().replace(":", "."))
+        self._call(lambda: self.client.set_tag(run_id, key, this_process()))
+        self._drop_dead_sweeps(run_id)
+        self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
+        status = "FAILED"
+        try:
+            yield
+            status = "FINISHED"
+        except BaseException as e:
+            status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
+            raise
+        finally:
+            self._sweeping = False
+            with contextlib.suppress(Exception):  # a store gone now: the next sweep or doctor closes it
+                self._leave_sweep(run_id, key, status)
+
+    def _leave_sweep(self, run_id: str, key: str, status: str) -> None:
+        """Drop this process's sweeping tag; close the study run when no live sweep holds it. A sweep that
+        joined while it was being closed finds it closed: it is reopened for that one."""
+        self._call(lambda: self.client.delete_tag(run_id, key))
+        if self._sweeps(run_id)[0]:
+            return
+        self._call(lambda: self.client.set_terminated(run_id, status=status))
+        if self._sweeps(run_id)[0]:
+            self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def _sweeps(self, run_id: str) -> tuple[list[str], list[str]]:
+        """The study run's sweeping tags: (live or on another host, known dead)."""
+        run = self._call(lambda: self.client.get_run(run_id))
+        tags = {k: v for k, v in run.data.tags.items() if k.startswith(SWEEPING)}
+        dead = [k for k, v in tags.items() if process_gone(v)]
+        return [k for k in tags if k not in dead], dead
+
+    def _drop_dead_sweeps(self, run_id: str) -> None:
+        for key in self._sweeps(run_id)[1]:
+            self._call(functools.partial(self.client.delete_tag, run_id, key))
+
+    def abandoned_study_run(self) -> Any:
+        """The study run when a killed sweep left it RUNNING (no live sweep holds it), else None. A
+        sweep on another host cannot be seen from here: its study run is left alone."""
+        runs = self._study_runs()
+        if not runs or runs[0].info.status != "RUNNING" or self._sweeps(runs[0].info.run_id)[0]:
+            return None
+        return runs[0]
+
+    def close_study_run(self, run_id: str, why: str) -> None:
+        """Close a study run a killed sweep left RUNNING: KILLED, with ``why``; dead sweeps' tags go."""
+        self._drop_dead_sweeps(run_id)
+        self._call(lambda: self.client.set_tag(run_id, "reason", why))
+        self._call(lambda: self.client.set_terminated(run_id, status="KILLED"))
 
     def log_study(
         self, record_doc: dict[str, Any], description: str, tags: dict[str, str] | None = None
@@ -530,7 +643,7 @@ class MlflowTracker:
 
     def log_model(self, run_id: str, folder: Path, loader: ModelLoader, register: str | None = None) -> str:
         """Log a model folder ``refit-best`` wrote as an MLflow model of run ``run_id`` (an MLflow 3
-        LoggedModel, ``pyfunc`` flavour loaded by ``loader.module``, no pickled code), registered
+        LoggedModel, ``pyfunc`` flavour built by ``loader``'s code, no pickled code), registered
         as ``register`` when given. Returns its ``models:/`` URI."""
         import mlflow
 
@@ -540,9 +653,11 @@ class MlflowTracker:
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
                     name="model",
-                    loader_module=loader.module,
-                    data_path=str(folder),
+                    python_model=str(loader.python_model),
+                    code_paths=[str(p) for p in loader.code],
+                    artifacts={loader.artifact: str(folder)},
                     pip_requirements=list(loader.requirements),
+                    metadata=loader.metadata,
                     registered_model_name=register,
                 )
         return str(info.model_uri)
@@ -701,6 +816,11 @@ class NullTracker:
 
     def close_dead_runs(self) -> int:
         return 0
+
+    def sweeping(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def log_view(self, metrics: list[str], params: list[str], ascending: bool = False) -> None: ...
 
 
 class _NullRun:

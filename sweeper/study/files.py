@@ -113,6 +113,27 @@ def _read(path: Path) -> Any:
         raise SweeperError(f"{path}:{where}: not valid YAML: {problem}") from None
 
 
+class StudyDumper(yaml.SafeDumper):
+    """Writes what :class:`StudyLoader` reads back as written: the string ``'3e-3'`` stays quoted (the
+    loader takes YAML 1.2's ``3e-3`` as a float); multi-line strings as literal blocks."""
+
+
+StudyDumper.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+StudyDumper.add_representer(
+    str,
+    lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None),
+)
+
+
+def merged_text(path: Path, name: str) -> str:
+    """The study file merged over its ``base:`` chain, as :func:`read_chain` reads it, with its name written
+    in: one file that loads as the same study anywhere, without its bases (a Kubernetes pod's ConfigMap)."""
+    raw, chain = read_chain(path, [])
+    doc = {"name": name, **{k: v for k, v in raw.items() if k not in ("name", "base")}}
+    merged = f", merged over {', '.join(p.name for p in chain)}" if chain else ""
+    return f"# {path.name}{merged}\n" + yaml.dump(doc, Dumper=StudyDumper, sort_keys=False, width=110)
+
+
 def read_chain(path: Path, seen: list[Path]) -> tuple[Any, list[Path]]:
     """The file's document merged over its bases', and the chain of base files (nearest first)."""
     raw = _read(path)

@@ -1,14 +1,18 @@
 """A submission model used on new images: a refit, a soup or an ensemble, from its folder or from MLflow.
 
 The folder ``refit-best`` writes (``config.yaml`` and ``model.safetensors``, or an ensemble's
-``config.yaml`` and ``members/``) is the whole model. It is also what the MLflow model holds: a ``pyfunc``
-whose loader is this module (:func:`_load_pyfunc`), so loading it runs no pickled code, only sweeper's.
+``config.yaml`` and ``members/``) is the whole model. It is also what the MLflow model holds, with the
+code that reads it: :mod:`sweeper.servable`, bundled (:func:`bundle`), so the model loads and serves
+where sweeper is not installed. Models logged before that name this module (:func:`_load_pyfunc`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -30,9 +34,43 @@ if TYPE_CHECKING:
 ModelInput = Union["pd.DataFrame", "pd.Series[Any]", list[Any], np.ndarray]
 """What MLflow hands ``predict``: image paths (a list, a Series, a frame's first column) or arrays."""
 
-REQUIREMENTS = ("torch", "torchvision", "timm", "safetensors", "pyyaml", "pillow", "pandas")
-"""What loading the MLflow model needs besides sweeper itself (which is its loader)."""
-LOADER = ModelLoader(module=__name__, requirements=REQUIREMENTS)
+SERVES = (
+    "a list of images, each a file path on the server, base64-encoded image file bytes, or an "
+    "H x W x 3 uint8 array; returns per image pred_label, confidence and probs (in the order of classes)"
+)
+
+
+def pinned(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``name==version`` for each distribution, at the version installed here (the one that trained)."""
+    from importlib.metadata import version
+
+    return tuple(f"{n}=={version(n)}" for n in names)
+
+
+@contextlib.contextmanager
+def bundle() -> Iterator[ModelLoader]:
+    """How to log a model folder: :mod:`sweeper.servable` copied under its bundled name ``servable``, and
+    importable by that name while MLflow runs the models-from-code file as it logs it."""
+    from sweeper import servable
+    from sweeper.servable import pyfunc
+
+    source = Path(servable.__file__).parent
+    with tempfile.TemporaryDirectory(prefix="sweeper-bundle-") as tmp:
+        code = Path(tmp) / "servable"
+        shutil.copytree(source, code, ignore=shutil.ignore_patterns("__pycache__"))
+        sys.path.insert(0, tmp)
+        try:
+            yield ModelLoader(
+                python_model=code / "mlflow_model.py",
+                code=(code,),
+                artifact=pyfunc.ARTIFACT,
+                requirements=pinned(servable.REQUIREMENTS),
+                metadata={"serves": SERVES},
+            )
+        finally:
+            sys.path.remove(tmp)
+            for name in [m for m in sys.modules if m == "servable" or m.startswith("servable.")]:
+                del sys.modules[name]
 
 
 @dataclass(frozen=True)

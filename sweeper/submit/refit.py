@@ -182,7 +182,8 @@ def _log_submission(tracker: Tracker, run: RunLog, out: Path, wrote: list[str], 
     for name in wrote:
         if (out / name).is_file() and name != "model.safetensors":  # the weights live in the model
             run.log_file(out / name, "submission")
-    uri = tracker.log_model(run.run_id, out, predictor.LOADER, register)
+    with predictor.bundle() as loader:
+        uri = tracker.log_model(run.run_id, out, loader, register)
     run.set_tags({"sweeper.model_uri": uri, **({"sweeper.registered_as": register} if register else {})})
     return uri
 

@@ -1,6 +1,6 @@
 """A study's invariants as code: what any sweep, however it ended, must leave in Optuna and MLflow.
 
-- no trial or run RUNNING without a live worker;
+- no trial or run RUNNING without a live worker, and no study run RUNNING without a live sweep;
 - one MLflow run per trial that ran (surplus trials never do), one trial per run, states matching;
 - no params sweeper queued (a start, a design run, a retry) trained and counted twice, and no chain
   retried more than the documented retries;
@@ -65,7 +65,18 @@ def examine(study: optuna.Study, tracker: MlflowTracker, live: bool) -> list[Fin
     out += _duplicates(trials)
     out += _files(study.study_name, trials, dead)
     out += _dead_runs(tracker)
+    out += _abandoned_study_run(tracker)
     return out
+
+
+def _abandoned_study_run(tracker: MlflowTracker) -> list[Finding]:
+    """The study run left RUNNING by a killed sweep (a live sweep keeps it RUNNING: not a finding)."""
+    run = tracker.abandoned_study_run()
+    if run is None:
+        return []
+    why = "its sweep ended without closing it (killed)"
+    fix = functools.partial(tracker.close_study_run, run.info.run_id, why + "; closed by `sweeper doctor`")
+    return [Finding("dead-run", f"study run {run.info.run_id}", f"RUNNING, but {why}", fix)]
 
 
 def _dead_runs(tracker: MlflowTracker) -> list[Finding]:

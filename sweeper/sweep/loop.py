@@ -117,6 +117,9 @@ def open_study(
             f"file now has {', '.join(f'{d} {m}' for m, d in spec.objectives)}: run it under a new name "
             "with --name NEW"
         )
+    names = [m for m, _ in spec.objectives]
+    if study.metric_names != names:  # optuna-dashboard and plots name the objectives, not "Objective 0"
+        study.set_metric_names(names)
     existing = len(study.get_trials(deepcopy=False))
     if existing:  # a resumed study: don't replay the first run's random draws
         study.sampler = build_sampler(spec, worker, existing, process)

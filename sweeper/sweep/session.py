@@ -83,6 +83,12 @@ def _on_trial_end(s: Session) -> Callable[[optuna.Study, FrozenTrial], None]:
     return on_trial_end
 
 
+def log_view(spec: Study, tracker: Tracker) -> None:
+    """The study's metrics and searched params as the MLflow runs table's columns, best first."""
+    metrics = [m for m, _ in spec.objectives]
+    tracker.log_view(metrics, list(spec.space), ascending=spec.objectives[0][1] == "minimize")
+
+
 def best_value(st: optuna.Study) -> float | None:
     """The best value of the metric (a multi-objective study's first objective) among own trials."""
     values = [record_lib.primary(t) or 0.0 for t in record_lib.own_complete(st)]

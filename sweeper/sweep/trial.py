@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 from sweeper import faults
 from sweeper.data.images import ImageFolderData
 from sweeper.errors import SweeperError, no_space
+from sweeper.meter import Work
 from sweeper.store import record as rec
 from sweeper.store import stores, tracking
 from sweeper.store.tracking import RunLog, Tracker
@@ -103,7 +104,7 @@ def make_objective(
         params = space_lib.suggest(trial, spec.space)
         cfg = spec.resolve(params)
         absent = space_lib.absent(spec.space, params)  # conditional, condition false: the default holds
-        trial.set_user_attr(rec.CONFIG, rec.config_json(cfg))
+        trial.set_user_attr(rec.CONFIG, rec.config_json(cfg, params))
         trial.set_user_attr(rec.WORKER, workers.worker_name(slot, gpu))
         faults.hit("setup-before-run")
         with tracking.staging(spec.name) as out:
@@ -276,7 +277,10 @@ def _listener(ctx: Context, progress: Progress) -> Listener:
         ctx.trial.set_user_attr(rec.DISCARDED, reason)
         ctx.run.set_tags({rec.DISCARDED: reason})
 
-    return Listener(report, restored, discarded, lambda measured: _measured(ctx, measured))
+    def working(work: Work) -> None:
+        progress.working(ctx.trial.number, work)
+
+    return Listener(report, restored, discarded, lambda measured: _measured(ctx, measured), working)
 
 
 def _record(ctx: Context, epoch: int, metrics: dict[str, float]) -> None:

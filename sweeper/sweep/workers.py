@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from typing import Literal
 
 from sweeper.errors import SweeperError
+from sweeper.meter import Work
 from sweeper.study.config import TrialConfig
 from sweeper.train.process import (
     Discarded,
@@ -36,6 +37,7 @@ from sweeper.train.process import (
     Measured,
     Resumed,
     Trained,
+    Working,
     child_main,
 )
 
@@ -59,6 +61,7 @@ class Listener:
     restored: Callable[[int, History], None] = _ignore  # epochs a checkpoint restored: heard once
     discarded: Callable[[str], None] = _ignore  # a checkpoint failed its checks; the trial starts over
     measured: Callable[[dict[str, float]], None] = _ignore  # costs timed on the trial's device
+    working: Callable[[Work], None] = _ignore  # how far the epoch or the cache build is (throttled)
 
 
 # ---- failures, by kind ----------------------------------------------------------------------
@@ -172,6 +175,8 @@ def _serve(proc: BaseProcess, conn: Connection, listener: Listener) -> Trained:
                 listener.discarded(reason)
             case Measured(costs):
                 listener.measured(costs)
+            case Working(work):
+                listener.working(work)
             case Done(trained):
                 return dataclasses.replace(trained, resumed_from=resumed)
             case Failed(kind, reason, details):
@@ -240,7 +245,9 @@ def _context() -> multiprocessing.context.ForkServerContext:
     """
     ctx = multiprocessing.get_context("forkserver")
     preload = ["sweeper.faults", "torch", "timm", "sweeper.train.process", "sweeper.train.fit"]
-    ctx.set_forkserver_preload([*preload, "sweeper.train.artifacts"])
+    ctx.set_forkserver_preload(
+        [*preload, "sweeper.train.artifacts", "sweeper.train.figures", "sweeper.sweep.freeze"]  # freeze last
+    )
     return ctx
 
 

@@ -1,4 +1,4 @@
-"""Files written beside every result: resolved config, weights, confusion matrix, curves, predictions.
+"""Files written beside every result: resolved config, weights, predictions (figures: ``figures``).
 
 A run can be reproduced, and its model used, from these files alone: ``config.yaml`` holds the full
 trial config, the class names and the model's data config; the weights are safetensors.
@@ -75,73 +75,6 @@ def load_weights(path: Path) -> dict[str, Any]:
     return load_file(str(path))
 
 
-def write_confusion(out_dir: Path, confusion: np.ndarray, classes: tuple[str, ...]) -> None:
-    """``confusion_matrix.png`` and ``per_class_accuracy.csv`` (worst classes first)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    support = confusion.sum(1)
-    acc = np.divide(np.diag(confusion), support, out=np.zeros(len(classes)), where=support > 0)
-    with open(out_dir / "per_class_accuracy.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "accuracy", "support", "most_confused_with"])
-        for i in np.argsort(acc, kind="stable"):
-            off = confusion[i].copy()
-            off[i] = 0
-            w.writerow(
-                [
-                    classes[i],
-                    f"{acc[i]:.4f}",
-                    int(support[i]),
-                    classes[int(off.argmax())] if off.any() else "",
-                ]
-            )
-    n = len(classes)
-    fig, ax = plt.subplots(figsize=(min(4 + 0.12 * n, 20), min(3.5 + 0.12 * n, 19)))
-    norm = confusion / np.maximum(support[:, None], 1)
-    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 30:
-        ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), classes, fontsize=7)
-    ax.set_title(f"confusion (row-normalized), accuracy {np.trace(confusion) / max(confusion.sum(), 1):.4f}")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out_dir / "confusion_matrix.png", dpi=100)
-    plt.close(fig)
-
-
-def write_curves(out_dir: Path, history: list[dict[str, float]]) -> None:
-    """``history.csv`` and ``learning_curves.png`` (loss and accuracy per epoch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted({k for h in history for k in h})
-    with open(out_dir / "history.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["epoch", *keys])
-        for e, h in enumerate(history, 1):
-            w.writerow([e, *(h.get(k, "") for k in keys)])
-    epochs = range(1, len(history) + 1)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for k, ax in (("loss", a1), ("acc", a2)):
-        for split in ("train", "val"):
-            ys = [h.get(f"{split}_{k}") for h in history]
-            if any(y is not None for y in ys):
-                ax.plot(epochs, ys, marker="o", label=f"{split}_{k}")
-        ax.set_xlabel("epoch")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / "learning_curves.png", dpi=100)
-    plt.close(fig)
-
-
 def write_predictions(path: Path, files, probs, classes: tuple[str, ...]) -> None:
     """``image_name,pred_label``: the file name without extension, and the predicted class name."""
     with open(path, "w", newline="") as f:
@@ -176,9 +109,11 @@ def write_trial(out_dir: Path, cfg: TrialConfig, classes: tuple[str, ...], resul
             save_weights(
                 out_dir / f"best-{k}.safetensors", state, {"backbone": cfg.backbone, "epoch": str(epoch)}
             )
+    from sweeper.train import figures  # matplotlib: the trials' fork server has it loaded already
+
     if result.confusion is not None:
-        write_confusion(out_dir, result.confusion, classes)
-    write_curves(out_dir, result.history)
+        figures.write_confusion(out_dir, result.confusion, classes)
+    figures.write_curves(out_dir, result.history)
     if result.sensitive:
         with open(out_dir / "sensitive_layers.csv", "w", newline="") as out:
             w = csv.writer(out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweeper.data import augment, loaders, tensors
+from sweeper.servable import network
 from sweeper.study.config import TrialConfig
 from sweeper.train import model as model_lib
 
@@ -22,9 +22,7 @@ def predict_logits(model: nn.Module, batches, device: torch.device, tta: bool = 
     for x, y in batches:
         x = loaders.to_device(x, device)
         with loaders.autocast(device):
-            p = model(x).float().softmax(1)
-            if tta:
-                p = 0.5 * (p + model(x.flip(3)).float().softmax(1))
+            p = network.probabilities(model, x, tta)
         yield p, y.to(device)
 
 
@@ -41,10 +39,10 @@ def evaluate(model: nn.Module, batches, num_classes: int, device: torch.device, 
 
 
 def load_for_inference(cfg: TrialConfig, num_classes: int, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild a trained model from its config and weights (no pretrained weights needed)."""
-    model = model_lib.create(
-        dataclasses.replace(cfg, pretrained=False, weights_file=None, freeze_depth=0), num_classes
-    )
+    """Rebuild a trained model from its config and weights (no pretrained weights needed), as the
+    served model does (:func:`sweeper.servable.network.build`)."""
+    model_lib.check_backbone(cfg.backbone)
+    model = network.build(cfg.backbone, cfg.head, num_classes, cfg.head_dropout)
     model.load_state_dict(state_dict)
     return model
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sweeper.errors import SweeperError, did_you_mean
+from sweeper.servable.network import HeadedModel, timm_kwargs, with_head  # heads live with the served model
 from sweeper.study.config import TrialConfig
 
 
@@ -62,60 +63,6 @@ def cached_weights(backbone: str) -> str | None:
     return None
 
 
-class FeatureHead(nn.Module):
-    """A classifier on the backbone's un-pooled feature map: squeeze-excitation or attention pooling.
-
-    ``se``: a squeeze-excitation block reweights channels, then average pooling and a linear layer.
-    ``attention``: a learned query attends over the spatial positions (multi-head), then a linear layer.
-    """
-
-    def __init__(self, kind: str, channels: int, num_classes: int, dropout: float) -> None:
-        super().__init__()
-        self.kind = kind
-        if kind == "se":
-            hidden = max(8, channels // 16)
-            self.se = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1),
-                nn.Conv2d(channels, hidden, 1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(hidden, channels, 1),
-                nn.Sigmoid(),
-            )
-        else:
-            heads = next(h for h in (8, 4, 2, 1) if channels % h == 0)
-            self.query = nn.Parameter(torch.zeros(1, 1, channels))
-            self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(channels, num_classes)
-
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature map ``[B, C, H, W]`` -> one vector per image ``[B, C]`` (the pre-logits features)."""
-        if self.kind == "se":
-            return (x * self.se(x)).mean(dim=(2, 3))
-        tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C]
-        pooled, _ = self.attn(self.query.expand(x.shape[0], -1, -1), tokens, tokens)
-        return pooled[:, 0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.pool(x)))
-
-
-class HeadedModel(nn.Module):
-    """A timm backbone without its pooling and classifier, plus a :class:`FeatureHead`."""
-
-    def __init__(self, backbone: nn.Module, head: FeatureHead) -> None:
-        super().__init__()
-        self.backbone, self.head = backbone, head
-        self.feature_info = backbone.feature_info
-        self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(x))  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
-
-
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass giving both the pooled pre-logits features and the logits.
 
@@ -152,10 +99,7 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
         )
     if weights is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": weights}
-    if cfg.head in ("linear", "dropout"):  # timm's own pooling and classifier; our dropout before it
-        kwargs.update(num_classes=num_classes, drop_rate=0.0)
-    else:
-        kwargs.update(num_classes=0, global_pool="")
+    kwargs.update(timm_kwargs(cfg.head, num_classes))  # timm's pooling and classifier, or a FeatureHead
     try:
         model = timm.create_model(cfg.backbone, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:  # hub offline / missing file / bad checkpoint
@@ -167,9 +111,8 @@ def create(cfg: TrialConfig, num_classes: int) -> nn.Module:
             f"{str(e).splitlines()[0][:200]}; put the weights there, set weights_file, "
             "or set pretrained: false"
         ) from None
-    if cfg.head in ("se", "attention"):
-        model = HeadedModel(model, FeatureHead(cfg.head, model.num_features, num_classes, cfg.head_dropout))  # type: ignore[arg-type]  # nn.Module attributes type as Tensor | Module
-    elif cfg.head_dropout > 0:
+    model = with_head(model, cfg.head, num_classes, cfg.head_dropout)
+    if not isinstance(model, HeadedModel) and cfg.head_dropout > 0:  # timm's classifier: dropout before it
         model.get_classifier().register_forward_pre_hook(DropoutBefore(cfg.head_dropout))  # type: ignore[operator]  # nn.Module attributes type as Tensor | Module
     freeze_as_asked(model, cfg)
     return model

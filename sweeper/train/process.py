@@ -6,6 +6,7 @@ Parent and child talk over a pipe, one frozen dataclass a message::
     child  -> Discarded(reason)          a checkpoint failed its checks; the trial starts over
     child  -> Resumed(epoch, history)    restored from an epoch checkpoint (its epochs' metrics)
     child  -> Measured(costs)            costs timed on the trial's device before training
+    child  -> Working(work)              how far an epoch or the cache build is; no answer, a few a second
     child  -> Epoch(epoch, metrics)      parent answers True (go on) or False (stop: pruned)
     child  -> Done(Trained) | Failed(kind, reason, details)
 
@@ -28,6 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Literal
 
+from sweeper import meter
 from sweeper.data.images import ImageFolderData
 from sweeper.study.config import TrialConfig
 
@@ -86,6 +88,11 @@ class Epoch:
 
 
 @dataclass(frozen=True)
+class Working:
+    work: meter.Work  # sent by the process's meter sink, throttled (see :mod:`sweeper.meter`)
+
+
+@dataclass(frozen=True)
 class Done:
     trained: Trained
 
@@ -97,7 +104,7 @@ class Failed:
     details: str  # the child's traceback
 
 
-Message = Discarded | Resumed | Measured | Epoch | Done | Failed
+Message = Discarded | Resumed | Measured | Epoch | Working | Done | Failed
 
 
 class _Stop(Exception):
@@ -120,6 +127,7 @@ def child_main(conn: Connection, job: Job) -> None:
 
     if job.threads:
         torch.set_num_threads(job.threads)
+    meter.set_sink(lambda work: conn.send(Working(work)))  # only the training thread sends
     try:
         conn.send(Done(_train(conn, job)))
     except (_Stop, EOFError, BrokenPipeError):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sweeper import meter
 from sweeper.data import augment, loaders
 from sweeper.study.config import TrialConfig
 from sweeper.train import averaging, evaluation, losses, schedules
@@ -47,6 +48,7 @@ def train_epoch(
     device: torch.device,
     on_step: Callable[[], None] | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    progress: meter.Meter | None = None,
 ) -> tuple[float, float, int]:
     """One pass over ``batches``; returns (summed loss, correct predictions, images seen).
 
@@ -78,6 +80,8 @@ def train_epoch(
         if on_step is not None:
             on_step()
         seen += len(x)
+        if progress is not None:  # the running loss is read only when a report goes out
+            progress.step(images=len(x), loss=lambda: loss_sum.item() / max(seen, 1))  # noqa: B023
     return loss_sum.item(), float(correct.item()), seen
 
 
@@ -262,11 +266,12 @@ class Run:
         loss_sum, correct, seen = 0.0, 0.0, 0
         train_s = waited = 0.0  # the train loops' wall time; of it, blocked on data
         replica_metrics: dict[str, float] = {}
+        progress = meter.Meter("train", sum(len(t[3]) for t in self.trainers), epoch=epoch)
         for i, (m, optimizer, scheduler, dl) in enumerate(self.trainers):
             on_step = self._ema_step if self.ema is not None and i == 0 else None
-            dl.waited, t = 0.0, time.perf_counter()
+            dl.waited, t, scaler = 0.0, time.perf_counter(), self.scalers[i]
             ls, c, n = train_epoch(  # ends in .item(): the device has finished the epoch's steps
-                m, optimizer, scheduler, dl, self.cfg, self.mix, self.device, on_step, self.scalers[i]
+                m, optimizer, scheduler, dl, self.cfg, self.mix, self.device, on_step, scaler, progress
             )
             train_s, waited = train_s + time.perf_counter() - t, waited + dl.waited
             loss_sum, correct, seen = loss_sum + ls, correct + c, seen + n

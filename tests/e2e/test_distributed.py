@@ -70,6 +70,13 @@ def test_three_workers_on_postgres_run_exactly_n_trials(
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5  # every run closed, with its state
     assert {r.data.tags["trial_number"] for r in runs} == {str(t.number) for t in done}
     assert all(r.data.tags["state"] == "COMPLETE" for r in runs)
+    exp = client.get_experiment_by_name("dist-three")
+    studies = client.search_runs([exp.experiment_id], "tags.`sweeper.kind` LIKE 'study%'")
+    assert {r.info.status for r in studies} == {"FINISHED"}  # closed by the last worker, not left RUNNING
+    (study_run,) = [r for r in studies if r.data.tags["sweeper.kind"] == "study"]  # one; the rest duplicates
+    assert not [k for k in study_run.data.tags if k.startswith("sweeper.sweeping.")]
+    page = f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    assert all(f"compare trials in the MLflow UI: {page}&viewStateShareKey=sweeper" in o for o in outputs)
 
 
 def children(pid: int) -> list[int]:

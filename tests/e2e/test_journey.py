@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 from pathlib import Path
 
 import optuna
@@ -41,15 +43,23 @@ def study_file(tmp_path: Path, image_folder: Path) -> Path:
 def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> None:
     r = cli("run-study", str(study_file), "--trials", "5")
     assert r.returncode == 0, r.stderr
-    assert "best trial" in r.stdout and "mlflow ui" in r.stdout
+    assert (
+        "best trial" in r.stdout and f"compare trials in the MLflow UI: sweeper ui {study_file}\n" in r.stdout
+    )
+    assert re.search(r"^trial 0: (COMPLETE|PRUNED)", r.stderr, re.M)  # progress: stderr, not the results
+    assert not re.search(r" INFO (mlflow|alembic)|monitoring system metrics", r.stdout + r.stderr)
 
     study = optuna.load_study(study_name="e2e", storage=sqlite_stores()[0])
     states = [t.state for t in study.trials]
     assert len(states) == 5 and TrialState.COMPLETE in states and TrialState.PRUNED in states
     assert all(s.is_finished() for s in states)
+    assert study.metric_names == ["val_acc"]  # optuna-dashboard names the objective
 
     client = MlflowClient(tracking_uri=sqlite_stores()[1])
     exp = client.get_experiment_by_name("e2e")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on model training
+    (study_run,) = client.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'study'")
+    assert study_run.info.status == "FINISHED"  # closed by the sweep's end
     runs = {
         int(r.data.tags["trial_number"]): r
         for r in client.search_runs([exp.experiment_id], "tags.`sweeper.kind` != 'study'")
@@ -61,7 +71,7 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
         run = runs[t.number]
         assert run.info.run_name == f"trial-{t.number:04d}"
         assert run.data.tags["state"] == t.state.name and run.data.tags["study"] == "e2e"
-        assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state.name]
+        assert run.info.status == "FINISHED"  # a pruned trial too: its state tag says PRUNED
         history = client.get_metric_history(run.info.run_id, "val_acc")
         assert [m.step for m in history] == sorted(t.intermediate_values)
         assert [m.value for m in history] == pytest.approx(
@@ -92,19 +102,24 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
             cfg, classes, _ = artifacts.read_config(local)
             assert classes == ("bird", "insect", "plant") and cfg.lr_head == t.params["lr_head"]
 
-    again = cli("run-study", str(study_file), "--trials", "5")  # resumes: the study is already complete
-    assert again.returncode == 0 and "5/5 trials" in again.stdout
+    again = cli("run-study", str(study_file), "--trials", "5", "--json")  # resumes: already complete
+    assert again.returncode == 0 and "study e2e: " in again.stderr
+    doc = json.loads(again.stdout)  # the document alone on stdout
+    assert doc["counts"]["counted"] == 5 and doc["best"]["trial"] == study.best_trial.number
     assert len(optuna.load_study(study_name="e2e", storage=sqlite_stores()[0]).trials) == 5
-    more = cli("run-study", str(study_file), "--trials", "6")
+    more = cli("--verbose", "run-study", str(study_file), "--trials", "6")  # the libraries' INFO lines too
     assert more.returncode == 0 and "6/6 trials" in more.stdout
+    assert "INFO mlflow.system_metrics" in more.stderr and "Started monitoring system metrics" in more.stderr
 
     shown = cli("show", str(study_file))
     best = optuna.load_study(study_name="e2e", storage=sqlite_stores()[0]).best_trial
     assert shown.returncode == 0 and f"best trial {best.number}:" in shown.stdout
 
     out = Path("submission")
-    r = cli("refit-best", str(study_file), "--out", str(out))
+    r = cli("--quiet", "refit-best", str(study_file), "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
+    refit_doc = json.loads(r.stdout)
+    assert "refitting" not in r.stderr and "progress" not in r.stderr  # --quiet: results and errors only
     rows = list(csv.DictReader((out / "prediction.csv").open()))
     assert [row["image_name"] for row in rows] == [f"img_{i:03d}" for i in range(6)]
     assert {row["pred_label"] for row in rows} <= {"bird", "insect", "plant"}
@@ -121,8 +136,10 @@ def test_sweep_track_resume_refit(cli, study_file: Path, image_folder: Path) -> 
     }
     model_uri = refit_runs[0].data.tags["sweeper.model_uri"]
     assert model_uri.startswith("models:/")  # the weights: an MLflow model, loadable from the local store
-    p = cli("predict", model_uri, str(image_folder / "test"), "--out", "from_model.csv")
+    assert refit_doc["model_uri"] == model_uri and refit_doc["trial"] == best.number
+    p = cli("predict", model_uri, str(image_folder / "test"), "--out", "from_model.csv", "--json")
     assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["images"] == 6 and "predicting 6 images" in p.stderr
     again = {
         r["image_name"]: r["pred_label"]
         for r in csv.DictReader(Path("from_model.csv").read_text().splitlines())

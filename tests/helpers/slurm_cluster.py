@@ -92,7 +92,8 @@ def slurm_conf(root: Path, node: str) -> str:
         "MpiDefault=none",
         "KillWait=10",
         "InactiveLimit=0",
-        f"NodeName={node} NodeAddr=127.0.0.1 CPUs={max(SLOTS, os.cpu_count() or 1)} State=UNKNOWN",
+        f"NodeName={node} NodeAddr=127.0.0.1 CPUs={max(SLOTS, os.cpu_count() or 1)} "
+        "RealMemory=16000 State=UNKNOWN",  # MB, for --mem (config_overrides: whatever this machine has)
         "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
     ]
     return "\n".join(lines) + "\n"

@@ -49,7 +49,9 @@ def test_one_array_task_per_gpu_each_running_the_same_study() -> None:
     script = slurm_lib.render(job(partition="gpu", time="1-00:00:00", run_args=("--epochs", "3")))
     opts = sbatch_lines(script)
     assert "--array=0-7" in opts and "--gres=gpu:1" in opts and "--ntasks=1" in opts
-    assert {"--partition=gpu", "--time=1-00:00:00", "--requeue", "--export=ALL"} <= set(opts)
+    assert {"--partition=gpu", "--time=1-00:00:00", "--requeue", "--export=ALL", "--mem=32G"} <= set(opts)
+    # SIGTERM to the batch shell before the time limit, and the batch shell is run-study itself
+    assert f"--signal=B:TERM@{slurm_lib.STOP_BEFORE_S}" in opts
     assert "--chdir=/srv/work" in opts
     last = script.strip().splitlines()[-1]
     assert last == "exec sweeper run-study /srv/studies/birds.yaml --trials 40 --epochs 3 --gpus 0"
@@ -58,9 +60,9 @@ def test_one_array_task_per_gpu_each_running_the_same_study() -> None:
 
 
 def test_cpu_nodes_get_one_task_each_and_no_gres() -> None:
-    script = slurm_lib.render(job(gpus_per_node=0, nodes=3, workers_per_gpu=2, cpus_per_task=8))
+    script = slurm_lib.render(job(gpus_per_node=0, nodes=3, workers_per_gpu=2, cpus_per_task=8, mem="64000"))
     opts = sbatch_lines(script)
-    assert "--array=0-2" in opts and "--cpus-per-task=8" in opts
+    assert "--array=0-2" in opts and "--cpus-per-task=8" in opts and "--mem=64000" in opts
     assert not any(o.startswith("--gres") for o in opts)
     assert script.strip().endswith("--trials 40 --workers 2")
 
@@ -81,6 +83,8 @@ def test_the_script_reads_the_server_urls_from_the_environment() -> None:
         ({"partition": "gpu long"}, "--partition 'gpu long': a Slurm partition name has no spaces"),
         ({"partition": "gpu;rm"}, "no spaces or special characters"),
         ({"time": "one day"}, "--time 'one day': expected Slurm's"),
+        ({"mem": "32GB"}, "--mem '32GB': expected a size per task"),
+        ({"mem": "0"}, "--mem '0': expected a size per task"),
     ],
 )
 def test_bad_job_is_one_error(kw: dict[str, object], message: str) -> None:
@@ -155,6 +159,7 @@ def test_cli_dry_run_prints_the_script_and_writes_nothing(cli: Callable) -> None
     [
         (["--nodes", "0"], "error: --nodes must be at least 1, got 0"),
         (["--partition", "gpu long"], "error: --partition 'gpu long'"),
+        (["--mem", "lots"], "error: --mem 'lots'"),
         (["--storage", "sqlite:///sweeper.db"], "error: workers on several machines share the study"),
         (["--storage", "postgresql://u:s3cret-pw@127.0.0.1:1/x"], "error: the study storage postgresql"),
         (["--tracking-uri", "http://127.0.0.1:1"], "error: the MLflow tracking server http://127.0.0.1:1"),
@@ -206,7 +211,8 @@ def task_env(cluster: Cluster, tmp_path: Path, **extra: str) -> dict[str, str]:
 def submit(cli: Callable, study: str, trials: int, storage: str, tracking: str, env: dict[str, str]) -> str:
     r = cli(
         "slurm", study, "--trials", str(trials), "--gpus-per-node", "0", "--nodes", "3",
-        "--cpus-per-task", "1", "--submit", "--storage", storage, "--tracking-uri", tracking, *TINY,
+        "--cpus-per-task", "1", "--mem", "512M", "--submit", "--storage", storage, "--tracking-uri", tracking,
+        *TINY,
         env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
@@ -283,7 +289,10 @@ def test_a_cancelled_task_s_trial_is_finished_by_the_others(
 
     trial = wait_for(running_past_an_epoch, what="a trial past its first epoch", timeout=120)[0]  # type: ignore[index]
     pid = int(trial.user_attrs["worker"].split(":")[1].split("/")[0])
-    cluster.run("scancel", f"{job_id}_{array_task_of(pid)}")
+    # What --signal=B:TERM delivers before the time limit: SIGTERM to the batch shell alone (a plain
+    # scancel signals every process; tests/e2e/test_faults.py covers a signal to the whole group). Only
+    # because the script exec's run-study does the signal reach it: a shell would wait for its child.
+    cluster.run("scancel", "--batch", "--signal=TERM", f"{job_id}_{array_task_of(pid)}")
     wait_done(cluster, job_id)
 
     trials = check_study("slurm-cancel", storage, mlflow_url, 3)

@@ -18,6 +18,16 @@ def test_server_command_keeps_new_artifacts_beside_a_local_store(tmp_path: Path)
     assert "--default-artifact-root" not in remote  # a server store keeps its own artifact root
 
 
+@pytest.mark.parametrize(("level", "quiet"), [("WARNING", True), ("ERROR", True), ("INFO", False)])
+def test_the_server_logs_each_request_only_when_verbose(
+    monkeypatch: pytest.MonkeyPatch, level: str, quiet: bool
+) -> None:
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", level)  # what --quiet, the default and --verbose set
+    cmd = ui.server_command("sqlite:///mlruns/mlflow.db", 5000)
+    opts = cmd[cmd.index("--uvicorn-opts") + 1] if "--uvicorn-opts" in cmd else ""
+    assert ("--no-access-log" in opts and "--log-level warning" in opts) is quiet
+
+
 def test_free_port_refuses_a_taken_port_and_finds_a_free_one() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -28,3 +38,11 @@ def test_free_port_refuses_a_taken_port_and_finds_a_free_one() -> None:
     found = ui.free_port(None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", found))
+
+
+def test_the_printed_page_is_model_training_with_sweepers_view() -> None:
+    page = ui.runs_page("http://127.0.0.1:5000/", "7")
+    assert page == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=sweeper"
+    )
+    assert ui.runs_page("http://h:5000", "7", view=False).endswith("/runs?workflowType=machine_learning")

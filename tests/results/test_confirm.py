@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,8 @@ def test_confirm_end_to_end_then_refit_says_it_refits_the_confirmed_winner(
     r = cli("confirm", str(study), "--top", "2", "--seeds", "2", "--workers", "2")  # two at once
     assert r.returncode == 0, r.stderr
     assert "4 re-runs queued now" in r.stdout and "never pruned" in r.stdout
-    again = cli("confirm", str(study), "--top", "2", "--seeds", "2")  # done: nothing to queue or run
-    assert again.returncode == 0 and "0 re-runs queued now, 0 to run" in again.stdout
+    again = cli("confirm", str(study), "--top", "2", "--seeds", "2", "--json")  # done: nothing to run
+    assert again.returncode == 0 and "0 re-runs queued now, 0 to run" in again.stderr
     st = optuna.load_study(study_name="confirm-e2e", storage=f"sqlite:///{Path.cwd()}/sweeper.db")
     reruns = [t for t in st.trials if CONFIRM in t.user_attrs]
     assert len(st.trials) == 8 and len(reruns) == 4
@@ -165,7 +166,9 @@ def test_confirm_end_to_end_then_refit_says_it_refits_the_confirmed_winner(
     conf = confirm.confirmation(st, "maximize")
     won, said = conf.winner, confirm.headline(conf, "val_acc")
     assert won is not None and said is not None and said.startswith(f"confirmed winner: {won.label} ")
-    assert said in again.stdout and ("90% lower bound" in said or "no runner-up" in said)
+    assert said in again.stderr and ("90% lower bound" in said or "no runner-up" in said)
+    confirmed = json.loads(again.stdout)
+    assert confirmed["headline"] == said and confirmed["winner"]["trial"] == won.trial
     shown = cli("show", str(study))
     assert shown.returncode == 0 and said in shown.stdout.splitlines()
     assert "best single trial (one seed)" in shown.stdout

@@ -7,6 +7,7 @@ second resuming it as CI would) and shared by the slow tests here. Screenshots g
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -61,9 +62,12 @@ class Built:
     dir: Path
     study_file: Path
     tty_output: str
-    ci_output: str
+    ci_output: str  # the resumed sweep's stderr: its progress
+    ci_stdout: str  # its result
     report: Path
     report_stdout: str
+    study_run_seen: set[str | None]  # the study run's status, polled while the resumed sweep ran
+    resumed: tuple[float, float]  # when the resumed sweep started and ended (time.time())
 
     @property
     def tracking_uri(self) -> str:
@@ -125,11 +129,52 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     study_file.write_text(STUDY)
     rc, tty = sweeper_on_a_terminal(d, "run-study", str(study_file), "--trials", str(FIRST), *RAN)
     assert rc == 0, tty[-3000:]
-    ci = sweeper(d, "run-study", str(study_file), "--trials", str(TOTAL), *RAN, CI="true")
+    started = time.time()
+    ci, seen = sweeper_watching_the_study_run(d, "run-study", str(study_file), "--trials", str(TOTAL), *RAN)
+    ended = time.time()
     assert ci.returncode == 0, ci.stderr[-3000:]
     rep = sweeper(d, "report", str(study_file), "--out", "out/report.html")
     assert rep.returncode == 0, rep.stderr[-3000:]
-    return Built(d, study_file, tty, ci.stdout, d / "out" / "report.html", rep.stdout)
+    report = d / "out" / "report.html"
+    return Built(d, study_file, tty, ci.stderr, ci.stdout, report, rep.stdout, seen, (started, ended))
+
+
+def sweeper_watching_the_study_run(
+    cwd: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], set[str | None]]:
+    """Run sweeper as CI would, polling the study run's status in the MLflow store while it runs."""
+    out, err = cwd / "ci.out", cwd / "ci.err"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", *args],
+            cwd=cwd,
+            env=_env(CI="true", SWEEPER_PROGRESS_S="0.2"),
+            stdout=o,
+            stderr=e,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        seen = set()
+        while proc.poll() is None:
+            seen.add(study_run_status(cwd / "mlruns" / "mlflow.db"))
+            time.sleep(0.5)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
+    return done, seen
+
+
+def study_run_status(db: Path) -> str | None:
+    """The study run's status as the store holds it (sqlite3: no MLflow client for each look)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            row = con.execute(
+                "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "WHERE t.key = 'sweeper.kind' AND t.value = 'study'"
+            ).fetchone()
+    except sqlite3.Error:  # written at this moment
+        return None
+    return None if row is None else str(row[0])
 
 
 # ---- live progress -----------------------------------------------------------------------------
@@ -140,7 +185,8 @@ def test_progress_is_a_live_bar_on_a_terminal(built: Built) -> None:
     out = built.tty_output
     assert "\x1b[" in out  # rich drew (and redrew) the live display
     assert f"trial {FIRST}/{FIRST}" in out and "eta " in out
-    assert re.search(r"#\d+ epoch [1-3]/3 \| val_acc \d\.\d{4} \| best", out)
+    assert re.search(r"#\d+ epoch [1-3]/3(: batch \d+/\d+, [^|]+)? \| val_acc \d\.\d{4}", out)
+    assert re.search(r"best val_acc (-|\d\.\d{4}) \| \d+ pruned, \d+ failed", out)
     for n in range(FIRST):
         assert re.search(rf"trial {n}: (COMPLETE|PRUNED|FAIL)", out)
     assert "done in" in out and f"{FIRST}/{FIRST} trials" in out
@@ -148,16 +194,23 @@ def test_progress_is_a_live_bar_on_a_terminal(built: Built) -> None:
 
 @pytest.mark.slow
 def test_progress_is_plain_lines_in_ci_and_counts_the_resumed_trials(built: Built) -> None:
-    out = built.ci_output
+    out = built.ci_output  # stderr, every SWEEPER_PROGRESS_S (0.2 s here) seconds
     assert "\x1b[" not in out
-    epochs = re.findall(
-        r"^trial (\d+)/12 \(#(\d+)\) epoch (\d)/3: val_acc \d\.\d{4} \| best (\S+) \| "
+    sweeps = re.findall(
+        r"^progress \d:\d\d:\d\d \| (\d+)/12 trials done \| best val_acc (\S+) \| "
         r"(\d+) pruned, (\d+) failed \| elapsed \d:\d\d:\d\d, eta (\S+)$",
         out,
         re.M,
     )
-    assert epochs and int(epochs[0][0]) == FIRST + 1  # the resumed run starts at trial 7 of 12
-    assert epochs[0][3] != "-"  # the first run left a best value
+    assert sweeps and int(sweeps[0][0]) == FIRST  # the resumed run starts with the 6 trials of the first
+    assert sweeps[0][1] != "-"  # the first run left a best value
+    running = re.findall(r"^progress \d:\d\d:\d\d \|   #(\d+) (.*)$", out, re.M)
+    assert running  # the running trials, inside their epochs
+    line = re.compile(
+        r"starting|(cache build|decode check): \d+/\d+ images, .*|epoch [1-3]/3(: batch \d+/\d+, \S+ img/s"
+        r"(, loss \d+\.\d{4})?, eta \S+)?( \| val_acc \d\.\d{4})?"
+    )
+    assert not [what for _, what in running if not line.fullmatch(what)]
     ends = re.findall(
         r"^trial (\d+): (COMPLETE|PRUNED|FAIL).* \| (\d+)/12 done, best \S+ \| (\d+) pruned, (\d+) failed",
         out,
@@ -170,6 +223,23 @@ def test_progress_is_plain_lines_in_ci_and_counts_the_resumed_trials(built: Buil
     last = ends[-1]
     assert int(last[3]) == sum(t.state == TrialState.PRUNED for t in trials)
     assert int(last[4]) == sum(t.state == TrialState.FAIL for t in trials)
+
+
+@pytest.mark.slow
+def test_the_study_run_is_running_while_its_sweep_is_and_closed_when_it_ends(built: Built) -> None:
+    from mlflow import MlflowClient
+
+    assert "RUNNING" in built.study_run_seen  # seen in the store while the resumed sweep ran
+    client = MlflowClient(built.tracking_uri)
+    exp = client.get_experiment_by_name("results-e2e")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`sweeper.kind` = 'study'")
+    started, ended = (t * 1000 for t in built.resumed)
+    assert run.info.status == "FINISHED"
+    assert ended - 15_000 < run.info.end_time <= ended  # closed as the sweep ended (not at its start)
+    assert run.info.start_time < started  # and made by the first sweep: it spans both
+    assert not [k for k in run.data.tags if k.startswith("sweeper.sweeping.")]  # no sweep holds it
+    assert f"compare trials in the MLflow UI: sweeper ui {built.study_file}" in built.ci_stdout
+    assert built.study().metric_names == ["val_acc"]
 
 
 # ---- the report in a browser ------------------------------------------------------------------
@@ -430,14 +500,14 @@ def _api(url: str, body: dict | None = None) -> dict:
 @pytest.mark.slow
 def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None:
     port = _free_port()
-    log = built.dir / "ui.out"
-    with open(log, "w") as out:
+    log, server_log = built.dir / "ui.out", built.dir / "ui.err"
+    with open(log, "w") as out, open(server_log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sweeper", "ui", str(built.study_file), "--port", str(port)],
             cwd=built.dir,
             env=_env(),
             stdout=out,
-            stderr=subprocess.DEVNULL,
+            stderr=err,  # the server's own lines
             stdin=subprocess.DEVNULL,
         )
     try:
@@ -448,17 +518,17 @@ def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None
         base = f"http://127.0.0.1:{port}"
         assert lines[0] == f"MLflow UI: {base}", lines
         exp = _api(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=results-e2e")["experiment"]
-        assert lines[1] == f"experiment 'results-e2e': {base}/#/experiments/{exp['experiment_id']}/runs"
-        runs = _api(
-            f"{base}/api/2.0/mlflow/runs/search",
-            {"experiment_ids": [exp["experiment_id"]], "max_results": 100},
-        )["runs"]
-        by_name = {r["info"]["run_name"]: r["info"] for r in runs}
+        exp_id = exp["experiment_id"]
+        page = f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey=sweeper"
+        assert lines[1] == f"experiment 'results-e2e': {page}"
+        runs = _api(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 100})
+        by_name = {r["info"]["run_name"]: r["info"] for r in runs["runs"]}
         study = built.study()
-        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+        status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # pruned: no red cross
         for t in study.trials:
             assert by_name[f"trial-{t.number:04d}"]["status"] == status[t.state.name]
         assert "results-e2e" in by_name  # the study's own run, parent of the trial runs
+        assert "/api/2.0/mlflow/" not in server_log.read_text()  # no line per request without --verbose
 
         # pointed at a tracking server, ui starts nothing and prints that server's pages
         direct = sweeper(built.dir, "ui", str(built.study_file), "--tracking-uri", base)
@@ -466,14 +536,9 @@ def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None
         assert direct.stdout.splitlines()[:2] == [f"MLflow UI: {base}", lines[1]]
 
         if chromium_path() is not None:  # the UI itself, as a person would open it
-            with Chromium(width=1400, height=900) as browser:
-                browser.open(lines[1].split(": ", 1)[1])
-                shown = browser.wait_for(
-                    "document.body.innerText.includes('results-e2e')",  # the study run; trials nest under it
-                    timeout=90,
-                )
-                browser.screenshot(ARTIFACTS / "mlflow-ui.png")
-                assert shown, "the MLflow UI did not list the study's runs"
+            with Chromium(width=1400, height=1600) as browser:
+                _the_printed_page_compares_trials(browser, page, study)
+                _the_plain_runs_page_offers_the_view(browser, f"{base}/#/experiments/{exp_id}/runs")
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
@@ -481,6 +546,63 @@ def test_ui_serves_the_studys_experiment_and_stops_cleanly(built: Built) -> None
     with pytest.raises(ConnectionRefusedError):  # nothing listens any more
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert not _processes_with(f"--port {port}")  # the server and its workers are gone
+
+
+def _the_printed_page_compares_trials(browser: Chromium, page: str, study: optuna.Study) -> None:
+    """Model training, not GenAI; val_acc and the searched params as columns; pruned trials wear the
+    complete trials' mark, not the failed ones' red cross; the study run lasted as long as its sweeps."""
+    browser.open(page)
+    shown = browser.wait_for(
+        "!!document.querySelector('[role=columnheader][col-id=\"metrics.`val_acc`\"]')", 90
+    )
+    browser.screenshot(ARTIFACTS / "mlflow-ui.png")
+    assert shown, "the MLflow UI shows no val_acc column"
+    columns = browser.eval(
+        "[...document.querySelectorAll('[role=columnheader]')].map(c => c.getAttribute('col-id'))"
+    )
+    for param in ("lr_head", "freeze_depth", "aug.hflip", "aug.erasing"):
+        assert f"params.`{param}`" in columns
+    text = browser.eval("document.body.innerText")
+    assert "Model registry" in text and "Agent versions" not in text  # the model-training navigation
+    rows = browser.eval(ROWS)
+    colors = {
+        state: {rows[f"trial-{t.number:04d}"]["color"] for t in study.trials if t.state.name == state}
+        for state in ("COMPLETE", "PRUNED", "FAIL")
+    }
+    assert colors["PRUNED"] == colors["COMPLETE"] and len(colors["COMPLETE"]) == 1, colors
+    assert not colors["FAIL"] & colors["COMPLETE"], colors  # failures still stand out
+    duration = rows["results-e2e"]["duration"]  # the study run: both sweeps, not the 135 ms of old
+    assert duration.endswith(("s", "min", "h")) and not duration.endswith("ms"), rows["results-e2e"]
+
+
+ROWS = """(() => {  // run name -> its status icon's colour and its duration; ag-grid splits a row in parts
+  const out = {};
+  for (const r of document.querySelectorAll('.ag-row')) {
+    const o = out[r.getAttribute('row-id')] ||= {};
+    const name = r.querySelector('a[href*="/runs/"]');
+    if (name) o.name = name.textContent;
+    const icon = r.querySelector('[col-id=runDateAndNestInfo] .anticon');
+    if (icon) o.color = getComputedStyle(icon).color;
+    const duration = r.querySelector('[col-id=duration]');
+    if (duration) o.duration = duration.textContent;
+  }
+  return Object.fromEntries(Object.values(out).map(o => [o.name, o]));
+})()"""
+
+
+def _the_plain_runs_page_offers_the_view(browser: Chromium, plain: str) -> None:
+    """The runs page as MLflow's own links open it lists sweeper's view in its Views menu."""
+    browser.open("about:blank")
+    browser.open(plain)
+    trigger = "document.querySelector('[data-testid=saved-views-trigger]')"
+    assert browser.wait_for(f"!!{trigger}", 90), "no Views menu on the plain runs page"
+    browser.eval(
+        f"{trigger}.dispatchEvent(new PointerEvent('pointerdown', "
+        "{bubbles: true, button: 0, pointerType: 'mouse'}))"
+    )
+    listed = browser.wait_for("document.body.innerText.includes('sweeper: val_acc and searched params')", 30)
+    browser.screenshot(ARTIFACTS / "mlflow-ui-plain.png")
+    assert listed, "the plain runs page does not offer sweeper's view"
 
 
 def _processes_with(text: str) -> list[str]:

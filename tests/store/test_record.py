@@ -14,6 +14,7 @@ from sweeper.data import images as data_lib
 from sweeper.errors import SweeperError
 from sweeper.store import record as record_lib
 from sweeper.store import stores
+from sweeper.study import space as space_lib
 from sweeper.study import spec as spec_lib
 from tests.helpers.builders import write_study
 
@@ -50,8 +51,43 @@ def test_a_trial_config_round_trips_through_json() -> None:
     assert record_lib.trial_config(_trial_with(record_lib.config_json(cfg))) == cfg
 
 
-def _trial_with(config: str) -> optuna.trial.FrozenTrial:
-    return optuna.trial.create_trial(value=0.5, user_attrs={record_lib.CONFIG: config})
+def _trial_with(config: str, like: optuna.trial.FrozenTrial | None = None) -> optuna.trial.FrozenTrial:
+    """A trial recording ``config``, with the params (and distributions) of ``like``."""
+    params, dists = (like.params, like.distributions) if like is not None else ({}, {})
+    return optuna.trial.create_trial(
+        value=0.5, params=params, distributions=dists, user_attrs={record_lib.CONFIG: config}
+    )
+
+
+@pytest.mark.parametrize("name", ["ablation-aug", "lr-freeze", "recipe-000"])
+def test_a_trial_keeps_a_compact_config_that_rebuilds_exactly(name: str) -> None:
+    spec = spec_lib.load(name)
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    st = optuna.create_study(directions=[d for _, d in spec.objectives], sampler=sampler)
+    trial = st.ask()
+    params = space_lib.suggest(trial, spec.space)
+    st.tell(trial, [0.5] * len(spec.objectives))
+    cfg = spec.resolve(params)
+    stored = record_lib.config_json(cfg, params)
+    whole = json.dumps(spec_lib.plain(cfg.flat()), sort_keys=True)
+    assert len(stored) < 1000 < 2000 < len(whole)  # a short line on optuna-dashboard's trial page
+    kept = json.loads(stored)
+    assert not {k for k in kept if k in params and kept[k] == spec_lib.plain(params[k])}  # params hold them
+    assert record_lib.trial_config(_trial_with(stored, st.trials[0])) == cfg
+    assert record_lib.trial_config(_trial_with(whole, st.trials[0])) == cfg  # as an older sweeper kept it
+
+
+def test_a_searched_value_the_config_changed_is_kept() -> None:
+    spec = spec_lib.load("quickstart")
+    cfg = spec.resolve({"lr_head": 0.01})
+    st = optuna.create_study()
+    st.enqueue_trial({"lr_head": 0.02})  # what Optuna holds differs from what trained (as a clamp makes it)
+    trial = st.ask()
+    trial.suggest_float("lr_head", 1e-3, 1e-1)
+    st.tell(trial, 0.5)
+    stored = record_lib.config_json(cfg, st.trials[0].params)
+    assert json.loads(stored)["lr_head"] == 0.01
+    assert record_lib.trial_config(_trial_with(stored, st.trials[0])) == cfg
 
 
 def test_a_new_study_keeps_its_record_and_an_identical_rerun_passes(

@@ -31,6 +31,10 @@ def test_holds_reads_what_a_database_is_without_creating_it(tmp_path: Path) -> N
     with sqlite3.connect(tmp_path / "x.db") as c:
         c.execute("create table invoices (id int)")
     assert stores.holds(f"sqlite:///{tmp_path / 'x.db'}") == "other"
+    with sqlite3.connect(tmp_path / "half.db") as c:  # another process is making Optuna's tables right now
+        c.execute("create table studies (study_id int)")
+        c.execute("create table alembic_version (version_num text)")
+    assert stores.holds(f"sqlite:///{tmp_path / 'half.db'}") == "optuna"
 
 
 def test_read_only_opening_creates_no_storage(tmp_path: Path) -> None:

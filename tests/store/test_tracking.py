@@ -1,9 +1,14 @@
 """Credentials in store URLs never reach a printed line or a store: the MLflow server's user and password
-go to MLflow's own variables, PostgreSQL URLs are masked wherever sweeper prints them."""
+go to MLflow's own variables, PostgreSQL URLs are masked wherever sweeper prints them. The study's
+experiment is a model-training one with its comparison view, and its study run lives as long as its
+sweeps."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import optuna
@@ -67,3 +72,48 @@ def test_no_password_in_any_output_or_store(
     system = st._storage.get_study_system_attrs(st._study_id)
     kept = str(st.user_attrs) + str(system) + str([t.user_attrs for t in st.get_trials()])
     assert SECRET not in kept
+
+
+DEAD_PID = "4194300"  # above the default pid_max: never a live process
+
+
+@pytest.mark.slow
+def test_the_experiment_is_model_training_with_the_studys_columns_as_its_view(isolated: Path) -> None:
+    tracker = tracking.MlflowTracker(None, "view")
+    tracker.log_view(["val_loss"], ["lr_head", "aug.hflip"], ascending=True)
+    exp = MlflowClient(tracker.uri).get_experiment(tracker.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI
+    view = json.loads(exp.tags["mlflow.sharedViewState.sweeper"])  # MLflow's saved-view envelope
+    assert view["name"] == "sweeper: val_loss and searched params" and view["createdAt"] > 0
+    state = json.loads(view["state"])
+    assert state["selectedColumns"][:3] == ["metrics.`val_loss`", "params.`lr_head`", "params.`aug.hflip`"]
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_loss`", True)  # lowest first
+
+
+@pytest.mark.slow
+def test_the_study_run_is_running_while_a_sweep_holds_it_and_the_last_one_closes_it(isolated: Path) -> None:
+    tracker = tracking.MlflowTracker(None, "lifecycle")
+    client = MlflowClient(tracker.uri)
+    host = socket.gethostname()
+    with tracker.sweeping():
+        run = tracker.study_run_id()
+        assert client.get_run(run).info.status == "RUNNING" and client.get_run(run).info.end_time is None
+        client.set_tag(run, tracking.SWEEPING + "other", f"{host}:{os.getppid()}")  # a second, live sweep
+    assert client.get_run(run).info.status == "RUNNING"  # this one left; the other holds it
+    assert tracker.abandoned_study_run() is None  # so the doctor leaves it alone
+    client.set_tag(run, tracking.SWEEPING + "other", f"{host}:{DEAD_PID}")  # the other one was killed
+    assert tracker.abandoned_study_run().info.run_id == run
+
+    with pytest.raises(KeyboardInterrupt), tracker.sweeping():  # the next sweep, stopped by Ctrl-C
+        raise KeyboardInterrupt
+    closed = client.get_run(run)
+    assert closed.info.status == "KILLED"
+    assert not [k for k in closed.data.tags if k.startswith(tracking.SWEEPING)]  # the dead tag went too
+    with pytest.raises(ValueError), tracker.sweeping():
+        raise ValueError("a bug")
+    assert client.get_run(run).info.status == "FAILED"
+    with tracker.sweeping():
+        time.sleep(0.5)
+    info = client.get_run(run).info
+    assert info.status == "FINISHED" and time.time() * 1000 - info.end_time < 5000
+    assert info.end_time - info.start_time >= 500  # the run spans its sweeps

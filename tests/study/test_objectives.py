@@ -211,19 +211,30 @@ def test_a_two_cost_study_has_a_front_and_refit_picks_by_the_rule(
     refused = cli("refit-best", str(study), "--out", "out")
     assert refused.returncode == 2 and "Pareto front" in refused.stderr and "--pick" in refused.stderr
     rule = "val_acc>=0,min:gmacs"
-    expected = min(front, key=lambda t: (t["objectives"]["gmacs"], t["number"]))
+    # the least gmacs; trials of one backbone tie there, and a tie goes to the better val_acc, then
+    # latency (the study's objectives in order), then the earlier trial
+    expected = min(
+        front,
+        key=lambda t: (
+            t["objectives"]["gmacs"],
+            -t["objectives"]["val_acc"],
+            t["objectives"]["latency_ms"],
+            t["number"],
+        ),
+    )
     r = cli("refit-best", str(study), "--out", "out", "--pick", rule)
     assert r.returncode == 0, r.stderr
     assert f"refitting trial {expected['number']} " in r.stdout and "picked by" in r.stdout
     written = yaml.safe_load((Path("out") / "config.yaml").read_text())
     assert written["refit_of_trial"] == expected["number"]
 
-    exported = cli("export-best", str(study), "--pick", rule)
+    exported = cli("export-best", str(study), "--pick", rule, "--json")
     assert exported.returncode == 0, exported.stderr
-    assert yaml.safe_load(exported.stdout)["fixed"]["backbone"] == expected["params"]["backbone"]
+    assert json.loads(exported.stdout)["study"]["fixed"]["backbone"] == expected["params"]["backbone"]
 
-    report = cli("report", str(study), "--out", "report.html")
+    report = cli("report", str(study), "--out", "report.html", "--json")
     assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["out"] == "report.html" and "wrote report.html" in report.stderr
     assert 'id="plot-pareto"' in Path("report.html").read_text()
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from sweeper.servable.pixels import decode
+from tests.helpers import bare_env
 from tests.helpers.builders import TINY
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,9 @@ def test_refit_soup_and_ensemble_are_mlflow_models_that_predict_as_their_csv(
     study = tmp_path / "models.yaml"
     study.write_text(STUDY.format(root=image_folder))
     server = {"MLFLOW_TRACKING_URI": mlflow_url}
-    assert cli("run-study", str(study), "--trials", "2", *TINY, env=server).returncode == 0
+    swept = cli("run-study", str(study), "--trials", "2", *TINY, env=server)
+    assert swept.returncode == 0, swept.stderr
+    assert "View run" not in swept.stdout + swept.stderr  # MLflow's link per run: only with --verbose
     r = cli("refit-best", str(study), "--out", "refit", "--register", "digits-refit", env=server)
     assert r.returncode == 0, r.stderr
     uri = next(w.rstrip(",;") for w in r.stdout.split() if w.startswith("models:/"))
@@ -51,7 +53,7 @@ def test_refit_soup_and_ensemble_are_mlflow_models_that_predict_as_their_csv(
     mlflow.set_tracking_uri(tracking)
     loaded = mlflow.pyfunc.load_model(uri)
     got = loaded.predict([str(f) for f in test_files])
-    assert dict(zip([f.stem for f in test_files], got["pred_label"], strict=True)) == labels_of(
+    assert dict(zip([f.stem for f in test_files], [p.pred_label for p in got], strict=True)) == labels_of(
         Path("refit/prediction.csv")
     )
     client = MlflowClient(tracking)
@@ -59,10 +61,12 @@ def test_refit_soup_and_ensemble_are_mlflow_models_that_predict_as_their_csv(
     exp = client.get_experiment_by_name("models").experiment_id
     assert int(version.version) == 1 and mlflow.search_logged_models([exp], output_format="list")
 
+    uris = {"refit": uri}
     for how, top in (("soup", "2"), ("top", "1")):  # a top-1 "ensemble" is the best trial's kept weights
         r = cli("refit-best", str(study), "--out", how, "--combine", how, "--top", top, env=server)
         assert r.returncode == 0, r.stderr
-        p = cli("predict", how, str(image_folder / "test"), "--out", f"{how}.csv", env=server)
+        uris[how] = next(w.rstrip(",;") for w in r.stdout.split() if w.startswith("models:/"))
+        p = cli("predict", how, str(image_folder / "test"), "--out", f"{how}.csv", "--probs", env=server)
         assert p.returncode == 0, p.stderr
         assert labels_of(Path(f"{how}.csv")) == labels_of(Path(how) / "prediction.csv")
     latest = cli(
@@ -78,7 +82,7 @@ def test_refit_soup_and_ensemble_are_mlflow_models_that_predict_as_their_csv(
     s = cli("score", "refit/prediction.csv", str(truth), "--per-class")
     assert s.returncode == 0 and s.stdout.startswith("accuracy ") and "bird" in s.stdout
 
-    _mlflow_models_predict(uri, test_files[:2], tracking)
+    _the_models_stand_alone(uris, test_files, tracking)
     _the_trials_metric_is_what_predict_scores(cli, study, image_folder, server)
 
 
@@ -93,35 +97,54 @@ def _the_trials_metric_is_what_predict_scores(cli, study: Path, image_folder: Pa
     Path("val-labels.csv").write_text(
         "image_name,label\n" + "".join(f"{f.stem},{f.parent.name}\n" for f in val)
     )
-    s = cli("score", "val.csv", "val-labels.csv")
+    s = cli("score", "val.csv", "val-labels.csv", "--json")
     assert s.returncode == 0, s.stderr
-    right, n = (int(x) for x in s.stdout.split("(")[1].split()[0].split("/"))
+    scored = json.loads(s.stdout)
+    right, n = scored["correct"], scored["n"]
     best = optuna.load_study(study_name="models", storage="sqlite:///sweeper.db").best_trial
     assert n == len(val) and right == round(best.value * n) and abs(best.value - right / n) < 1e-6
 
 
-def _mlflow_models_predict(uri: str, files: list[Path], tracking: str) -> None:
-    """MLflow's own CLI on the model, in this environment (--env-manager local: no network needed)."""
-    payload = Path("input.json")
-    payload.write_text(json.dumps({"inputs": [str(f) for f in files]}))
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    cmd = [
-        str(mlflow_cli),
-        "models",
-        "predict",
-        "-m",
-        uri,
-        "-i",
-        str(payload),
-        "-t",
-        "json",
-        "--env-manager",
-        "local",
-    ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "pred_label" in r.stdout
+def _the_models_stand_alone(uris: dict[str, str], files: list[Path], tracking: str) -> None:
+    """Where every dependency is installed but sweeper is not: the refit and the ensemble load with
+    ``mlflow.pyfunc.load_model`` and answer as their ``prediction.csv`` (images as paths and as base64
+    bytes, the probabilities as ``sweeper predict --probs`` writes them); the refit serves with MLflow's
+    own server, which takes bytes, paths and arrays alike and answers a bad input with what it expected."""
+    env = {**bare_env.without_project(Path("bare")), "MLFLOW_TRACKING_URI": tracking}
+    no = bare_env.imports_sweeper(env)
+    assert no.returncode != 0 and "No module named 'sweeper'" in no.stderr, no.stderr
+    stems = [f.stem for f in files]
+    loading = bare_env.start_loading({k: uris[k] for k in ("refit", "top")}, files, env)
+    try:
+        _serves_bytes_paths_and_arrays(uris["refit"], files, env)
+        got = bare_env.loaded(loading)
+    finally:
+        if loading.poll() is None:
+            loading.kill()
+    assert not got["sweeper_loaded"] and "pred_label: string" in got["refit"]["signature"]
+    for how in ("refit", "top"):
+        want = labels_of(Path(how) / "prediction.csv")
+        assert dict(zip(stems, got[how]["paths"], strict=True)) == want
+        assert dict(zip(stems, got[how]["bytes"], strict=True)) == want
+    rows = {r["image_name"]: r for r in csv.DictReader(Path("top.csv").read_text().splitlines())}
+    written = [float(v) for s in stems for k, v in rows[s].items() if k.startswith("p_")]
+    served = [p for row in got["top"]["probs"] for p in row]
+    assert served == pytest.approx(written, abs=5e-7)  # predict --probs writes 6 decimals
+
+
+def _serves_bytes_paths_and_arrays(uri: str, files: list[Path], env: dict[str, str]) -> None:
+    with bare_env.serving(uri, env, Path("serve.log")) as url:
+        b64 = [base64.b64encode(f.read_bytes()).decode() for f in files]
+        pixels = decode(files[0]).tolist()  # an H x W x 3 array, as JSON
+        status, answer = bare_env.invoke(url, [*b64, *map(str, files), pixels])
+        assert status == 200, answer
+        want = labels_of(Path("refit/prediction.csv"))
+        stems = [f.stem for f in files]  # bytes, then paths, then the first as pixels
+        labels = [p["pred_label"] for p in answer["predictions"]]
+        assert labels == [want[s] for s in [*stems, *stems, stems[0]]]
+        status, answer = bare_env.invoke(url, [b64[0], "not-a-file.png"])
+        assert status == 400 and "input 1: 'not-a-file.png' is no file on the server" in answer["message"]
+        assert "base64-encoded image file bytes, or an H x W x 3 uint8 array" in answer["message"]
 
 
 def test_only_the_best_k_trials_keep_their_weights(cli, tmp_path: Path, image_folder: Path) -> None:

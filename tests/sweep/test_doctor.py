@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -72,6 +73,8 @@ def plant(tmp: Path) -> tuple[optuna.Study, tracking.MlflowTracker]:
     MlflowClient(tracker.uri).set_terminated(study.trials[mismatch].user_attrs[rec.MLFLOW_RUN], "FAILED")
     add(study, tracker, 0.1, TrialState.COMPLETE, "COMPLETE", queued=True)  # 4: 0's params queued again
     add(study, tracker, 0.1, TrialState.COMPLETE, "COMPLETE")  # 5: the sampler proposed them again: fine
+    old = add(study, tracker, 0.4, TrialState.PRUNED, "PRUNED")  # 6: an older sweeper closed it KILLED
+    MlflowClient(tracker.uri).set_terminated(study.trials[old].user_attrs[rec.MLFLOW_RUN], "KILLED")
     folder = Path("checkpoints/planted")
     folder.mkdir(parents=True)
     (folder / "trial-0000.pt").write_bytes(b"x")  # trial 0 is finished: stale
@@ -82,6 +85,9 @@ def plant(tmp: Path) -> tuple[optuna.Study, tracking.MlflowTracker]:
     (tmp / f"sweeper-artifacts-{DEAD_PID}-{tracking._tag('another')}-abc").mkdir()  # not this study's
     refit = tracker.start("refit-trial-0000", {}, {tracking.KIND: "refit", "state": "RUNNING"})
     MlflowClient(tracker.uri).set_tag(refit.run_id, tracking.PROCESS, f"{socket.gethostname()}:{DEAD_PID}")
+    killed = f"{socket.gethostname()}:{DEAD_PID}"  # a sweep killed while it held the study run
+    MlflowClient(tracker.uri).set_tag(tracker.study_run_id(), tracking.SWEEPING + "killed", killed)
+    MlflowClient(tracker.uri).update_run(tracker.study_run_id(), status="RUNNING")
     return study, tracker
 
 
@@ -97,7 +103,9 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
         "checkpoint",
         "checkpoint",
         "dead-run",
+        "dead-run",
         "duplicate",
+        "mismatch",
         "mismatch",
         "no-run",
         "orphan-run",
@@ -107,15 +115,27 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
     assert "running: trial 1: RUNNING with no live worker" in lines
     assert "no-run: trial 2: FAIL with no MLflow run" in lines
     assert "duplicate: trial 4: the same params as trial 0, both counted (not repairable)" in lines
-    assert lines[-1] == "study planted: 9 problems"
+    assert (
+        f"dead-run: study run {tracker.study_run_id()}: RUNNING, but its sweep ended without closing it "
+        "(killed)" in lines
+    )
+    assert lines[-1] == "study planted: 11 problems"
 
     r = cli("doctor", "planted", "--repair", env=env)
     assert r.returncode == 1, r.stdout + r.stderr  # the duplicate needs a person
-    assert r.stdout.count("repaired ") == 8, r.stdout
+    assert r.stdout.count("repaired ") == 10, r.stdout
     assert r.stdout.splitlines()[-2:] == [
         "duplicate: trial 4: the same params as trial 0, both counted (not repairable)",
         "study planted: 1 problem",
     ]
+    j = cli("doctor", "planted", "--json", env=env)
+    assert j.returncode == 1 and json.loads(j.stdout) == {
+        "study": "planted",
+        "problems": 1,
+        "clean": False,
+        "repaired": False,
+        "lines": ["duplicate: trial 4: the same params as trial 0, both counted (not repairable)"],
+    }
     trials = study.get_trials()
     assert trials[1].state == TrialState.FAIL and trials[1].user_attrs[rec.FAIL_KIND] == "lost"
     assert "found RUNNING by `sweeper doctor`" in trials[1].user_attrs[rec.FAIL_REASON]
@@ -129,9 +149,13 @@ def test_doctor_finds_each_leftover_and_repair_fixes_what_is_safe(cli, own_tmp: 
     client = MlflowClient(tracker.uri)
     runs = client.search_runs([tracker.experiment_id])
     assert "RUNNING" not in {x.info.status for x in runs}
+    study_run = client.get_run(tracker.study_run_id())
+    assert study_run.info.status == "KILLED" and "closed by `sweeper doctor`" in study_run.data.tags["reason"]
     trial_runs = [x for x in runs if x.data.tags.get("sweeper.kind") == "trial"]
     numbers = sorted(x.data.tags["trial_number"] for x in trial_runs)
-    assert numbers == ["0", "1", "2", "3", "4", "5"]  # 99 trashed
+    assert numbers == ["0", "1", "2", "3", "4", "5", "6"]  # 99 trashed
+    pruned = client.get_run(study.trials[6].user_attrs[rec.MLFLOW_RUN])
+    assert (pruned.info.status, pruned.data.tags["state"]) == ("FINISHED", "PRUNED")
 
 
 @pytest.mark.slow

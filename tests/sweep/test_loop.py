@@ -248,6 +248,14 @@ def test_a_resumed_study_does_not_repeat_its_params(tmp_path) -> None:
     assert len({sweep.sampler_seed(0, w, n) for w in range(3) for n in range(3)}) == 9
 
 
+@pytest.mark.parametrize("name", ["quickstart", "quickstart-tradeoff"])
+def test_every_study_names_its_objectives_for_optunas_tools(name: str) -> None:
+    spec = spec_lib.load(name)
+    st = sweep.open_study(spec, None, store=optuna.storages.InMemoryStorage())
+    assert st.metric_names == [m for m, _ in spec.objectives]  # optuna-dashboard: not "Objective 0"
+    assert len(st.metric_names) == (2 if spec.multi else 1)
+
+
 @pytest.mark.slow
 def test_failed_trials_do_not_count_and_many_failures_stop_the_sweep(
     tmp_path: Path, image_folder: Path

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sweeper import meter
 from sweeper.data import images as data
 from sweeper.train import evaluation, runs
 from sweeper.train import fit as train
@@ -20,8 +21,19 @@ tiny = functools.partial(fit_config, lr_backbone=3e-3, lr_head=3e-3)
 def test_reports_every_epoch_and_keeps_the_best(image_folder: Path) -> None:
     d = data.scan(image_folder)
     seen: list[tuple[int, dict[str, float]]] = []
-    r = train.run_trial(tiny(epochs=3), d, lambda e, m: seen.append((e, m)))
+    works: list[meter.Work] = []
+    previous = meter.set_sink(works.append)  # what a trial process sends to the sweep inside each epoch
+    try:
+        r = train.run_trial(tiny(epochs=3), d, lambda e, m: seen.append((e, m)))
+    finally:
+        meter.set_sink(previous)
     assert [e for e, _ in seen] == [1, 2, 3]
+    batches = [w for w in works if w.what == "train"]
+    for epoch in (1, 2, 3):  # each epoch: reported from its first batch (0 done) to its last, with a loss
+        mine = [w for w in batches if w.epoch == epoch]
+        assert mine[0].done == 0 and mine[-1].done == mine[-1].total >= 1
+        assert 0 < mine[-1].images <= len(d.train)
+        assert mine[-1].loss == pytest.approx(seen[epoch - 1][1]["train_loss"])
     assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(seen[0][1])
     for _, m in seen:  # the speed figures: the train loop's images/s and share of it waiting for data
         assert m["train_images_per_s"] > 0 and 0 <= m["data_wait_share"] <= 1

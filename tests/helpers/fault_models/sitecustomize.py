@@ -1,58 +1,44 @@
-"""Test-only timm models with real failure modes, for the failure-taxonomy tests.
+"""Registers the test-only timm models of ``fault_zoo`` in every process that imports timm.
 
 A folder on PYTHONPATH holding ``sitecustomize.py`` is imported by every Python process started with
 that environment, the trial processes that ``run-study`` spawns included, so these models exist there
-exactly as a user's own registered model would.
+exactly as a user's own registered model would. They are registered the moment timm has loaded, not at
+start-up: a process that never imports timm (the sweep process, read-only commands) does not pay for
+importing it here (about 4 s of CPU per process).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import timm
-import torch
-from timm.models import register_model
-
-DEVICE_IMAGES = 4  # images per forward pass the pretend accelerator of ``oom_resnet`` holds
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Sequence
+from types import ModuleType
 
 
-@register_model
-def oom_resnet(pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """``test_resnet`` on an accelerator that holds 4 images per forward pass: more raise CUDA OOM."""
-    model = timm.create_model("test_resnet", pretrained=False, **kwargs)
+class _AfterTimm(importlib.abc.MetaPathFinder):
+    """Finds timm as usual, and imports ``fault_zoo`` once timm's own module has run."""
 
-    def check(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        n = args[0].shape[0]
-        if module.training and n > DEVICE_IMAGES:
-            raise torch.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate {n * 64} MiB (this device holds {DEVICE_IMAGES} "
-                f"images per forward pass, got {n})"
-            )
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != "timm":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
 
-    model.register_forward_pre_hook(check)
-    return model
+        def exec_module(module: ModuleType) -> None:
+            run(module)
+            importlib.import_module("fault_zoo")
 
-
-@register_model
-def broken_resnet(pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """``test_resnet`` whose classifier expects one feature more than the backbone gives: a real bug
-    that fails every forward pass the same way, as a broken configuration does."""
-    model = timm.create_model("test_resnet", pretrained=False, **kwargs)
-    model.fc = torch.nn.Linear(model.num_features + 1, model.fc.out_features)
-    return model
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
-@register_model
-def fault_resnet(pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """``test_resnet`` that passes the fault point ``mid-epoch`` on every training step (see
-    ``sweeper/faults.py``): a test pauses a trial process there, inside an epoch, to kill it."""
-    from sweeper import faults
-
-    model = timm.create_model("test_resnet", pretrained=False, **kwargs)
-
-    def step(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        if module.training:
-            faults.hit("mid-epoch")
-
-    model.register_forward_pre_hook(step)
-    return model
+if "timm" in sys.modules:
+    importlib.import_module("fault_zoo")
+else:
+    sys.meta_path.insert(0, _AfterTimm())
