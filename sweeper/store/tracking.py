@@ -202,6 +202,32 @@ def _check_reachable(uri: str) -> None:
         )
     if kind in ("http", "https", "postgresql", "mysql", "mssql"):
         reach.check(uri, "the MLflow tracking store")
+    if kind in ("postgresql", "mysql", "mssql"):
+        _check_login(uri)
+
+
+def _check_login(uri: str) -> None:
+    """One connection to a database tracking store: a refused login is one line now, not a traceback
+    after MLflow's own ten retries of it (about 100 s). Other errors are left to MLflow (an outage is
+    waited out)."""
+    import sqlalchemy
+
+    from sweeper.errors import SweeperError
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            return
+    except Exception as e:
+        why = refused(e)
+        if why is None:
+            return
+        raise SweeperError(
+            f"the MLflow tracking store {stores.display_url(uri)}: {why}; check the credentials and run "
+            "the command again"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _client(uri: str) -> MlflowClient:

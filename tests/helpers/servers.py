@@ -51,7 +51,8 @@ def require_postgres() -> Path:
 class Cluster:
     """A throwaway PostgreSQL cluster that a test can stop and start again (a database outage)."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        """``password``: logins need it (scram-sha-256); None: any login is let in (trust)."""
         self.bindir = require_postgres()
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self.root = Path(tempfile.mkdtemp(prefix="sweeper-pg-", dir="/tmp"))  # not under a root-only folder
@@ -59,7 +60,13 @@ class Cluster:
             shutil.chown(self.root, "postgres")
         self.data, self.port = self.root / "data", free_port()
         self.url = f"postgresql://sweeper@127.0.0.1:{self.port}"
-        self._ctl("initdb", "-D", str(self.data), "-U", "sweeper", "--auth=trust", "-E", "UTF8", "--no-sync")
+        auth = ["--auth=trust"]
+        if password is not None:
+            (self.root / "pw").write_text(password)
+            auth = ["--auth=scram-sha-256", f"--pwfile={self.root / 'pw'}"]
+            if self.as_user:
+                shutil.chown(self.root / "pw", "postgres")
+        self._ctl("initdb", "-D", str(self.data), "-U", "sweeper", *auth, "-E", "UTF8", "--no-sync")
 
     def _ctl(self, program: str, *args: str) -> None:
         subprocess.run([*self.as_user, str(self.bindir / program), *args], check=True, capture_output=True)
@@ -81,8 +88,8 @@ class Cluster:
 
 
 @contextmanager
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+def cluster(password: str | None = None) -> Iterator[Cluster]:
+    c = Cluster(password)
     c.start()
     try:
         yield c

@@ -117,3 +117,24 @@ def test_the_study_run_is_running_while_a_sweep_holds_it_and_the_last_one_closes
     info = client.get_run(run).info
     assert info.status == "FINISHED" and time.time() * 1000 - info.end_time < 5000
     assert info.end_time - info.start_time >= 500  # the run spans its sweeps
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_wrong_database_password_is_one_line_at_once_for_either_store() -> None:
+    """A PostgreSQL tracking store that refuses the login: one line before MLflow's own ten retries (about
+    100 s, then a traceback); the study storage likewise. Neither line shows the password."""
+    from sweeper.store import stores
+    from tests.helpers.servers import cluster
+
+    with cluster(password=SECRET) as c:
+        wrong = c.url.replace("sweeper@", "sweeper:wrong-pw@") + "/postgres"
+        t0 = time.monotonic()
+        with pytest.raises(SweeperError, match=r"tracking store .*: the user or password was refused") as e:
+            tracking.MlflowTracker(wrong, "x")
+        assert time.monotonic() - t0 < 10 and "wrong-pw" not in str(e.value)
+        with pytest.raises(SweeperError, match=r"password authentication failed") as e:
+            stores.storage(wrong)
+        assert "\n" not in str(e.value) and "wrong-pw" not in str(e.value)
+        right = c.url.replace("sweeper@", f"sweeper:{SECRET}@") + "/postgres"
+        tracking._check_login(tracking.resolve_uri(right))  # the right password passes
