@@ -126,10 +126,22 @@ def db_outage(e: BaseException | None) -> bool:
     StorageInternalError); not a bad query."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+    if read_only(e):
+        return False
     while e is not None:
         if isinstance(e, (OperationalError, InterfaceError)):
             return True
         if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+        e = e.__cause__
+    return False
+
+
+def read_only(e: BaseException | None) -> bool:
+    """A database that cannot be written (a read-only SQLite file or folder): it lasts, so it is no
+    outage to wait out."""
+    while e is not None:
+        if "readonly database" in str(e):
             return True
         e = e.__cause__
     return False

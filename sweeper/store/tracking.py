@@ -174,6 +174,8 @@ def _alive(pid: int) -> bool:
 
 def outage(e: BaseException) -> bool:
     """The tracking server (or its database) is away: a refused or timed-out connection, a 5xx answer."""
+    if stores.read_only(e):  # MLflow calls it an INTERNAL_ERROR too, but it lasts
+        return False
     text = str(e)
     if text.startswith("API request to") and (
         "failed with exception" in text or "timeout exception" in text or "error code 5" in text
@@ -353,11 +355,16 @@ class TrialRun:
         try:
             return stores.patiently(what, locked, outage)
         except Exception as e:
+            from sweeper.errors import SweeperError
+
+            if stores.read_only(e):
+                raise SweeperError(
+                    f"{what}: the database is read-only and this command writes to it; make it writable, "
+                    "or point --tracking-uri at a writable copy"
+                ) from None
             why = refused(e)
             if why is None:
                 raise
-            from sweeper.errors import SweeperError
-
             raise SweeperError(f"{what}: {why}; check the credentials and run the command again") from None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
