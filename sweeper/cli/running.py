@@ -272,12 +272,16 @@ def _check_writable(storage: str | None, tracking_uri: str | None) -> None:
     from sweeper.store import stores, tracking
 
     places = [Path(os.environ.get("SWEEPER_CHECKPOINTS") or "checkpoints")]
-    for url in (stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)):
-        db = stores.sqlite_path(url)
-        if db is not None:
-            places.append(db.parent)
-    for url in (stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)):
-        db = stores.sqlite_path(url)
+    dbs = [
+        stores.sqlite_path(u) for u in (stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri))
+    ]
+    if dbs[0] is not None and dbs[1] is not None and dbs[0].resolve() == dbs[1].resolve():
+        raise SweeperError(
+            f"--storage and --tracking-uri both name {dbs[0]}; give each store a database of its own (the "
+            "defaults: sweeper.db for --storage, mlruns/mlflow.db for --tracking-uri)"
+        )
+    places += [db.parent for db in dbs if db is not None]
+    for db in dbs:
         if db is not None and db.is_file() and not os.access(db, os.W_OK):
             raise SweeperError(
                 f"{db}: the database is read-only; a sweep writes every trial there: make it writable, or "
