@@ -70,17 +70,30 @@ def test_read_only_commands_leave_the_stores_bytes_and_refuse_the_mlflow_db(cli,
     assert cli("run-study", study, "--trials", "1", *TINY).returncode == 0
     optuna_db, mlflow_db = Path("sweeper.db"), Path("mlruns/mlflow.db")
     before = (digest(optuna_db), digest(mlflow_db))
-    for args in (["show", "ro"], ["studies"], ["show", "ro", "--json"], ["export-best", "ro"]):
+    reads = (["show", "ro"], ["studies"], ["show", "ro", "--json"], ["export-best", "ro"], ["doctor", "ro"])
+    for args in (*reads, ["check", study]):
         r = cli(*args)
         assert r.returncode == 0, (args, r.stderr)
     r = cli("show", "ro", "--storage", f"sqlite:///{mlflow_db.resolve()}")
     assert r.returncode == 2 and "is an MLflow tracking store, not an Optuna study storage" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = cli("run-study", study, "--trials", "1", *TINY, "--tracking-uri", f"sqlite:///{optuna_db.resolve()}")
+    other = ["--storage", f"sqlite:///{Path('other.db').resolve()}"]
+    r = cli(
+        "run-study",
+        study,
+        "--trials",
+        "1",
+        *TINY,
+        *other,
+        "--tracking-uri",
+        f"sqlite:///{optuna_db.resolve()}",
+    )
     assert r.returncode == 2 and "is an Optuna study storage, not an MLflow tracking store" in r.stderr
     r = cli("run-study", study, "--trials", "2", *TINY, "--name", "../../escape")
     assert r.returncode == 2 and "cannot name a study" in r.stderr
     assert (digest(optuna_db), digest(mlflow_db)) == before
+    assert cli("report", "ro").returncode == 0  # logs the report to MLflow, by design; reads the study
+    assert digest(optuna_db) == before[0]
     r = cli("studies", "--storage", f"sqlite:///{Path('nowhere.db').resolve()}")
     assert r.returncode == 0 and not Path("nowhere.db").exists()
 
