@@ -343,15 +343,15 @@ def export_best(
 
     The winner is what refit-best would train: the trial a --pick rule chooses, else the confirmed winner
     when `sweeper confirm` ran, else the best trial."""
+    wants_json(json_)
+    if out is not None:
+        out_file(out)
     import yaml
 
     from sweeper.results import views
     from sweeper.store import record as record_lib
     from sweeper.submit import refit
 
-    wants_json(json_)
-    if out is not None:
-        out_file(out)
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
     doc = views.best_document(src, *refit.chosen(src, pick))

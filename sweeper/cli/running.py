@@ -370,16 +370,16 @@ def refit_best(
     json_: JsonOpt = False,
 ) -> None:
     """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
+    wants_json(json_)
+    if set_ and combine != "refit":
+        raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
+    out_dir(out)  # before anything loads or trains: a file in the way is one line now, not after the refit
     from sweeper.data import images as data_lib
     from sweeper.store import record as record_lib
     from sweeper.store import tracking
     from sweeper.submit import refit
     from sweeper.sweep.progress import WorkDisplay
 
-    wants_json(json_)
-    if set_ and combine != "refit":
-        raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
-    out_dir(out)  # before anything trains: a file in the way is one line now, not after the refit
     if pick and combine != "refit":
         raise SweeperError(
             f"--pick applies to --combine refit only; --combine {combine} takes the --top best"
