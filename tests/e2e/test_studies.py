@@ -361,6 +361,28 @@ def test_recipe_004_trains_its_stem_batchnorms_bilinear_in_fp16() -> None:
         1e-5,
         0.625,
     )
+    assert (c.seed, c.img_size, c.batch_size, c.epochs, c.patience, c.optimizer) == (
+        111550159,
+        320,
+        64,
+        40,
+        10,
+        "adamw",
+    )
+    assert (c.lr_schedule, c.warmup_epochs, c.folds, c.fold_holdout, c.merge_models) == (
+        "constant",
+        0,
+        10,
+        True,
+        2,
+    )
+    a = c.aug
+    assert (a.color_jitter_p, a.brightness, a.contrast, a.saturation, a.hue) == (0.8, 0.4, 0.4, 0.4, 0.1)
+    assert (a.grayscale, a.grayscale_p, a.cutmix, a.rrc, a.hflip) == (True, 0.2, True, True, True)
+    assert spec.load("recipe-004").space["backbone"].choices == (
+        "resnest200e.in1k",
+        "resnext101_64x4d.tv_in1k",
+    )
 
 
 def test_recipe_001_is_its_authors_sgd_recipe_rotating_nearest_and_keeping_the_last_batch() -> None:
