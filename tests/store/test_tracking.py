@@ -62,12 +62,17 @@ def test_no_password_in_any_output_or_store(
         cli("show", "creds", "--storage", storage),
         cli("doctor", "creds", *args),
     ]
+    pg_tracking = create_database(pg_server, "creds_mlflow")  # a database as the tracking store too
+    secret_pg = pg_tracking.replace("sweeper@", f"sweeper:{SECRET}@")
+    outputs.append(
+        cli("refit-best", "creds", "--out", "out2", "--storage", storage, "--tracking-uri", secret_pg)
+    )
     for r in outputs:
         assert r.returncode == 0, r.stdout + r.stderr
         assert SECRET not in r.stdout + r.stderr, r.stdout + r.stderr
-    client = MlflowClient(mlflow_url)
-    runs = client.search_runs([client.get_experiment_by_name("creds").experiment_id])
-    assert runs and not [r for r in runs if SECRET in str(r.data.tags) + str(r.data.params)]
+    for client in (MlflowClient(mlflow_url), MlflowClient(pg_tracking)):
+        runs = client.search_runs([client.get_experiment_by_name("creds").experiment_id])
+        assert runs and not [r for r in runs if SECRET in str(r.data.tags) + str(r.data.params)]
     st = optuna.load_study(study_name="creds", storage=storage)
     system = st._storage.get_study_system_attrs(st._study_id)
     kept = str(st.user_attrs) + str(system) + str([t.user_attrs for t in st.get_trials()])
