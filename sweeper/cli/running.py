@@ -121,8 +121,9 @@ def run_study(
         record_lib.ensure(existing, rec)
     _warn(preflight(spec, len(ds.classes)))
     # Local SQLite stores: this process is their one writer from before MLflow first touches its store (it
-    # creates the schema then), so workers started together are refused in one line, never a traceback.
-    with stores.single_writer([stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)]):
+    # creates the schema then); workers started together on them (an array job) take turns, each told why.
+    local = [stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)]
+    with stores.single_writer(local, waiting=lambda line: _warn([line])):
         tracker = tracking.MlflowTracker(tracking_uri, spec.name)
         t0 = time.monotonic()
         on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
