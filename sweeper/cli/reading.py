@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -148,6 +149,12 @@ def report(
     spec, st = src.spec, src.study
     _warn(src.notes)
     tracker = tracking.MlflowTracker(tracking_uri, spec.name)
+    db = stores.sqlite_path(tracker.uri)
+    if db is not None and not os.access(db, os.W_OK):
+        raise SweeperError(
+            f"{db}: the MLflow database is read-only, and the report is logged to the study's run there; "
+            "point --tracking-uri at a writable copy"
+        )
     out = out or Path(f"{spec.name}-report.html")
     if out.is_dir():
         out = out / f"{spec.name}-report.html"
@@ -336,15 +343,15 @@ def export_best(
 
     The winner is what refit-best would train: the trial a --pick rule chooses, else the confirmed winner
     when `sweeper confirm` ran, else the best trial."""
+    wants_json(json_)
+    if out is not None:
+        out_file(out)
     import yaml
 
     from sweeper.results import views
     from sweeper.store import record as record_lib
     from sweeper.submit import refit
 
-    wants_json(json_)
-    if out is not None:
-        out_file(out)
     src = record_lib.open_recorded(study, storage)
     _warn(src.notes)
     doc = views.best_document(src, *refit.chosen(src, pick))

@@ -121,8 +121,9 @@ def run_study(
         record_lib.ensure(existing, rec)
     _warn(preflight(spec, len(ds.classes)))
     # Local SQLite stores: this process is their one writer from before MLflow first touches its store (it
-    # creates the schema then), so workers started together are refused in one line, never a traceback.
-    with stores.single_writer([stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)]):
+    # creates the schema then); workers started together on them (an array job) take turns, each told why.
+    local = [stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)]
+    with stores.single_writer(local, waiting=lambda line: _warn([line])):
         tracker = tracking.MlflowTracker(tracking_uri, spec.name)
         t0 = time.monotonic()
         on = f"GPUs {','.join(g for g in slots if g is not None)}" if gpus else "CPU"
@@ -272,12 +273,16 @@ def _check_writable(storage: str | None, tracking_uri: str | None) -> None:
     from sweeper.store import stores, tracking
 
     places = [Path(os.environ.get("SWEEPER_CHECKPOINTS") or "checkpoints")]
-    for url in (stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)):
-        db = stores.sqlite_path(url)
-        if db is not None:
-            places.append(db.parent)
-    for url in (stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri)):
-        db = stores.sqlite_path(url)
+    dbs = [
+        stores.sqlite_path(u) for u in (stores.resolve_storage(storage), tracking.resolve_uri(tracking_uri))
+    ]
+    if dbs[0] is not None and dbs[1] is not None and dbs[0].resolve() == dbs[1].resolve():
+        raise SweeperError(
+            f"--storage and --tracking-uri both name {dbs[0]}; give each store a database of its own (the "
+            "defaults: sweeper.db for --storage, mlruns/mlflow.db for --tracking-uri)"
+        )
+    places += [db.parent for db in dbs if db is not None]
+    for db in dbs:
         if db is not None and db.is_file() and not os.access(db, os.W_OK):
             raise SweeperError(
                 f"{db}: the database is read-only; a sweep writes every trial there: make it writable, or "
@@ -366,16 +371,16 @@ def refit_best(
     json_: JsonOpt = False,
 ) -> None:
     """Write the submission from the best trial: retrained on train+val, or combined from kept weights."""
+    wants_json(json_)
+    if set_ and combine != "refit":
+        raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
+    out_dir(out)  # before anything loads or trains: a file in the way is one line now, not after the refit
     from sweeper.data import images as data_lib
     from sweeper.store import record as record_lib
     from sweeper.store import tracking
     from sweeper.submit import refit
     from sweeper.sweep.progress import WorkDisplay
 
-    wants_json(json_)
-    if set_ and combine != "refit":
-        raise SweeperError(f"--set applies to --combine refit only; --combine {combine} retrains nothing")
-    out_dir(out)  # before anything trains: a file in the way is one line now, not after the refit
     if pick and combine != "refit":
         raise SweeperError(
             f"--pick applies to --combine refit only; --combine {combine} takes the --top best"

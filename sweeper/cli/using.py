@@ -36,10 +36,10 @@ def predict(
     import csv
     import time
 
+    wants_json(json_)
+    out_file(out)  # before the model loads (torch, a download)
     from sweeper.submit import predictor
 
-    wants_json(json_)
-    out_file(out)
     files = predictor.image_files(images)
     net, source = predictor.open_model(model, tracking_uri)
     say(

@@ -126,10 +126,22 @@ def db_outage(e: BaseException | None) -> bool:
     StorageInternalError); not a bad query."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+    if read_only(e):
+        return False
     while e is not None:
         if isinstance(e, (OperationalError, InterfaceError)):
             return True
         if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+        e = e.__cause__
+    return False
+
+
+def read_only(e: BaseException | None) -> bool:
+    """A database that cannot be written (a read-only SQLite file or folder): it lasts, so it is no
+    outage to wait out."""
+    while e is not None:
+        if "readonly database" in str(e):
             return True
         e = e.__cause__
     return False
@@ -391,18 +403,18 @@ def sqlite_path(url: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def single_writer(urls: list[str]) -> Iterator[None]:
+def single_writer(urls: list[str], waiting: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock beside every local SQLite store in ``urls`` for the whole sweep.
 
     SQLite serves one writer at a time; several processes writing to it (Optuna heartbeats, trial
     updates, MLflow metrics) end in "database is locked". So one process per database file writes,
-    with all its workers sharing one connection; a second process is refused here, up front.
+    with all its workers sharing one connection. A second process is refused here, up front, or, given
+    ``waiting`` (run-study: a Slurm array or a Kubernetes Job started on SQLite), told so through it
+    and made to wait its turn: it then runs what the first left to do, often nothing.
     The lock dies with its process, so a crashed sweep never blocks the next one. Re-entrant within
     a process: a command takes it before it first touches a store (MLflow creates its schema then),
     and the sweep it runs takes it again.
     """
-    import fcntl
-
     held: list[Any] = []
     dbs = dict.fromkeys(db for db in map(sqlite_path, urls) if db is not None)  # each file once
     mine = [db for db in dbs if db in _HELD]
@@ -411,20 +423,7 @@ def single_writer(urls: list[str]) -> Iterator[None]:
     try:
         for db in (d for d in dbs if d not in mine):
             db.parent.mkdir(parents=True, exist_ok=True)
-            lock = db.with_name(db.name + ".lock")
-            f = open(lock, "a+")  # noqa: SIM115 - held open for the sweep's lifetime
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                f.close()
-                raise SweeperError(
-                    f"{db} is being written by another sweep ({holder}); SQLite allows one writer process. "
-                    "Run more trials at once with --workers K in that one command, or share the study "
-                    "between processes and machines with PostgreSQL (--storage postgresql://...) and an "
-                    "MLflow server (--tracking-uri http://...)"
-                ) from None
+            f = _lock(db, waiting)
             f.seek(0)
             f.truncate()
             f.write(f"run-study pid {os.getpid()} on {socket.gethostname()}\n")
@@ -440,6 +439,39 @@ def single_writer(urls: list[str]) -> Iterator[None]:
                     del _HELD[db]
         for f in held:
             f.close()
+
+
+def _lock(db: Path, waiting: Callable[[str], None] | None) -> Any:
+    """The open lock file beside ``db``, locked by this process (see :func:`single_writer`)."""
+    import fcntl
+
+    f = open(db.with_name(db.name + ".lock"), "a+")  # noqa: SIM115 - held open for the sweep's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+    how = (
+        "Run more trials at once with --workers K in that one command, or share the study between "
+        "processes and machines with PostgreSQL (--storage postgresql://...) and an MLflow server "
+        "(--tracking-uri http://...)"
+    )
+    if waiting is None:
+        f.close()
+        raise SweeperError(
+            f"{db} is being written by another sweep ({holder}); SQLite allows one writer process. {how}"
+        )
+    waiting(
+        f"{db} is being written by another sweep ({holder}); SQLite allows one writer process, so this "
+        f"one waits for it to end, then runs what is left (Ctrl-C stops it). {how}"
+    )
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX)
+    except BaseException:  # Ctrl-C while waiting
+        f.close()
+        raise
+    return f
 
 
 _HELD: dict[Path, int] = {}

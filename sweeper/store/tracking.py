@@ -174,6 +174,8 @@ def _alive(pid: int) -> bool:
 
 def outage(e: BaseException) -> bool:
     """The tracking server (or its database) is away: a refused or timed-out connection, a 5xx answer."""
+    if stores.read_only(e):  # MLflow calls it an INTERNAL_ERROR too, but it lasts
+        return False
     text = str(e)
     if text.startswith("API request to") and (
         "failed with exception" in text or "timeout exception" in text or "error code 5" in text
@@ -202,6 +204,32 @@ def _check_reachable(uri: str) -> None:
         )
     if kind in ("http", "https", "postgresql", "mysql", "mssql"):
         reach.check(uri, "the MLflow tracking store")
+    if kind in ("postgresql", "mysql", "mssql"):
+        _check_login(uri)
+
+
+def _check_login(uri: str) -> None:
+    """One connection to a database tracking store: a refused login is one line now, not a traceback
+    after MLflow's own ten retries of it (about 100 s). Other errors are left to MLflow (an outage is
+    waited out)."""
+    import sqlalchemy
+
+    from sweeper.errors import SweeperError
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            return
+    except Exception as e:
+        why = refused(e)
+        if why is None:
+            return
+        raise SweeperError(
+            f"the MLflow tracking store {stores.display_url(uri)}: {why}; check the credentials and run "
+            "the command again"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _client(uri: str) -> MlflowClient:
@@ -327,11 +355,16 @@ class TrialRun:
         try:
             return stores.patiently(what, locked, outage)
         except Exception as e:
+            from sweeper.errors import SweeperError
+
+            if stores.read_only(e):
+                raise SweeperError(
+                    f"{what}: the database is read-only and this command writes to it; make it writable, "
+                    "or point --tracking-uri at a writable copy"
+                ) from None
             why = refused(e)
             if why is None:
                 raise
-            from sweeper.errors import SweeperError
-
             raise SweeperError(f"{what}: {why}; check the credentials and run the command again") from None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shutil
@@ -258,24 +259,39 @@ def check(
     problems remain.
 
     Local SQLite stores are locked for the check (:func:`stores.single_writer`): then no sweep runs, and
-    every RUNNING trial is dead. When a sweep holds them, only stale heartbeats count, and no repair runs.
+    every RUNNING trial is dead. When a sweep holds them, or they are read-only (no lock file can be made
+    beside them), only stale heartbeats count, and no repair runs. Nothing is created: a missing study or
+    local MLflow store is one line.
     """
     url = stores.resolve_storage(storage_url)
-    tracker = tracking.MlflowTracker(tracking_uri, name)
     study = stores.load_existing(name, url)
+    mlflow_db = stores.sqlite_path(tracking.resolve_uri(tracking_uri))
+    if mlflow_db is not None and not mlflow_db.is_file():
+        raise SweeperError(
+            f"no MLflow store at {mlflow_db}: pass the --tracking-uri that study {name} ran with"
+        )
+    tracker = tracking.MlflowTracker(tracking_uri, name)
+    with contextlib.ExitStack() as stack:
+        busy = _lock([url, tracker.uri], stack)
+        if busy is None:
+            return _check(study, tracker, live=stores.sqlite_path(url) is None, repair=repair)
+        lines, left = _check(study, tracker, live=True, repair=False)
+    return [*lines, busy] if repair else lines, left
+
+
+def _lock(urls: list[str], stack: contextlib.ExitStack) -> str | None:
+    """Hold the local stores' writer lock in ``stack``: None when held, else why no repair can run."""
     try:
-        with stores.single_writer([url, tracker.uri]):
-            local = stores.sqlite_path(url) is not None
-            return _check(study, tracker, live=not local, repair=repair)
+        stack.enter_context(stores.single_writer(urls))
     except stores.StoreDown:
         raise
     except SweeperError as e:
         if "being written by another sweep" not in str(e):
             raise
-    lines, left = _check(study, tracker, live=True, repair=False)
-    if repair:
-        lines.append("a sweep is writing this study now: repairs wait until it ends")
-    return lines, left
+        return "a sweep is writing this study now: repairs wait until it ends"
+    except OSError as e:  # a read-only folder: no lock file beside the database, and no repair either
+        return f"{Path(e.filename or '').parent} is read-only ({e.strerror}): nothing repaired"
+    return None
 
 
 def _check(study: optuna.Study, tracker: MlflowTracker, live: bool, repair: bool) -> tuple[list[str], int]:

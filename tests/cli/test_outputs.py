@@ -24,3 +24,21 @@ def test_out_file_refuses_a_folder_and_a_folder_it_cannot_make(tmp_path: Path) -
     with pytest.raises(SweeperError, match=r"its folder .*: is a file"):
         out_file(tmp_path / "file" / "out.csv")
     assert out_file(tmp_path / "new" / "p.csv").parent.is_dir()
+
+
+@pytest.mark.slow
+def test_each_commands_out_is_checked_before_it_reads_a_study_or_a_model(cli, tmp_path: Path) -> None:
+    """One line naming --out, exit 2, before anything is read, trained or recorded (the study named here
+    does not even exist)."""
+    (tmp_path / "taken").write_text("x")
+    cases = [
+        (["refit-best", "nosuch", "--out", str(tmp_path / "taken")], "is a file; name a folder"),
+        (["predict", "nosuch", str(tmp_path), "--out", str(tmp_path)], "is a folder; name the file"),
+        (["export-best", "nosuch", "--out", str(tmp_path / "taken" / "x.yaml")], "its folder"),
+    ]
+    for args, words in cases:
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith("error: --out ") and words in line, line
+    assert not Path("sweeper.db").exists() and not Path("mlruns").exists()

@@ -1,7 +1,7 @@
 """No process of a sweep outlives it: trial processes, their DataLoader workers (forked, two per loader
-here), the fork server and the resource tracker all end with the sweep, whether it finishes, or is
-stopped by Ctrl-C or SIGTERM mid-epoch. Every process of the sweep is found by a marker in its
-environment, which every descendant inherits."""
+here), the fork server and the resource tracker all end with the sweep, whether it finishes (with
+pruned trials), or is stopped by Ctrl-C or SIGTERM mid-epoch. Every process of the sweep is found by a
+marker in its environment, which every descendant inherits."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import time
 import uuid
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
+import yaml
+from optuna.trial import TrialState
 
-from tests.helpers.builders import TINY, write_tiny_study
+from tests.helpers.builders import TINY, tiny_study_doc, write_tiny_study
 from tests.helpers.processes import FAULT_MODELS, REPO, interruptible, wait_for
 
 WORKERS = ["--set", "num_workers=2"]
@@ -62,13 +65,20 @@ def none_left(mark: str, within: float = 20.0) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_finished_sweep_with_loader_workers_leaves_no_process(image_folder: Path) -> None:
+def test_a_finished_sweep_with_pruned_trials_and_loader_workers_leaves_no_process(image_folder: Path) -> None:
     mark = uuid.uuid4().hex
-    study = write_tiny_study("left", image_folder, epochs=2)
-    proc = start([study, "--trials", "2", *TINY, *WORKERS], mark)
+    doc = tiny_study_doc(
+        "left", image_folder, epochs=2, space={"lr_head": {"float": [1e-3, 1e-1], "log": True}}
+    )
+    doc["objective"] = {"metric": "val_loss", "direction": "minimize"}  # no ties: all but the best are pruned
+    doc["pruner"] = {"name": "percentile", "percentile": 1.0, "n_startup_trials": 1, "n_warmup_steps": 0}
+    Path("left.yaml").write_text(yaml.safe_dump(doc))
+    proc = start(["left.yaml", "--trials", "3", *TINY, *WORKERS], mark)
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err
     assert none_left(mark) == []
+    trials = optuna.load_study(study_name="left", storage=f"sqlite:///{Path.cwd()}/sweeper.db").trials
+    assert TrialState.PRUNED in {t.state for t in trials}, [(t.state, t.intermediate_values) for t in trials]
 
 
 @pytest.mark.slow

@@ -59,12 +59,23 @@ def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_f
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= metrics, metrics
 
 
-def test_a_second_sweep_on_the_same_sqlite_files_is_refused(cli, image_folder: Path) -> None:
+def test_a_second_sweep_on_the_same_sqlite_files_waits_for_the_first_then_runs(image_folder: Path) -> None:
     study = write_tiny_study("second", image_folder)
     with stores_lib.single_writer([f"sqlite:///{Path.cwd() / 'sweeper.db'}"]):  # as a running sweep holds it
-        r = cli("run-study", study, "--trials", "1", *TINY)
-    assert r.returncode == 2
-    assert "SQLite allows one writer process. Run more trials at once with --workers K" in r.stderr
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", "run-study", study, "--trials", "1", *TINY],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # its first line: it waits, and says why and what to do instead
+        assert "SQLite allows one writer process, so this one waits for it to end" in line, line
+        assert "Run more trials at once with --workers K" in line
+        assert not Path("mlruns/mlflow.db").exists()  # no store made while it waits
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "1/1 trials" in out, out + err
 
 
 def test_ctrl_c_closes_the_running_trial_and_the_same_command_resumes_it(cli, image_folder: Path) -> None:

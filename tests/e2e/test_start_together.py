@@ -1,6 +1,6 @@
 """Workers started at the same instant on fresh stores (a Slurm array, an Indexed Job): the schemas are
-made once, every worker runs (PostgreSQL) or is refused in one line (SQLite: one writer process), and
-no one sees a traceback."""
+made once, every worker runs (PostgreSQL at once; SQLite, which has one writer process, in turns, each
+waiting one saying why), and no one sees a traceback."""
 
 from __future__ import annotations
 
@@ -56,15 +56,15 @@ def test_four_workers_on_fresh_postgresql_stores_all_run(image_folder: Path, pg_
 
 
 @pytest.mark.slow
-def test_four_workers_on_a_fresh_sqlite_store_one_runs_the_rest_are_one_line(image_folder: Path) -> None:
+def test_four_workers_on_a_fresh_sqlite_store_all_run_in_turns(image_folder: Path) -> None:
     study = write_tiny_study("together", image_folder)
     runs = start_together(4, [study, "--trials", "2", *TINY])
-    assert sorted(r.returncode for r in runs) == [0, 2, 2, 2], [r.stderr for r in runs]
+    waited = 0
     for r in runs:
-        assert "Traceback" not in r.stderr, r.stderr
-        if r.returncode:
-            assert r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr
-            assert "SQLite allows one writer process" in r.stderr
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert "2/2 trials" in r.stdout, r.stdout + r.stderr
+        waited += "SQLite allows one writer process, so this one waits for it to end" in r.stderr
+    assert waited >= 1  # at least the three that started last waited (one may find the first gone)
     trials = optuna.load_study(
         study_name="together", storage=f"sqlite:///{Path.cwd()}/sweeper.db"
     ).get_trials()

@@ -361,11 +361,47 @@ def test_recipe_004_trains_its_stem_batchnorms_bilinear_in_fp16() -> None:
         1e-5,
         0.625,
     )
+    assert (c.seed, c.img_size, c.batch_size, c.epochs, c.patience, c.optimizer) == (
+        111550159,
+        320,
+        64,
+        40,
+        10,
+        "adamw",
+    )
+    assert (c.lr_schedule, c.warmup_epochs, c.folds, c.fold_holdout, c.merge_models) == (
+        "constant",
+        0,
+        10,
+        True,
+        2,
+    )
+    a = c.aug
+    assert (a.color_jitter_p, a.brightness, a.contrast, a.saturation, a.hue) == (0.8, 0.4, 0.4, 0.4, 0.1)
+    assert (a.grayscale, a.grayscale_p, a.cutmix, a.rrc, a.hflip) == (True, 0.2, True, True, True)
+    assert spec.load("recipe-004").space["backbone"].choices == (
+        "resnest200e.in1k",
+        "resnext101_64x4d.tv_in1k",
+    )
 
 
-def test_recipe_001_rotates_with_torchvisions_default_nearest_and_keeps_the_last_batch() -> None:
+def test_recipe_001_is_its_authors_sgd_recipe_rotating_nearest_and_keeping_the_last_batch() -> None:
+    study = spec.load("recipe-001")
+    assert study.space["backbone"].choices == ("resnext50_32x4d.tv_in1k", "resnet50.tv_in1k")
     c = resolved("recipe-001", backbone="resnext50_32x4d.tv_in1k")
     assert (c.aug.rotation_deg, c.aug.rotation_interpolation, c.drop_last) == (15, "nearest", False)
+    assert (c.optimizer, c.momentum, c.lr_backbone, c.lr_head) == ("sgd", 0.9, 1e-3, 1e-3)
+    assert c.weight_decay == 0.0
+    assert (c.batch_size, c.epochs, c.lr_schedule, c.warmup_epochs, c.checkpoint) == (
+        32,
+        25,
+        "constant",
+        0,
+        "val_acc",
+    )
+    a = c.aug
+    assert (a.translate_frac, a.brightness, a.contrast, a.saturation, a.hue) == (0.1, 0.3, 0.3, 0.3, 0.0)
+    assert (a.rrc, a.hflip, a.erasing, a.erasing_p, c.eval.crop_pct) == (True, True, True, 0.5, 0.875)
 
 
 def test_cells_round_trip_and_set_wins_over_them() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sysconfig
 import time
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.servers import free_port
+from tests.helpers.servers import free_port, stop_group
 
 
 def without_project(root: Path) -> dict[str, str]:
@@ -64,12 +63,7 @@ def serving(model_uri: str, env: dict[str, str], log: Path) -> Iterator[str]:
                 time.sleep(0.5)
             yield url
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, grace=10)
 
 
 def _answers(url: str) -> bool:

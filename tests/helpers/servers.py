@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,8 @@ def require_postgres() -> Path:
 class Cluster:
     """A throwaway PostgreSQL cluster that a test can stop and start again (a database outage)."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        """``password``: logins need it (scram-sha-256); None: any login is let in (trust)."""
         self.bindir = require_postgres()
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self.root = Path(tempfile.mkdtemp(prefix="sweeper-pg-", dir="/tmp"))  # not under a root-only folder
@@ -59,7 +61,13 @@ class Cluster:
             shutil.chown(self.root, "postgres")
         self.data, self.port = self.root / "data", free_port()
         self.url = f"postgresql://sweeper@127.0.0.1:{self.port}"
-        self._ctl("initdb", "-D", str(self.data), "-U", "sweeper", "--auth=trust", "-E", "UTF8", "--no-sync")
+        auth = ["--auth=trust"]
+        if password is not None:
+            (self.root / "pw").write_text(password)
+            auth = ["--auth=scram-sha-256", f"--pwfile={self.root / 'pw'}"]
+            if self.as_user:
+                shutil.chown(self.root / "pw", "postgres")
+        self._ctl("initdb", "-D", str(self.data), "-U", "sweeper", *auth, "-E", "UTF8", "--no-sync")
 
     def _ctl(self, program: str, *args: str) -> None:
         subprocess.run([*self.as_user, str(self.bindir / program), *args], check=True, capture_output=True)
@@ -81,8 +89,8 @@ class Cluster:
 
 
 @contextmanager
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+def cluster(password: str | None = None) -> Iterator[Cluster]:
+    c = Cluster(password)
     c.start()
     try:
         yield c
@@ -150,12 +158,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None) ->
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, grace=5)
         log.close()
 
 
@@ -226,3 +229,13 @@ class Relay:
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+def stop_group(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM to a server started in a process group of its own; SIGKILL after ``grace`` seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -51,3 +51,12 @@ def test_an_unwritable_checkpoint_folder_is_one_line_before_any_trial(
     ) as e:
         running._check_writable(None, None)
     assert "\n" not in str(e.value) and not Path("sweeper.db").exists()
+
+
+def test_one_sqlite_file_for_both_stores_is_one_line_before_anything_is_made(tmp_path) -> None:
+    from sweeper.cli import running
+
+    both = f"sqlite:///{tmp_path}/stores/both.db"
+    with pytest.raises(SweeperError, match=r"--storage and --tracking-uri both name .*both.db") as e:
+        running._check_writable(both, both)
+    assert "\n" not in str(e.value) and not (tmp_path / "stores").exists()

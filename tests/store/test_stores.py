@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -69,17 +70,30 @@ def test_read_only_commands_leave_the_stores_bytes_and_refuse_the_mlflow_db(cli,
     assert cli("run-study", study, "--trials", "1", *TINY).returncode == 0
     optuna_db, mlflow_db = Path("sweeper.db"), Path("mlruns/mlflow.db")
     before = (digest(optuna_db), digest(mlflow_db))
-    for args in (["show", "ro"], ["studies"], ["show", "ro", "--json"], ["export-best", "ro"]):
+    reads = (["show", "ro"], ["studies"], ["show", "ro", "--json"], ["export-best", "ro"], ["doctor", "ro"])
+    for args in (*reads, ["check", study]):
         r = cli(*args)
         assert r.returncode == 0, (args, r.stderr)
     r = cli("show", "ro", "--storage", f"sqlite:///{mlflow_db.resolve()}")
     assert r.returncode == 2 and "is an MLflow tracking store, not an Optuna study storage" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = cli("run-study", study, "--trials", "1", *TINY, "--tracking-uri", f"sqlite:///{optuna_db.resolve()}")
+    other = ["--storage", f"sqlite:///{Path('other.db').resolve()}"]
+    r = cli(
+        "run-study",
+        study,
+        "--trials",
+        "1",
+        *TINY,
+        *other,
+        "--tracking-uri",
+        f"sqlite:///{optuna_db.resolve()}",
+    )
     assert r.returncode == 2 and "is an Optuna study storage, not an MLflow tracking store" in r.stderr
     r = cli("run-study", study, "--trials", "2", *TINY, "--name", "../../escape")
     assert r.returncode == 2 and "cannot name a study" in r.stderr
     assert (digest(optuna_db), digest(mlflow_db)) == before
+    assert cli("report", "ro").returncode == 0  # logs the report to MLflow, by design; reads the study
+    assert digest(optuna_db) == before[0]
     r = cli("studies", "--storage", f"sqlite:///{Path('nowhere.db').resolve()}")
     assert r.returncode == 0 and not Path("nowhere.db").exists()
 
@@ -110,3 +124,74 @@ def test_workers_making_a_new_sqlite_storage_together_all_open_it(tmp_path: Path
     monkeypatch.setattr(stores.time, "sleep", lambda _s: None)
     again = stores.storage(url)
     assert len(tries) == 2 and optuna.get_all_study_names(again) == ["s"]
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(a folder, where to mount it read-only): root only; skipped where mounting is not allowed."""
+    import subprocess
+
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    yield src, ro
+    subprocess.run(["umount", "-l", str(ro)], check=False, capture_output=True)
+
+
+def mount_read_only(src: Path, ro: Path) -> None:
+    import subprocess
+
+    for args in (["--bind", str(src), str(ro)], ["-o", "remount,bind,ro", str(ro)]):
+        done = subprocess.run(["mount", *args], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount read-only here: {done.stderr.decode().strip()}")
+
+
+@pytest.mark.slow
+def test_a_read_only_store_is_refused_by_a_sweep_and_read_by_doctor(
+    read_only_mount: tuple[Path, Path],
+) -> None:
+    from sweeper.cli import running
+    from sweeper.store import tracking
+    from sweeper.sweep import doctor
+
+    src, ro = read_only_mount
+    optuna.create_study(study_name="ro", storage=stores.storage(f"sqlite:///{src}/sweeper.db"))
+    tracking.MlflowTracker(f"sqlite:///{src}/mlflow.db", "ro").start("trial-0000", {}, {}).end("COMPLETE")
+    mount_read_only(src, ro)
+    url, uri = f"sqlite:///{ro}/sweeper.db", f"sqlite:///{ro}/mlflow.db"
+    before = (digest(ro / "sweeper.db"), digest(ro / "mlflow.db"))
+    with pytest.raises(SweeperError, match=r"sweeper.db: the database is read-only; a sweep writes"):
+        running._check_writable(url, uri)
+    assert doctor.check("ro", url, uri, repair=False) == ([], 0)
+    lines, left = doctor.check("ro", url, uri, repair=True)
+    assert left == 0 and lines == [f"{ro} is read-only (Read-only file system): nothing repaired"]
+    assert (digest(ro / "sweeper.db"), digest(ro / "mlflow.db")) == before
+
+
+def test_doctor_creates_no_store_for_a_missing_study_or_mlflow_store(tmp_path: Path) -> None:
+    from sweeper.sweep import doctor
+
+    url, uri = f"sqlite:///{tmp_path}/sweeper.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    with pytest.raises(SweeperError, match=r"no study 'x' in"):
+        doctor.check("x", url, uri, repair=True)
+    optuna.create_study(study_name="x", storage=stores.storage(url))
+    with pytest.raises(SweeperError, match=r"no MLflow store at .*mlflow.db: pass the --tracking-uri"):
+        doctor.check("x", url, uri, repair=True)
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_read_only_database_is_no_outage_to_wait_out() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from sweeper.store import tracking
+
+    class MlflowError(Exception):  # the shape of MLflow's wrapper (importing mlflow starts a process)
+        error_code = "INTERNAL_ERROR"
+
+    cause = OperationalError("UPDATE runs", {}, Exception("attempt to write a readonly database"))
+    wrapped = MlflowError("(sqlite3.OperationalError) ...")
+    wrapped.__cause__ = cause
+    assert stores.read_only(wrapped) and not tracking.outage(wrapped) and not stores.db_outage(cause)
+    lost = OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+    assert tracking.outage(lost) and not stores.read_only(lost)

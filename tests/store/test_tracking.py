@@ -62,12 +62,17 @@ def test_no_password_in_any_output_or_store(
         cli("show", "creds", "--storage", storage),
         cli("doctor", "creds", *args),
     ]
+    pg_tracking = create_database(pg_server, "creds_mlflow")  # a database as the tracking store too
+    secret_pg = pg_tracking.replace("sweeper@", f"sweeper:{SECRET}@")
+    outputs.append(
+        cli("refit-best", "creds", "--out", "out2", "--storage", storage, "--tracking-uri", secret_pg)
+    )
     for r in outputs:
         assert r.returncode == 0, r.stdout + r.stderr
         assert SECRET not in r.stdout + r.stderr, r.stdout + r.stderr
-    client = MlflowClient(mlflow_url)
-    runs = client.search_runs([client.get_experiment_by_name("creds").experiment_id])
-    assert runs and not [r for r in runs if SECRET in str(r.data.tags) + str(r.data.params)]
+    for client in (MlflowClient(mlflow_url), MlflowClient(pg_tracking)):
+        runs = client.search_runs([client.get_experiment_by_name("creds").experiment_id])
+        assert runs and not [r for r in runs if SECRET in str(r.data.tags) + str(r.data.params)]
     st = optuna.load_study(study_name="creds", storage=storage)
     system = st._storage.get_study_system_attrs(st._study_id)
     kept = str(st.user_attrs) + str(system) + str([t.user_attrs for t in st.get_trials()])
@@ -117,3 +122,24 @@ def test_the_study_run_is_running_while_a_sweep_holds_it_and_the_last_one_closes
     info = client.get_run(run).info
     assert info.status == "FINISHED" and time.time() * 1000 - info.end_time < 5000
     assert info.end_time - info.start_time >= 500  # the run spans its sweeps
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_wrong_database_password_is_one_line_at_once_for_either_store() -> None:
+    """A PostgreSQL tracking store that refuses the login: one line before MLflow's own ten retries (about
+    100 s, then a traceback); the study storage likewise. Neither line shows the password."""
+    from sweeper.store import stores
+    from tests.helpers.servers import cluster
+
+    with cluster(password=SECRET) as c:
+        wrong = c.url.replace("sweeper@", "sweeper:wrong-pw@") + "/postgres"
+        t0 = time.monotonic()
+        with pytest.raises(SweeperError, match=r"tracking store .*: the user or password was refused") as e:
+            tracking.MlflowTracker(wrong, "x")
+        assert time.monotonic() - t0 < 10 and "wrong-pw" not in str(e.value)
+        with pytest.raises(SweeperError, match=r"password authentication failed") as e:
+            stores.storage(wrong)
+        assert "\n" not in str(e.value) and "wrong-pw" not in str(e.value)
+        right = c.url.replace("sweeper@", f"sweeper:{SECRET}@") + "/postgres"
+        tracking._check_login(tracking.resolve_uri(right))  # the right password passes

@@ -283,3 +283,13 @@ def test_failed_trials_do_not_count_and_many_failures_stop_the_sweep(
 
     with pytest.raises(SweeperError, match="stopped after 10 failed trials in this run"):
         sweep.run(dataclasses.replace(spec, name="broken"), 5, broken)
+
+
+def test_failures_without_a_reason_count_too() -> None:
+    """The guards once counted only failures with a reason: a store that failed every trial in ``finish``
+    without one burnt the whole budget."""
+    streak = sweep._Streak(3, total=1)
+    for i in range(3):
+        streak(None, finished(i, TrialState.FAIL))  # type: ignore[arg-type]
+    assert streak.failed == 3
+    assert streak.error is not None and "failed without a recorded reason" in streak.error

@@ -67,3 +67,21 @@ def test_a_re_queued_trial_keeps_what_it_is_and_drops_its_notes() -> None:
     trial_lib._requeue(st, st.trials[t.number])
     retry = st.get_trials(states=(TrialState.WAITING,))[0]
     assert retry.user_attrs == {CONFIRM: 0} and retry.system_attrs["failed_trial"] == t.number
+
+
+def test_an_error_while_recording_fails_the_trial_with_what_broke_and_a_full_disk_halts() -> None:
+    import errno
+
+    try:
+        raise RuntimeError("MLflow said no\nsecond line")
+    except RuntimeError as e:
+        broke = trial_lib.unexpected(e, "recording the trial's result")
+    assert (broke.state, broke.kind) == ("failed", "error")
+    assert broke.reason == "recording the trial's result failed: RuntimeError: MLflow said no"
+    assert "Traceback" in (broke.details or "")
+    full = trial_lib.unexpected(
+        OSError(errno.ENOSPC, "No space left on device"), "recording the trial's result"
+    )
+    assert (full.state, full.kind) == ("halted", "disk") and full.reason.startswith(
+        "no space left on the device"
+    )
