@@ -29,7 +29,7 @@ def mlflow_runs(uri: str, experiment: str) -> list:
 def test_local_workers_share_the_default_stores_without_lock_errors(cli, image_folder: Path) -> None:
     study = write_tiny_study("local", image_folder)
     r = cli(
-        "run-study", study, "--trials", "4", "--workers", "2", *TINY, env={"SWEEPER_SYSTEM_METRICS_S": "0.5"}
+        "run-study", study, "--trials", "4", "--workers", "2", *TINY, env={"SWEEPER_SYSTEM_METRICS_S": "0.1"}
     )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
