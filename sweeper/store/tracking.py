@@ -673,6 +673,7 @@ class MlflowTracker:
         finally:
             with contextlib.suppress(Exception):  # metrics about the run must never fail the run
                 monitor.finish()
+                _publish_last_window(monitor)
 
     def log_model(self, run_id: str, folder: Path, loader: ModelLoader, register: str | None = None) -> str:
         """Log a model folder ``refit-best`` wrote as an MLflow model of run ``run_id`` (an MLflow 3
@@ -797,6 +798,16 @@ class MlflowTracker:
                 self.end_run(r.info.run_id, state, why)
                 closed += 1
         return closed
+
+
+def _publish_last_window(monitor: Any) -> None:
+    """Log the samples MLflow's monitor took in the window its run ended in: it drops them, so a run
+    shorter than one sampling interval (a pruned trial, a fast one) would have no system metrics at all.
+    Its first sample is taken as it starts, so there is always one."""
+    metrics = monitor.aggregate_metrics()
+    if metrics:
+        monitor.publish_metrics(metrics)
+        monitor.mlflow_logger.flush()
 
 
 class NullTracker:
