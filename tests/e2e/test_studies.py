@@ -189,7 +189,8 @@ def test_an_over_budget_config_is_recorded_and_never_trained(
     client = MlflowClient(shared_stores[3])
     run = client.get_run(big.user_attrs["mlflow_run_id"])
     assert run.data.tags["state"] == "PRUNED" and "not trained" in run.data.tags["reason"]
-    assert not run.data.metrics  # no epoch ever ran
+    assert not [k for k in run.data.metrics if not k.startswith("system/")]  # no epoch ever ran (the process
+    # that checked its size has its system metrics)
     assert not client.list_artifacts(run.info.run_id)
 
 
