@@ -27,6 +27,7 @@ their ratios are printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -76,8 +77,8 @@ class DecodePil(torch.utils.data.Dataset):
 def epoch(dl) -> float:
     """Images per second for one pass over the loader."""
     n, t0 = 0, time.perf_counter()
-    for x, _ in dl:
-        n += len(x)
+    for _, y in dl:
+        n += len(y)
     return n / (time.perf_counter() - t0)
 
 
@@ -112,7 +113,7 @@ def main() -> None:
     import timm
     from make_reference import make
 
-    from sweeper.data import augment, cache, loaders, tensors
+    from sweeper.data import augment, cache, device_crop, loaders
     from sweeper.data import images as data_lib
     from sweeper.study import spec
 
@@ -142,15 +143,19 @@ def main() -> None:
         cache_mb = sum(f.stat().st_size for d_ in folders for f in d_.iterdir()) / 1e6
         jpeg_mb = sum(f.stat().st_size for f in files) / 1e6
         train_tf = pipes.train_tf
-        host_tf, _ = augment.split_for_device(train_tf)  # device_aug: the float math after the transfer
+        host_tf, _ = augment.split_for_device(train_tf)  # the plain side's uint8 part: the float math after
+        # sweeper's device_aug as a trial on a GPU runs it: the same cache, the workers draw each crop's box
+        # and flips and send its pixels; the resize, flips and float math are the device's (not run here)
+        on_device = loaders.Pipelines(
+            dataclasses.replace(cfg, device_aug=True), dcfg, cpu, data.train, data.val, evaluated=(data.val,)
+        )
+        assert isinstance(on_device.train_tail, device_crop.DeviceCrop), on_device.train_tail
         tr = data.train
         dls = {
             "plain": loaders.loader(DecodeJpeg(tr.files, tr.labels, train_tf), cfg, True, cpu),
             "sweeper": loaders.loader(pipes.train(tr), cfg, True, cpu),
             "plain-u8": loaders.loader(DecodeJpeg(tr.files, tr.labels, host_tf), cfg, True, cpu),
-            "sweeper-u8": loaders.loader(
-                tensors.ImageDataset(tr.files, tr.labels, host_tf, pipes.images), cfg, True, cpu
-            ),
+            "sweeper-u8": loaders.loader(on_device.train(tr), cfg, True, cpu),
         }
         for dl in dls.values():  # warm-up: worker start, page cache
             epoch(dl)

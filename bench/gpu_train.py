@@ -5,7 +5,8 @@ For each model, at the same batch size and precision (bf16 autocast, channels_la
 * ``synthetic``: sweeper's model setup (``loaders.setup_model``), optimizer and autocast, stepping on one
   batch that stays on the GPU: the step's ceiling;
 * ``real``: the same step fed by sweeper's loader (decoded-image cache, workers from the cores,
-  pinned non-blocking copies, ``device_aug``) over generated JPEGs: ``real / synthetic`` is
+  pinned non-blocking copies, ``device_aug`` with the crop resized on the GPU: ``loaders.Pipelines`` as
+  a trial builds them) over generated JPEGs: ``real / synthetic`` is
   1 - data stall (goal >= 0.9);
 * ``timm``: timm's own ``benchmark.py --bench train`` on the same model and batch, when its path is
   given (it ships with timm's repository, not its wheel): ``synthetic / timm`` (goal >= 0.95).
@@ -28,8 +29,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-from sweeper.data import tensors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -125,30 +124,27 @@ def main() -> None:
     import torch
     from make_reference import make
 
-    from sweeper.data import augment, cache, loaders
+    from sweeper.data import images as data_lib
+    from sweeper.data import loaders
     from sweeper.study import spec
     from sweeper.train import model as model_lib
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="sweeper-bench-gpu-") as d:
         os.environ["SWEEPER_DATA_DIR"] = str(Path(d) / "sweeper-data")
-        make(Path(d), args.images, 0, 0, 100)
-        files = tuple(sorted((Path(d) / "train").rglob("*.jpg")))
-        labels = tuple(int(f.parent.name.split("_")[1]) for f in files)
+        classes = min(100, args.images)
+        make(Path(d) / "ref", args.images, classes, 0, classes)  # scan wants val; only train is read
+        split = data_lib.scan(Path(d) / "ref").train
         for name in args.models:
             cfg = spec.build_config({"backbone": name, "batch_size": args.batch, "device_aug": True})
             torch.manual_seed(0)
-            model = model_lib.create(cfg, num_classes=100)
+            model = model_lib.create(cfg, num_classes=classes)
             dcfg = model_lib.data_config(model, None)
             loaders.setup_model(model, cfg, device)
             model.train()
             step, sync = step_fn(model, model_lib.create_optimizer(model, cfg), device)
-            host, tail = augment.split_for_device(augment.train_transform(cfg.aug, dcfg))
-            resize = augment.eval_transform(dcfg).transforms[0]
-            images = cache.open_cache(files, resize, workers=loaders.workers(cfg))
-            real = loaders.loader(
-                tensors.ImageDataset(files, labels, host, images), cfg, True, device, tail=tail
-            )
+            pipes = loaders.Pipelines(cfg, dcfg, device, split)  # as a trial builds them: cache, device_aug
+            real = loaders.loader(pipes.train(split), cfg, True, device, tail=pipes.train_tail)
             x, y = next(iter(real))
             synthetic = [(x, y)] * (args.steps + 10)
             rates: dict[str, list[float]] = {"synthetic": [], "real": [], "timm": []}

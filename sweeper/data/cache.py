@@ -40,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,12 +164,23 @@ class ImageCache(Mapping):
         return isinstance(file, (str, os.PathLike)) and os.fspath(file) in self.rows
 
     def __getitem__(self, file: Path) -> torch.Tensor:
+        # a copy: transforms get a writable tensor and the map stays read-only. [3, H, W] over
+        # channels-last memory, exactly like a decoded file (tensors.load_image)
+        pixels, h, w = self._row(file)
+        return torch.from_numpy(np.array(pixels)).view(h, w, 3).permute(2, 0, 1)
+
+    def view(self, file: Path) -> torch.Tensor:
+        """``file``'s pixels where they lie in the map, without a copy: for a reader that only copies
+        part of them out (``device_crop.HostCrop``). The map is read-only: a write would fault."""
+        pixels, h, w = self._row(file)
+        with warnings.catch_warnings(action="ignore", category=UserWarning):  # torch: "not writable"
+            return torch.from_numpy(pixels).view(h, w, 3).permute(2, 0, 1)
+
+    def _row(self, file: Path) -> tuple[np.ndarray, int, int]:
         if self._pixels is None:
             self._pixels = np.memmap(self.folder / "pixels.u8", dtype=np.uint8, mode="r")
         off, h, w = (int(v) for v in self.index[self.rows[os.fspath(file)]])
-        # a copy: transforms get a writable tensor and the map stays read-only. [3, H, W] over
-        # channels-last memory, exactly like a decoded file (tensors.load_image)
-        return torch.from_numpy(np.array(self._pixels[off : off + 3 * h * w])).view(h, w, 3).permute(2, 0, 1)
+        return self._pixels[off : off + 3 * h * w], h, w
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pixels": None}

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sweeper.data import augment, tensors
+from sweeper.data import augment, device_crop, pairs, tensors
 from sweeper.data import images as data_lib
 from sweeper.data.workers import worker_context
 from sweeper.servable import network
@@ -71,7 +71,7 @@ class DeviceLoader:
         dl: torch.utils.data.DataLoader,
         device: torch.device,
         channels_last: bool,
-        tail: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        tail: Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         self.dl, self.device, self.channels_last, self.tail = dl, device, channels_last, tail
         self.dataset = dl.dataset
@@ -81,7 +81,7 @@ class DeviceLoader:
     def __len__(self) -> int:
         return len(self.dl)
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self) -> Iterator[tuple[Any, torch.Tensor]]:
         t = time.perf_counter()
         it = iter(self.dl)  # the first epoch's starts the workers: waiting too
         while True:
@@ -99,7 +99,9 @@ class DeviceLoader:
 
     def __iter__(self):
         for x, y in self._batches():
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if isinstance(x, torch.Tensor):  # else a batch of crops, which its tail moves
+                x = x.to(self.device, non_blocking=True)
             if self.tail is not None:
                 x = self.tail(x)
             if self.channels_last:
@@ -113,21 +115,19 @@ def loader(
     train: bool,
     device: torch.device,
     seed: int | None = None,
-    tail: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    tail: Callable[[Any], torch.Tensor] | None = None,
 ) -> DeviceLoader:
     """Batches of ``ds`` on ``device``; a training loader shuffles with its own generator (``seed``,
     default cfg.seed). ``tail`` is the device part of a transform split by ``augment.split_for_device``."""
     n = workers(cfg)
     partners = train and cfg.cosine_partners == "dataset"
     if partners:  # every image with a partner from the whole set: batches of 2 x batch_size, interleaved
-        from sweeper.data import pairs
-
         ds = pairs.PartnerDataset(ds, ds.labels, cfg.cosine_same_class)  # type: ignore[attr-defined]
     dl = torch.utils.data.DataLoader(
         ds,
         batch_size=cfg.batch_size,
         shuffle=train,
-        collate_fn=pairs.collate if partners else None,
+        collate_fn=pairs.collate if partners else device_crop.collate,
         # a tiny last batch adds noise to BatchNorm; drop_last false keeps it, as torch's default
         drop_last=cfg.drop_last and train and len(ds) > cfg.batch_size,  # type: ignore[arg-type]
         num_workers=n,
@@ -182,9 +182,10 @@ class Pipelines:
             version=versions.pop() if len(versions) == 1 else "",
             progress=progress,  # a build's (done, total); None: this process's meter (sweeper.meter)
         )
-        self.train_tail = self.eval_tail = None
+        self.train_tail: Callable[[Any], torch.Tensor] | None = None
+        self.eval_tail: Callable[[Any], torch.Tensor] | None = None
         if cfg.device_aug is True or (cfg.device_aug == "auto" and device.type == "cuda"):
-            self.train_tf, self.train_tail = augment.split_for_device(self.train_tf)
+            self.train_tf, self.train_tail = _split_train(self.train_tf, device)
             self.eval_tf, self.eval_tail = augment.split_for_device(self.eval_tf)
             self.eval_cached_tf, _ = augment.split_for_device(self.eval_cached_tf)
 
@@ -199,6 +200,16 @@ class Pipelines:
 
     def eval_loader(self, split: data_lib.Split, cfg: TrialConfig, device: torch.device) -> DeviceLoader:
         return loader(self.eval(split), cfg, train=False, device=device, tail=self.eval_tail)
+
+
+def _split_train(pipeline: Any, device: torch.device) -> tuple[Any, Callable[[Any], torch.Tensor]]:
+    """A training pipeline's worker part and device part: only the crop's box and flips drawn in the
+    workers when the device can do the rest (:mod:`sweeper.data.device_crop`), else every uint8 op."""
+    cut = device_crop.split(pipeline)
+    if cut is None:
+        return augment.split_for_device(pipeline)
+    host, rest, size, interpolation = cut
+    return host, device_crop.DeviceCrop(size, interpolation, augment.BatchTail(rest), device)
 
 
 def _files(*splits: data_lib.Split | None) -> list[Path]:

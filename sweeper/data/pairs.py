@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from sweeper.data import device_crop
+
 
 class PartnerDataset(torch.utils.data.Dataset):
     """An image dataset whose item ``i`` is image ``i`` and a partner drawn anew at every access.
@@ -57,4 +59,4 @@ def collate(items: list[tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, int]
     """``[(image, partner), ...]`` -> one batch of 2B images, pairs interleaved, and their 2B labels."""
     xs = [x for (pair, _) in items for x in pair]
     ys = [y for (_, labels) in items for y in labels]
-    return torch.stack(xs), torch.as_tensor(ys)
+    return device_crop.stack(xs), torch.as_tensor(ys)

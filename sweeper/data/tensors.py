@@ -25,7 +25,8 @@ class ImageDataset(torch.utils.data.Dataset):
     With ``images`` (a decoded-image cache, see :mod:`sweeper.data.cache`) a file's pixels come from the
     cache instead of its decoder, then go through ``cached_transform`` (default ``transform``: the cache
     holds pixels from earlier in the pipeline, e.g. the eval crop); files the cache does not hold are
-    decoded and go through ``transform``.
+    decoded and go through ``transform``. A transform marked ``copies_out`` (it only copies pixels out,
+    never writes them) reads the cache in place instead of a copy.
     """
 
     def __init__(
@@ -46,5 +47,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         f = self.files[i]
         if self.images is not None and f in self.images:
-            return self.cached_transform(self.images[f]), self.labels[i]
+            copies_out = getattr(self.cached_transform, "copies_out", False) and hasattr(self.images, "view")
+            pixels = self.images.view(f) if copies_out else self.images[f]  # type: ignore[attr-defined]
+            return self.cached_transform(pixels), self.labels[i]
         return self.transform(load_image(f)), self.labels[i]
