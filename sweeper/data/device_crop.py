@@ -176,7 +176,8 @@ class DeviceCrop:
         rows = torch.where(plans[:, 3, None, None].bool(), rows.flip(1), rows)[:, None]
         cols = torch.where(plans[:, 2, None, None].bool(), cols.flip(1), cols)[:, None]
         # as torch's uint8 kernel: the horizontal pass first, rounded to uint8, then the vertical one
-        with _full_float32():  # TF32 would round the fixed-point sums
+        with _full_float32(), torch.autocast(self.device.type, enabled=False):  # TF32 or bf16 would
+            # round the fixed-point sums
             x = _uint8(pixels.to(cols.dtype) @ cols.transpose(-1, -2))
             x = _uint8(rows @ x.to(rows.dtype))
         return self.tail(x.to(torch.uint8))

@@ -59,6 +59,19 @@ def test_random_resized_crops_and_flips_are_torchvisions_pixels(interpolation: s
     assert torch.equal(moved, reference)  # bit for bit: torch's fixed-point weights, uint8 between passes
 
 
+def test_the_resize_keeps_full_precision_under_the_training_loops_autocast_and_tf32() -> None:
+    pipeline = augment.train_transform(AugConfig(), data_config(224, "bicubic"), normalize=False)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # what setup_model allows on CUDA, and lower
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            small = [img for img in _photos(3) if max(img.shape) <= 2 * 224]  # float32 passes
+            reference, moved = _both_ways(pipeline, small, 3)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(moved, reference)
+
+
 def test_a_plain_resize_and_the_normalized_tail_match_too() -> None:
     pipeline = augment.train_transform(AugConfig(rrc=False), data_config(64, "bicubic"))
     reference, moved = _both_ways(pipeline, _photos(2), 0)
