@@ -155,7 +155,8 @@ class TrialConfig:
     channels_last: Literal["auto"] | bool = "auto"  # NHWC; auto = on CUDA, off for models it slows down
     compile: bool = False  # torch.compile the model: slower first epoch, faster steps after (GPU)
     cache_scale: float | None = None  # training cache short side = this x img_size, >= 1x; None: from crops
-    device_aug: Literal["auto"] | bool = "auto"  # uint8 batches, float math on the device; auto = on CUDA
+    # uint8 batches, float math (and a crop + flips pipeline's resize) on the device; auto = on CUDA
+    device_aug: Literal["auto"] | bool = "auto"
     aug: AugConfig = field(default_factory=AugConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
