@@ -11,10 +11,12 @@ into one uint8 tensor, and :class:`DeviceCrop` lays them out and resizes them al
 The resize is torchvision's antialiased one (bilinear, or bicubic with PIL's a = -0.5), done as two
 batched matrix products whose rows are the weights torch's uint8 ``interpolate(..., antialias=True)``
 kernel uses, in its fixed point, with its rounding to uint8 after each pass (horizontal first). The
-result is bit for bit ``torchvision.transforms.v2`` on the CPU (tests/data/test_device_crop.py: crops
-shrunk up to 7x and enlarged, both flips, bilinear and bicubic), so ``device_aug`` moves the work and
-changes no pixel. A pipeline with any other uint8 op (color, rotation, policies) keeps its whole uint8
-part in the workers (``augment.split_for_device``).
+result is bit for bit ``torchvision.transforms.v2`` on the CPU (tests/data/test_device_crop.py: boxes
+enlarged and shrunk, both flips, bilinear and bicubic), so ``device_aug`` moves the work and changes no
+pixel. A box over twice the output size (a file decoded whole, outside the cache) is resized in the
+worker instead, by torchvision: that bounds the batch's bytes and keeps the device's float32 sums
+exact. A pipeline with any other uint8 op (color, rotation, policies) keeps its whole uint8 part in
+the workers (``augment.split_for_device``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 _TAPS = {InterpolationMode.BILINEAR: 2, InterpolationMode.BICUBIC: 4}  # the filters' support at scale 1
+# the largest box side the device resizes, in output sizes: float32 sums of torch's int16 fixed-point
+# products (255 x 2**p x the weights' absolute sum) stay below 2**24, so exact, up to about 3x
+_MOST = 2
 
 
 class Crop(NamedTuple):
@@ -39,21 +44,27 @@ class Crop(NamedTuple):
 
 class HostCrop:
     """The worker's part: draw a RandomResizedCrop's box (or take the whole image for a Resize) and the
-    flips, exactly as those transforms draw them, and return the box's pixels with the plan. It only
-    copies pixels out of its input (``copies_out``), so a cache hands it its map, not a copy."""
+    flips, exactly as those transforms draw them, and return the box's pixels with the plan.
+
+    A box more than twice the output size on a side (a file decoded whole, outside the cache) is
+    resized here, by torchvision itself, to the output size: the device would need its pixels in
+    memory and float64 sums to stay exact; it then only flips it. It only reads pixels (``copies_out``),
+    so a cache hands it its map, not a copy.
+    """
 
     copies_out = True
 
-    def __init__(self, geometry: T.RandomResizedCrop | T.Resize, flips: list[T.Transform]) -> None:
-        self.geometry, self.flips = geometry, flips
+    def __init__(self, geometry: T.RandomResizedCrop | T.Resize, flips: list[T.Transform], size: int) -> None:
+        self.geometry, self.flips, self.size = geometry, flips, size
 
     def __call__(self, img: torch.Tensor) -> Crop:
+        from torchvision.transforms.v2 import functional as F
+
         h, w = img.shape[-2:]
+        top = left = 0
         if isinstance(self.geometry, T.RandomResizedCrop):
             box = self.geometry.make_params([img])
             top, left, h, w = box["top"], box["left"], box["height"], box["width"]
-        else:
-            top = left = 0
         # the flips' own draw: torchvision skips a flip when torch.rand(1) >= p
         hflip = vflip = 0
         for flip in self.flips:
@@ -62,7 +73,11 @@ class HostCrop:
                     hflip ^= 1  # two flips undo each other
                 else:
                     vflip ^= 1
-        return Crop(img[:, top : top + h, left : left + w], torch.tensor([h, w, hflip, vflip]))
+        if max(h, w) <= _MOST * self.size:
+            return Crop(img[:, top : top + h, left : left + w], torch.tensor([h, w, hflip, vflip]))
+        s = self.size
+        shrunk = F.resized_crop(img, top, left, h, w, [s, s], self.geometry.interpolation, antialias=True)
+        return Crop(shrunk, torch.tensor([s, s, hflip, vflip]))
 
     def __repr__(self) -> str:
         return f"HostCrop({self.geometry}, {self.flips})"
@@ -81,7 +96,7 @@ def split(pipeline: T.Compose) -> tuple[HostCrop, list[Any], int, InterpolationM
     size = list(head.size)
     if head.interpolation not in _TAPS or not head.antialias or len(set(size)) != 1:
         return None
-    return HostCrop(head, flips), ops[cut:], size[0], head.interpolation
+    return HostCrop(head, flips, size[0]), ops[cut:], size[0], head.interpolation
 
 
 def stack(xs: list[Any]) -> Any:
@@ -170,27 +185,20 @@ class DeviceCrop:
         pixels = unpack(packed.to(self.device, non_blocking=True), on_host)
         plans = on_host.to(self.device, non_blocking=True)
         height, width = pixels.shape[-2:]
-        rows = weights(plans[:, 0], self.size, self.interpolation, height).to(_exact(height, self.size))
-        cols = weights(plans[:, 1], self.size, self.interpolation, width).to(_exact(width, self.size))
+        rows = weights(plans[:, 0], self.size, self.interpolation, height)
+        cols = weights(plans[:, 1], self.size, self.interpolation, width)
         # a flipped output is the same weight rows in reverse order
         rows = torch.where(plans[:, 3, None, None].bool(), rows.flip(1), rows)[:, None]
         cols = torch.where(plans[:, 2, None, None].bool(), cols.flip(1), cols)[:, None]
         # as torch's uint8 kernel: the horizontal pass first, rounded to uint8, then the vertical one
         with _full_float32(), torch.autocast(self.device.type, enabled=False):  # TF32 or bf16 would
             # round the fixed-point sums
-            x = _uint8(pixels.to(cols.dtype) @ cols.transpose(-1, -2))
-            x = _uint8(rows @ x.to(rows.dtype))
+            x = _uint8(pixels.float() @ cols.transpose(-1, -2))
+            x = _uint8(rows @ x)
         return self.tail(x.to(torch.uint8))
 
     def __repr__(self) -> str:
         return f"DeviceCrop({self.size}, {self.interpolation.value}, {self.tail})"
-
-
-def _exact(span: int, size: int) -> torch.dtype:
-    """The float type whose sums of fixed-point products stay exact for a pass from ``span`` pixels to
-    ``size``: float32 holds 24 bits, enough while a crop is at most twice the output (the fixed point's
-    scale grows with the shrink factor); float64 beyond."""
-    return torch.float32 if span <= 2 * size else torch.float64
 
 
 def _uint8(x: torch.Tensor) -> torch.Tensor:

@@ -118,7 +118,9 @@ def loader(
     tail: Callable[[Any], torch.Tensor] | None = None,
 ) -> DeviceLoader:
     """Batches of ``ds`` on ``device``; a training loader shuffles with its own generator (``seed``,
-    default cfg.seed). ``tail`` is the device part of a transform split by ``augment.split_for_device``."""
+    default cfg.seed). ``tail`` is the device part of a transform (``Pipelines``: a device crop's resize,
+    or the float ops ``augment.split_for_device`` leaves); batches of crops are packed by
+    ``device_crop.collate``, other batches stacked as torch's default collate does."""
     n = workers(cfg)
     partners = train and cfg.cosine_partners == "dataset"
     if partners:  # every image with a partner from the whole set: batches of 2 x batch_size, interleaved

@@ -86,6 +86,17 @@ def test_pipelines_with_other_uint8_ops_or_filters_stay_in_the_workers() -> None
     assert device_crop.split(augment.train_transform(AugConfig(erasing=True), cfg)) is not None  # float op
 
 
+def test_a_box_over_twice_the_output_is_resized_in_the_worker_and_only_flipped_on_the_device() -> None:
+    big = _photos(4)[-1]  # 1200 x 1600
+    pipeline = augment.train_transform(AugConfig(rrc_scale=(0.9, 1.0)), data_config(224, "bicubic"))
+    cut = device_crop.split(pipeline)
+    assert cut is not None
+    crop = cut[0](big)
+    assert crop.pixels.shape == (3, 224, 224) and crop.plan[:2].tolist() == [224, 224]
+    small = cut[0](_photos(4)[0])  # 305 x 406: sent as cut
+    assert max(small.pixels.shape) <= 406 and small.plan[:2].tolist() == list(small.pixels.shape[1:])
+
+
 def test_a_batch_of_crops_travels_packed_and_is_laid_out_padded_with_zeros() -> None:
     a = torch.arange(30, dtype=torch.uint8).view(2, 5, 3).permute(2, 0, 1)  # [3, 2, 5], as decoded
     b = torch.full((3, 4, 3), 9, dtype=torch.uint8)
