@@ -38,6 +38,12 @@ def workers(cfg: TrialConfig) -> int:
     return cfg.num_workers if cfg.num_workers is not None else default_workers()
 
 
+def build_workers(cfg: TrialConfig) -> int:
+    """Processes that decode a cache build: every core (up to 32), as nothing trains meanwhile and the
+    main process only counts; ``num_workers`` where a study sets it (0: decode in this process)."""
+    return cfg.num_workers if cfg.num_workers is not None else min(32, cores())
+
+
 def use_channels_last(cfg: TrialConfig, device: torch.device) -> bool:
     """``true``/``false`` as asked; ``auto`` = on CUDA unless the model is known to slow down in NHWC."""
     return network.channels_last(cfg.channels_last, cfg.backbone, device)
@@ -180,7 +186,7 @@ class Pipelines:
         versions = {s.version for s in splits if s is not None}  # one scan's: no file statted again
         self.eval_images, self.images = cache.open_caches(
             [(_files(*evaluated), crop), (_files(*splits), shrink)],
-            workers=workers(cfg),
+            workers=build_workers(cfg),
             version=versions.pop() if len(versions) == 1 else "",
             progress=progress,  # a build's (done, total); None: this process's meter (sweeper.meter)
         )
