@@ -37,10 +37,11 @@ import shutil
 import sys
 import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import PIL
@@ -50,6 +51,8 @@ from sweeper import meter
 from sweeper.errors import SweeperError
 from sweeper.servable.pixels import decode
 from sweeper.study.config import DEFAULT_MAX_PIXELS
+
+K = TypeVar("K")
 
 BUILTIN = "builtin:digits"
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -230,10 +233,19 @@ def check_decodes(files: Sequence[Path]) -> None:
     if stamp.exists():
         return
     progress = meter.counter("decode check", len(files))
-    for i, f in enumerate(files):
-        decode_rgb(f)
-        progress(i + 1)
+    # threads: PIL decodes with the GIL released; results in file order, so the first bad file is named
+    with ThreadPoolExecutor(max_workers=_cores()) as pool:
+        for i, _ in enumerate(pool.map(_decodes, files)):
+            progress(i + 1)
     _remember(stamp)
+
+
+def _decodes(path: Path) -> None:
+    decode_rgb(path)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def files_version(files: Sequence[Path]) -> str:
@@ -350,33 +362,49 @@ def _flat(by_class: dict[str, list[Path]]) -> list[Path]:
     return [f for files in by_class.values() for f in files]
 
 
+def _same(keyed: Iterable[tuple[K, tuple[str, Path]]]) -> dict[K, list[tuple[str, Path]]]:
+    """Files grouped by a key, only the groups of two or more."""
+    groups: dict[K, list[tuple[str, Path]]] = {}
+    for key, item in keyed:
+        groups.setdefault(key, []).append(item)
+    return {k: g for k, g in groups.items() if len(g) > 1}
+
+
+def _start(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4096)
+
+
 def check_apart(splits: dict[str, Sequence[Path]], duplicates: Literal["error", "warn"] = "error") -> None:
     """The same file (a link, or a copy: equal bytes) reachable twice, in one split or two, leaks val
-    into train or gives one image two labels. Files are compared by size first, then by content."""
-    by_size: dict[int, list[tuple[str, Path]]] = {}
-    for split, files in splits.items():
-        for f in files:
-            by_size.setdefault(os.stat(f).st_size, []).append((split, f))
+    into train or gives one image two labels. Files are compared by size first, then by their first
+    4 kB, then by content (photos of one size almost always differ early: the full read is for those
+    that do not)."""
+    by_size = _same((os.stat(f).st_size, (s, f)) for s, files in splits.items() for f in files)
     for group in by_size.values():
-        if len(group) < 2:
+        for alike in _same((_start(f), (s, f)) for s, f in group).values():
+            _same_bytes(alike, duplicates)
+
+
+def _same_bytes(group: list[tuple[str, Path]], duplicates: Literal["error", "warn"]) -> None:
+    """Compare by content files that agree in size and start; say each copy found."""
+    by_hash: dict[str, tuple[str, Path]] = {}
+    for split, f in group:
+        digest = hashlib.sha1(f.read_bytes()).hexdigest()
+        if digest not in by_hash:
+            by_hash[digest] = (split, f)
             continue
-        by_hash: dict[str, tuple[str, Path]] = {}
-        for split, f in group:
-            digest = hashlib.sha1(f.read_bytes()).hexdigest()
-            if digest not in by_hash:
-                by_hash[digest] = (split, f)
-                continue
-            first_split, first = by_hash[digest]
-            if first_split == split == "test":
-                continue  # two unlabelled copies to predict: no label is wrong, nothing leaks
-            harm = "leaks val into train" if {first_split, split} == {"train", "val"} else "counts twice"
-            line = (
-                f"the same image is in {first_split} ({first}) and {split} ({f}): it {harm}; remove "
-                "one copy, or set data: {duplicates: warn} in the study to go on"
-            )
-            if duplicates == "error":
-                raise SweeperError(line)
-            print(f"warning: {line}", file=sys.stderr)
+        first_split, first = by_hash[digest]
+        if first_split == split == "test":
+            continue  # two unlabelled copies to predict: no label is wrong, nothing leaks
+        harm = "leaks val into train" if {first_split, split} == {"train", "val"} else "counts twice"
+        line = (
+            f"the same image is in {first_split} ({first}) and {split} ({f}): it {harm}; remove "
+            "one copy, or set data: {duplicates: warn} in the study to go on"
+        )
+        if duplicates == "error":
+            raise SweeperError(line)
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def hold_out(data: ImageFolderData, fraction: float, seed: int = 0) -> ImageFolderData:

@@ -198,6 +198,21 @@ def test_the_same_image_in_train_and_val_is_refused_naming_both(tmp_path: Path) 
     assert copy in d.train.files
 
 
+def test_files_alike_in_size_and_first_bytes_are_compared_whole(tmp_path: Path) -> None:
+    """Duplicates are found by size, then the first 4 kB, then the whole content: a file that differs
+    only at its end is not a copy, and one that differs nowhere is."""
+    root = make_image_folder(tmp_path / "d", classes=("cat", "dog"), n_train=4, n_val=2)
+    src = sorted((root / "val" / "dog").iterdir())[0]
+    body = src.read_bytes() + bytes(5000)  # a JPEG with trailing bytes still decodes
+    src.write_bytes(body)
+    near = root / "train" / "dog" / f"near{src.suffix}"
+    near.write_bytes(body[:-1] + b"\x01")  # same size, same first 4 kB, one byte apart at the end
+    data.scan(root)  # not a copy
+    near.write_bytes(body)
+    with pytest.raises(SweeperError, match=rf"same image is in train .*{near.name}.* and val .*{src.name}"):
+        data.scan(root)
+
+
 def test_a_link_to_another_class_is_one_image_twice(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "d", classes=("cat", "dog"), n_train=4, n_val=2)
     (root / "train" / "cat" / "dogs").symlink_to(root / "train" / "dog")
