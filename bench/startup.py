@@ -11,6 +11,7 @@ gap between the run's creation and the process's fork is in neither (the sweep's
 
     python bench/startup.py                          # 1,000 train / 100 val / 100 test, 100 classes
     python bench/startup.py --train 18900 --val 2100 --test 2300   # the reference size
+    python bench/startup.py --root ROOT   # a folder bench/make_reference.py wrote before
 """
 
 from __future__ import annotations
@@ -70,25 +71,31 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--model", default="test_resnet", help="timm model (trained from scratch, 1 epoch)")
+    ap.add_argument("--root", type=Path, help="an existing generated folder to use (default: generate one)")
     args = ap.parse_args()
     from make_reference import make
 
     with tempfile.TemporaryDirectory(prefix="sweeper-bench-startup-") as d:
         work = Path(d)
         os.environ["SWEEPER_DATA_DIR"] = str(work / "sweeper-data")
-        make(work / "ref", args.train, args.val, args.test, args.classes)
-        jpeg_mb = sum(f.stat().st_size for f in (work / "ref").rglob("*.jpg")) / 1e6
+        root = args.root or work / "ref"
+        if args.root is None:
+            make(root, args.train, args.val, args.test, args.classes)
+        counts = [sum(1 for _ in (root / s).rglob("*.jpg")) for s in ("train", "val", "test")]
+        jpeg_mb = sum(f.stat().st_size for f in root.rglob("*.jpg")) / 1e6
         study = work / "startup.yaml"
-        study.write_text(STUDY.format(root=work / "ref", model=args.model))
+        study.write_text(STUDY.format(root=root.resolve(), model=args.model))
         print(
-            f"{args.train} train / {args.val} val / {args.test} test JPEGs 500x375 ({jpeg_mb:.0f} MB), "
-            f"{args.model} at 224 px, {os.cpu_count()} CPUs"
+            f"{counts[0]} train / {counts[1]} val / {counts[2]} test JPEGs 500x375 ({jpeg_mb:.0f} MB), "
+            f"{args.model} at 224 px, {os.cpu_count()} CPUs",
+            flush=True,
         )
         for label, trials in (("first run (builds the cache)", 1), ("second run (cache there)", 2)):
             to_run, first, total = run(study, trials, work)
-            print(
+            print(  # flushed: the command takes minutes at the reference size
                 f"  {label:<29}: run-study -> first batch {to_run + first:5.1f}s "
-                f"(to the trial's run {to_run:4.1f}s + the trial's own {first:4.1f}s); command {total:5.1f}s"
+                f"(to the trial's run {to_run:4.1f}s + the trial's own {first:4.1f}s); command {total:5.1f}s",
+                flush=True,
             )
 
 
