@@ -48,6 +48,7 @@ import PIL
 from PIL import Image, UnidentifiedImageError
 
 from sweeper import meter
+from sweeper.data.workers import cores
 from sweeper.errors import SweeperError
 from sweeper.servable.pixels import decode
 from sweeper.study.config import DEFAULT_MAX_PIXELS
@@ -234,7 +235,7 @@ def check_decodes(files: Sequence[Path]) -> None:
         return
     progress = meter.counter("decode check", len(files))
     # threads: PIL decodes with the GIL released; results in file order, so the first bad file is named
-    with ThreadPoolExecutor(max_workers=_cores()) as pool:
+    with ThreadPoolExecutor(max_workers=cores()) as pool:
         for i, _ in enumerate(pool.map(_decodes, files)):
             progress(i + 1)
     _remember(stamp)
@@ -242,10 +243,6 @@ def check_decodes(files: Sequence[Path]) -> None:
 
 def _decodes(path: Path) -> None:
     decode_rgb(path)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def files_version(files: Sequence[Path]) -> str:

@@ -4,7 +4,6 @@ chosen memory format, the per-image pipelines and the decoded-image cache they r
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,18 +14,13 @@ from torch import nn
 
 from sweeper.data import augment, device_crop, pairs, tensors
 from sweeper.data import images as data_lib
-from sweeper.data.workers import worker_context
+from sweeper.data.workers import cores, worker_context
 from sweeper.servable import network
 from sweeper.study.config import TrialConfig
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cores() -> int:
-    """CPU cores this process may run on (a container's or taskset's share, not the whole machine)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_workers() -> int:

@@ -40,6 +40,8 @@ class ImageDataset(torch.utils.data.Dataset):
         self.files, self.transform, self.images = files, transform, images
         self.cached_transform = transform if cached_transform is None else cached_transform
         self.labels = labels if labels is not None else (-1,) * len(files)
+        # a transform that only copies pixels out reads the cache's map, not a copy of it
+        self.in_place = getattr(self.cached_transform, "copies_out", False) and hasattr(images, "view")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -47,7 +49,6 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         f = self.files[i]
         if self.images is not None and f in self.images:
-            copies_out = getattr(self.cached_transform, "copies_out", False) and hasattr(self.images, "view")
-            pixels = self.images.view(f) if copies_out else self.images[f]  # type: ignore[attr-defined]
+            pixels = self.images.view(f) if self.in_place else self.images[f]  # type: ignore[attr-defined]
             return self.cached_transform(pixels), self.labels[i]
         return self.transform(load_image(f)), self.labels[i]

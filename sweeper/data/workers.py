@@ -1,9 +1,16 @@
-"""How the data loaders' worker processes start (the trial's loaders and the cache build alike)."""
+"""How many worker processes the data work gets, and how they start (the trial's loaders and the cache
+build alike)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.context
+import os
+
+
+def cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the whole machine)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def worker_context(n: int) -> multiprocessing.context.BaseContext | None:
