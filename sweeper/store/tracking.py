@@ -186,6 +186,36 @@ def outage(e: BaseException) -> bool:
     return stores.db_outage(e)
 
 
+WRITE_RACE = (
+    "UniqueViolation",  # PostgreSQL (psycopg)
+    "duplicate key value violates unique constraint",
+    "UNIQUE constraint failed",  # SQLite
+    "Duplicate entry",  # MySQL
+)
+
+
+def write_race(e: BaseException) -> bool:
+    """Another writer inserted the same row at the same moment: MLflow writes a tag as "select, then insert
+    or update", so two workers tagging one experiment or run at once can collide on its key."""
+    text = str(e) + " " + str(e.__cause__ or "") + " " + str(e.__context__ or "")
+    return any(hint in text for hint in WRITE_RACE)
+
+
+def settled(call: Callable[[], T], tries: int = 5) -> T:
+    """``call()``, again after a :func:`write_race`: by then the row exists, so the same write updates it
+    (every write sweeper sends through here is an upsert or an idempotent insert)."""
+    import random
+
+    for attempt in range(tries):
+        try:
+            return call()
+        except Exception as e:
+            if attempt == tries - 1 or not write_race(e):
+                raise
+            time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
 """Tracking URI schemes MLflow serves (the part before ``+driver``); a plain path is a file store."""
 
@@ -349,7 +379,7 @@ class TrialRun:
 
         def locked() -> T:
             with self.lock:
-                return call()
+                return settled(call)
 
         what = f"MLflow tracking store {stores.display_url(self.uri)}"
         try:

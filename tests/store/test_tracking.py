@@ -143,3 +143,29 @@ def test_a_wrong_database_password_is_one_line_at_once_for_either_store() -> Non
         assert "\n" not in str(e.value) and "wrong-pw" not in str(e.value)
         right = c.url.replace("sweeper@", f"sweeper:{SECRET}@") + "/postgres"
         tracking._check_login(tracking.resolve_uri(right))  # the right password passes
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_workers_describing_one_study_at_once_all_succeed(mlflow_url: str) -> None:
+    """MLflow writes a tag as "select, then insert": workers starting together collide on the key of the
+    experiment's description, view and dataset rows (a PostgreSQL unique violation, about one start in
+    two with four workers). Each write is tried again, and then it updates the row the other made."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for rnd in range(6):
+        name = f"race-{rnd}"
+        first = tracking.MlflowTracker(mlflow_url, name)
+        first.study_run_id()  # the study's run exists; its experiment's tags do not yet
+        workers = [tracking.MlflowTracker(mlflow_url, name) for _ in range(6)]
+
+        def start(me: tracking.MlflowTracker, i: int) -> None:
+            me.describe_study(f"worker {i}", {"backbones": "resnet18"})
+            me.log_view(["val_acc"], ["lr_head"])
+            run = MlflowClient(mlflow_url).create_run(me.experiment_id).info.run_id
+            me.log_dataset(run, "images", "/data/plants", "d1g3st", {"train": 30})
+
+        with ThreadPoolExecutor(len(workers)) as pool:
+            list(pool.map(start, workers, range(len(workers))))  # re-raises a worker's error
+        exp = MlflowClient(mlflow_url).get_experiment(first.experiment_id)
+        assert exp.tags["mlflow.note.content"] in {f"worker {i}" for i in range(len(workers))}
