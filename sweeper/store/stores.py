@@ -245,13 +245,15 @@ def storage(
 def _schema_race(e: Exception) -> bool:
     """Two processes made Optuna's tables in one new database together: the loser's retry finds them.
 
-    PostgreSQL answers with a duplicate key (IntegrityError); SQLite with "table ... already exists".
+    PostgreSQL answers with a duplicate key in its catalog (IntegrityError) or, when the other's table
+    is already there, ``relation ... already exists`` (ProgrammingError); SQLite with "table ... already
+    exists" (OperationalError).
     """
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     if isinstance(e, IntegrityError):
         return True
-    return isinstance(e, OperationalError) and "already exists" in str(e)
+    return isinstance(e, (OperationalError, ProgrammingError)) and "already exists" in str(e)
 
 
 class NoStudies(SweeperError):

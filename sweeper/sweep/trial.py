@@ -476,11 +476,10 @@ def _origin(trial: FrozenTrial) -> int:
 
 
 def _drop(checkpoint: Path) -> None:
-    """A finished trial's checkpoint, and the study's checkpoint folder once it is empty."""
+    """A finished trial's checkpoint. The study's folder stays, even empty: another worker may have just
+    made it for its next save (removing it cost CI a trial)."""
     if checkpoint.name:
         checkpoint.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            checkpoint.parent.rmdir()
 
 
 def _frozen(trial: optuna.Trial) -> FrozenTrial:

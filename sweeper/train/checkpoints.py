@@ -23,7 +23,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 
@@ -94,20 +94,20 @@ def save(
     payload = buf.getvalue()
     head = {"format": FORMAT, "key": _digest(resume_key(cfg).encode()), "epoch": epoch}
     head |= {"size": len(payload), "sha256": _digest(payload)}
-    path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, json.dumps(head).encode() + b"\n" + payload)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    free = shutil.disk_usage(path.parent).free
-    if free < len(data) + SPARE_BYTES:
-        raise OSError(
-            errno.ENOSPC,
-            f"checkpoint {path} needs {len(data) / 1e6:.0f} MB, {free / 1e6:.0f} MB free on its device",
-        )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with _create(tmp) as f:  # from here on the folder holds a file, so it stays
+            free = shutil.disk_usage(path.parent).free
+            if free < len(data) + SPARE_BYTES:
+                raise OSError(
+                    errno.ENOSPC,
+                    f"checkpoint {path} needs {len(data) / 1e6:.0f} MB, "
+                    f"{free / 1e6:.0f} MB free on its device",
+                )
             f.write(data)
             faults.hit("checkpoint-write")
             f.flush()
@@ -117,6 +117,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _create(tmp: Path, tries: int = 3) -> BinaryIO:
+    """``tmp`` opened for writing, its folder made first, and again should it go in between (``sweeper
+    doctor --repair`` removes an emptied study folder)."""
+    for attempt in range(tries):
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return open(tmp, "wb")
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _digest(data: bytes) -> str:

@@ -61,7 +61,8 @@ def test_three_workers_on_postgres_run_exactly_n_trials(
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 5 and len({t.number for t in done}) == 5
     assert record_lib.counts(trials)["counted"] == 5
-    assert all(t.user_attrs.get("not_counted", "").startswith("surplus") for t in trials if t not in done)
+    others = [(t.number, t.state.name, t.user_attrs) for t in trials if t not in done]
+    assert all(str(attrs.get("not_counted", "")).startswith("surplus") for _, _, attrs in others), others
 
     client = MlflowClient(mlflow_url)
     runs = client.search_runs(

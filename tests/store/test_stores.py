@@ -126,6 +126,29 @@ def test_workers_making_a_new_sqlite_storage_together_all_open_it(tmp_path: Path
     assert len(tries) == 2 and optuna.get_all_study_names(again) == ["s"]
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_loser_of_the_race_on_a_new_postgresql_storage_opens_it(pg_server: str) -> None:
+    """PostgreSQL tells a loser whose check came before the winner's tables "relation ... already exists"
+    (CI lost a worker to it): a race, tried again, and then the study storage opens."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ProgrammingError
+
+    from tests.helpers.servers import create_database
+
+    url = create_database(pg_server, "race_new")
+    first = stores.storage(url)
+    optuna.create_study(study_name="s", storage=first)
+    engine = create_engine(stores.with_driver(url))
+    with pytest.raises(ProgrammingError) as lost:  # what a loser's create_all meets mid-race
+        models.BaseModel.metadata.create_all(engine, checkfirst=False)
+    engine.dispose()
+    assert "already exists" in str(lost.value) and stores._schema_race(lost.value)
+    assert not stores._schema_race(ProgrammingError("SELECT x", {}, Exception('column "x" does not exist')))
+    assert optuna.get_all_study_names(stores.storage(url)) == ["s"]
+
+
 @pytest.fixture
 def read_only_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """(a folder, where to mount it read-only): root only; skipped where mounting is not allowed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import shutil
@@ -109,3 +110,32 @@ def test_a_damaged_checkpoint_makes_the_trial_start_over(tmp_path: Path, image_f
     trained = workers.train_in_process(job, workers.Listener(lambda e, m: None, discarded=discarded.append))
     assert discarded == ["checksum mismatch (the file is damaged or truncated)"]
     assert trained.resumed_from == 0 and trained.epochs == 2  # every epoch trained, none from the file
+
+
+def test_a_save_survives_another_workers_trial_ending_beside_it(tmp_path: Path) -> None:
+    """Workers share a study's checkpoint folder: one whose trial ends drops its checkpoint while another
+    saves (CI lost a trial when the ending one also removed the folder it had just emptied)."""
+    import threading
+
+    from sweeper.sweep import trial as trial_lib
+
+    folder, stop = tmp_path / "ckpt", threading.Event()
+
+    def end_trials() -> None:  # the other worker, ending trials as fast as it can
+        mine = folder / "trial-9999.pt"
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                mine.touch()
+            trial_lib._drop(mine)
+
+    other = threading.Thread(target=end_trials)
+    other.start()
+    try:
+        for n in range(300):
+            path = folder / f"trial-{n:04d}.pt"
+            save(path)
+            assert checkpoints.verify(path, trial_config()) == ""
+            trial_lib._drop(path)
+    finally:
+        stop.set()
+        other.join()
