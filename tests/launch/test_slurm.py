@@ -277,7 +277,7 @@ def test_a_cancelled_task_s_trial_is_finished_by_the_others(
     cli: Callable, cluster: Cluster, pg_server: str, mlflow_url: str, image_folder: Path, tmp_path: Path
 ) -> None:
     storage = create_database(pg_server, "slurm_cancel")
-    study = write_tiny_study("slurm-cancel", image_folder, epochs=5)
+    study = write_tiny_study("slurm-cancel", image_folder, epochs=30)  # outlasts the signal's delivery
     fast = {"SWEEPER_HEARTBEAT": "1", "SWEEPER_GRACE": "4"}  # seconds; the defaults are 20 and 60
     job_id = submit(cli, study, 3, storage, mlflow_url, task_env(cluster, tmp_path, **fast))
     url = stores.with_driver(storage)
