@@ -5,7 +5,9 @@ A generated folder of 500x375 photo-like JPEGs (``bench/make_reference.py``: a t
 classes, ``--images`` train and a tenth as many val). The cache is built exactly as ``run-study``
 builds it (``loaders.Pipelines`` as ``fit`` calls it: training copies of train + val at the short side
 the crops use, eval crops of val), timed against a bare parallel PIL decode of the same files with the
-same workers, and its bytes printed beside the JPEG bytes.
+same workers, and its bytes printed beside the JPEG bytes. In one process, the build's own item
+(decode, resize or eval crop, write) is timed against a bare decode of the same files: the most a
+build with any number of workers can reach against the bare decode.
 
 Four pipelines over the train images, every one through sweeper's ``loaders.loader`` (the same batch,
 workers, prefetch, pinning and shuffling) and the same torchvision v2 train transform (RandomResizedCrop
@@ -98,6 +100,31 @@ def bare_decode(files: list[Path], workers: int, resize: Callable | None = None)
     return len(files) / (time.perf_counter() - t0)
 
 
+def item_ceiling(files: list[Path], plans: list, rounds: int = 2) -> tuple[float, float, float]:
+    """In this process, per image: a bare PIL decode (ms), the build's whole item (ms: decode, resize or eval
+    crop, write; ``build._Write`` itself) and their ratio, the most a build with the same workers can reach
+    against the bare decode before any cost of running in parallel (fastest of ``rounds`` passes)."""
+    from sweeper.data import build
+    from sweeper.data.tensors import load_image
+
+    for p in plans:
+        with open(p.pixels, "wb") as out:
+            out.truncate(p.bytes)
+    item = build._Write(files, plans)
+    decode, whole = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for f in files:
+            load_image(f)
+        decode.append((time.perf_counter() - t0) / len(files) * 1e3)
+        t0 = time.perf_counter()
+        for i in range(len(files)):
+            item[i]
+        whole.append((time.perf_counter() - t0) / len(files) * 1e3)
+    item.close()
+    return min(decode), min(whole), min(decode) / min(whole)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="300 images, 2 rounds")
@@ -113,7 +140,7 @@ def main() -> None:
     import timm
     from make_reference import make
 
-    from sweeper.data import augment, cache, device_crop, loaders
+    from sweeper.data import augment, build, cache, device_crop, loaders
     from sweeper.data import images as data_lib
     from sweeper.study import spec
 
@@ -139,6 +166,14 @@ def main() -> None:
             pipes = loaders.Pipelines(cfg, dcfg, cpu, data.train, data.val, evaluated=(data.val,))  # as fit
             speeds["build"].append(len(files) / (time.perf_counter() - t0))
         assert pipes.images is not None and pipes.eval_images is not None
+        sizes = {f: build.upright_size(f) for f in files}
+        here = Path(d) / "one-process"
+        here.mkdir()
+        plans = [
+            build.plan(list(data.train.files), shrink, here / "train.u8", sizes),
+            build.plan(list(data.val.files), augment.EvalCrop(dcfg, cfg.eval), here / "eval.u8", sizes),
+        ]
+        ms_decode, ms_item, ceiling = item_ceiling(files[:: max(1, len(files) // 300)], plans)  # val too
         folders = (pipes.images.folder, pipes.eval_images.folder)
         cache_mb = sum(f.stat().st_size for d_ in folders for f in d_.iterdir()) / 1e6
         jpeg_mb = sum(f.stat().st_size for f in files) / 1e6
@@ -179,6 +214,10 @@ def main() -> None:
     )
     for k, v in speeds.items():
         print(f"  {k:<11} rounds: {', '.join(f'{x:.0f}' for x in v)} images/s")
+    print(
+        f"  one process, per image (every n-th file, about 300): bare decode {ms_decode:.2f} ms, the build's "
+        f"item {ms_item:.2f} ms (decode, resize or crop, write): at most {ceiling:.2f}x of the bare decode"
+    )
     print(
         f"cache size {cache_mb:.0f} MB = {cache_mb / jpeg_mb:.1f}x the JPEG bytes (target <= ~3x); "
         f"training copies {tuple(short)} for a landscape photo"
