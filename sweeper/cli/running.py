@@ -266,7 +266,8 @@ def _sweep(progress: Progress, run: Callable[[], optuna.Study]) -> optuna.Study:
 
 def _check_writable(storage: str | None, tracking_uri: str | None) -> None:
     """The folders a sweep writes (checkpoints, local stores) take a file, or one line says so now, not
-    after the first trial failed on them."""
+    after the first trial failed on them. Nothing is made here: a refused run leaves no empty folder."""
+    import errno
     import os
     import tempfile
 
@@ -288,10 +289,12 @@ def _check_writable(storage: str | None, tracking_uri: str | None) -> None:
                 f"{db}: the database is read-only; a sweep writes every trial there: make it writable, or "
                 "point --storage/--tracking-uri at a writable copy (show, report and doctor only read it)"
             )
-    for place in places:
+    for place in places:  # a folder not there yet is made by the first write: its nearest parent must take it
+        nearest = next(p for p in (place.absolute(), *place.absolute().parents) if p.exists())
         try:
-            place.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=place).close()
+            if not nearest.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{nearest} is a file, not a folder")
+            tempfile.TemporaryFile(dir=nearest).close()
         except OSError as e:
             raise SweeperError(
                 f"cannot write to {place.resolve()}: {e.strerror or e}; run from a writable folder, or point "

@@ -53,6 +53,24 @@ def test_an_unwritable_checkpoint_folder_is_one_line_before_any_trial(
     assert "\n" not in str(e.value) and not Path("sweeper.db").exists()
 
 
+def test_a_checkpoint_folder_under_a_file_is_one_line_and_nothing_is_made(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from sweeper.cli import running
+
+    tmp_path = tmp_path / "here"  # its own folder: the test's working folder is beside it
+    tmp_path.mkdir()
+    (tmp_path / "notes").write_text("a file")
+    monkeypatch.setenv("SWEEPER_CHECKPOINTS", str(tmp_path / "notes" / "checkpoints"))
+    with pytest.raises(
+        SweeperError, match=r"cannot write to .*notes/checkpoints: .*notes is a file, not a folder"
+    ):
+        running._check_writable(f"sqlite:///{tmp_path}/a/s.db", f"sqlite:///{tmp_path}/b/m.db")
+    monkeypatch.setenv("SWEEPER_CHECKPOINTS", str(tmp_path / "deep" / "checkpoints"))
+    running._check_writable(f"sqlite:///{tmp_path}/a/s.db", f"sqlite:///{tmp_path}/b/m.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # checked, not made
+
+
 def test_one_sqlite_file_for_both_stores_is_one_line_before_anything_is_made(tmp_path) -> None:
     from sweeper.cli import running
 
